@@ -1,0 +1,32 @@
+# Set-up is idempotent: the venv is created once, packages are installed again only when pyproject.toml changes.
+VENV   := .venv
+PYTHON := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+# The CPU build of torch; pip takes it from the local wheel cache on these machines.
+TORCH  := torch==2.13.0
+
+.PHONY: setup run test bench clean
+
+$(PYTHON):
+	python3 -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PYTHON)
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install --quiet "$(TORCH)"
+	$(PYTHON) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/aigc run
+
+test: $(STAMP)
+	$(PYTHON) -m pytest -q
+
+bench: $(STAMP)
+	$(PYTHON) benchmarks/prepare.py
+	$(PYTHON) benchmarks/train_throughput.py
+	$(PYTHON) benchmarks/shakespeare_char.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,128 @@
+"""The ``aigc`` command: one table of subcommands; each parses, calls the library, and maps errors to exit codes.
+
+Nothing imports this module. Heavy libraries (torch, tokenizers) are imported inside the handlers so
+``aigc --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Callable
+
+from aigc.config import Config, builtin_recipes, describe_keys, load_config
+from aigc.errors import AigcError
+
+EXIT_INTERRUPTED = 130
+
+
+def _keys_help() -> str:
+    rows = describe_keys()
+    width = max(len(k) for k, _, _ in rows)
+    lines = ["settings (key=value; values are YAML, lists as [a,b]):"]
+    for key, default, meaning in rows:
+        shown = f" [{default}]" if default not in ("", "[]") else ""
+        lines.append(f"  {key:<{width}}  {meaning}{shown}")
+    recipes = ", ".join(builtin_recipes())
+    lines.append(f"\nRECIPE: a built-in name ({recipes}) or the path of a YAML file; default: code")
+    return "\n".join(lines)
+
+
+def _split_recipe(items: list[str]) -> tuple[str | None, list[str]]:
+    """The optional RECIPE is the first item without '='; every other item is a key=value override."""
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+def _config(args: argparse.Namespace) -> Config:
+    recipe, overrides = _split_recipe(args.items)
+    stray = [item for item in overrides if "=" not in item]
+    if stray:
+        raise AigcError(f"expected key=value after the recipe, got {' '.join(stray)!r}; see --help for the keys")
+    return load_config(recipe, overrides)
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    recipes = builtin_recipes()
+    width = max(map(len, recipes))
+    for name, description in recipes.items():
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from aigc.data.collect import collect
+
+    print(collect(_config(args)).summary())
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from aigc.data.prepare import prepare
+
+    print(prepare(_config(args)).summary())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from aigc.train.loop import train
+
+    result = train(_config(args), resume=args.resume)
+    print(result.summary())
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from aigc.pipeline import run_pipeline
+
+    result = run_pipeline(_config(args), log=lambda line: print(line, file=sys.stderr))
+    print(result.summary())
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def _add_config_command(sub: argparse._SubParsersAction, name: str, handler: Callable, summary: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog=_keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("items", nargs="*", metavar="[RECIPE] [key=value ...]", help="recipe and overrides")
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from aigc import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="aigc",
+        description="From raw data to a deployed generative model: collect -> prepare -> train -> ...",
+        epilog=textwrap.dedent("Run `aigc COMMAND --help` for a command's settings."),
+    )
+    parser.add_argument("--version", action="version", version=f"aigc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_config_command(sub, "run", cmd_run, "run every stage into one run directory, skipping unchanged ones")
+    _add_config_command(sub, "collect", cmd_collect, "find the input files and count their records")
+    _add_config_command(sub, "prepare", cmd_prepare, "clean, tokenize and shard the data")
+    train = _add_config_command(sub, "train", cmd_train, "train the model on the prepared shards")
+    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    recipes = sub.add_parser("recipes", help="list the built-in recipes")
+    recipes.set_defaults(handler=cmd_recipes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except AigcError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,255 @@
+"""Typed configuration: YAML recipes plus ``key=value`` overrides, validated by pydantic.
+
+A recipe is a YAML file whose top-level sections mirror :class:`Config`. Built-in recipes ship in
+``aigc/recipes/``; a user may pass the path of their own. Overrides use dotted keys
+(``tokenizer.vocab_size=4096``) and YAML values (``data.paths=[a.txt,b.txt]``). Unknown keys and wrong
+types are reported with the key and the list of valid keys, never as a pydantic traceback.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from aigc.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Section):
+    dir: Path | None = Field(None, description="run directory; default runs/<recipe>")
+
+
+class DataConfig(Section):
+    paths: list[str] = Field(default_factory=list, description="files, folders (recursive) and glob patterns to read")
+    builtin: list[Literal["stdlib"]] = Field(
+        default_factory=list, description="built-in sources: stdlib = .py files of this Python's standard library"
+    )
+    field: str = Field("text", description="JSONL field that holds the text")
+    column: str = Field("text", description="CSV/TSV column that holds the text")
+    document: Literal["file", "paragraph", "line"] = Field(
+        "file", description="what one document is in plain-text files: a whole file, a blank-line paragraph, a line"
+    )
+    min_chars: int = Field(1, ge=1, description="drop documents shorter than this (characters, after cleaning)")
+    max_chars: int = Field(1_000_000, ge=1, description="drop documents longer than this (characters)")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of documents held out for validation")
+
+    @model_validator(mode="after")
+    def _lengths_ordered(self) -> DataConfig:
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"data.min_chars ({self.min_chars}) is above data.max_chars ({self.max_chars})")
+        return self
+
+
+class TokenizerConfig(Section):
+    kind: Literal["bpe", "char"] = Field("bpe", description="byte-level BPE or a character vocabulary")
+    vocab_size: int = Field(4096, ge=2, le=1 << 20, description="vocabulary size (a maximum for char)")
+    path: Path | None = Field(None, description="use this existing tokenizer.json instead of training one")
+    train_max_mb: float = Field(64.0, gt=0, description="train the tokenizer on at most this many MB of text")
+
+
+class ModelConfig(Section):
+    """Shape and options of the decoder-only GPT (see ``aigc.models.gpt``)."""
+
+    n_layer: int = Field(4, ge=1, description="Transformer blocks")
+    n_head: int = Field(4, ge=1, description="attention (query) heads")
+    n_kv_head: int | None = Field(None, ge=1, description="key/value heads for grouped-query attention; default n_head")
+    n_embd: int = Field(128, ge=1, description="residual stream width")
+    block_size: int = Field(256, ge=1, description="longest context the model accepts (tokens)")
+    vocab_size: int | None = Field(None, ge=2, description="set from the tokenizer; override only to pad it")
+    norm: Literal["layernorm", "rmsnorm"] = Field("layernorm", description="normalisation layer")
+    mlp: Literal["gelu", "swiglu"] = Field("gelu", description="feed-forward kind")
+    mlp_hidden: int | None = Field(None, ge=1, description="feed-forward width; default 4*n_embd (gelu), ~8/3*n_embd (swiglu)")
+    position: Literal["learned", "rope"] = Field("learned", description="position information")
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base")
+    bias: bool = Field(True, description="bias in linear layers and LayerNorm")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability in training")
+    tie_embeddings: bool = Field(True, description="share the token embedding with the output projection")
+    norm_eps: float = Field(1e-5, gt=0, description="epsilon of the norm layers")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
+        if self.n_head % self.kv_heads:
+            raise ValueError(f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.kv_heads})")
+        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError("RoPE needs an even head size (model.n_embd / model.n_head)")
+        return self
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def hidden(self) -> int:
+        if self.mlp_hidden:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":  # Llama's 2/3 * 4 * d, rounded up to a multiple of 64 (at least 64)
+            return max(64, -(-int(8 * self.n_embd / 3) // 64) * 64)
+        return 4 * self.n_embd
+
+
+class TrainConfig(Section):
+    max_steps: int = Field(1000, ge=0, description="optimizer steps to run (the cosine schedule's length)")
+    max_minutes: float | None = Field(None, gt=0, description="stop after this many minutes of training")
+    batch_size: int = Field(16, ge=1, description="sequences per micro-batch on each process")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step, over all processes")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    min_lr: float | None = Field(None, ge=0, description="learning rate at the end of the cosine; default lr/10")
+    warmup_steps: int = Field(100, ge=0, description="linear warm-up steps")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on matrices")
+    decay_embeddings: bool = Field(False, description="apply weight decay to embeddings too")
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0, description="clip the global gradient norm (0 = off)")
+    eval_every: int = Field(200, ge=1, description="steps between evaluations on the val split")
+    eval_batches: int = Field(20, ge=1, description="micro-batches per evaluation")
+    checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
+    log_every: int = Field(10, ge=1, description="steps between metric lines")
+    keep_checkpoints: int = Field(1, ge=1, description="latest checkpoints kept besides the best")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = bfloat16 autocast")
+    compile: bool = Field(False, description="torch.compile the model")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch; default all cores")
+
+
+class Config(Section):
+    """A whole run: every stage reads its own section."""
+
+    recipe: str = Field("custom", description="name of the recipe this config came from")
+    seed: int = Field(1337, description="seed for splits, initialisation, sampling order and dropout")
+    run: RunConfig = Field(default_factory=RunConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.dir if self.run.dir is not None else Path("runs") / self.recipe
+
+
+def builtin_recipes() -> dict[str, str]:
+    """Name -> one-line description of every recipe shipped in ``aigc/recipes``."""
+    found = {}
+    for entry in sorted(importlib.resources.files("aigc.recipes").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            first = entry.read_text(encoding="utf-8").splitlines()[0]
+            found[entry.name.removesuffix(".yaml")] = first.lstrip("# ").strip()
+    return found
+
+
+def _read_recipe(recipe: str) -> tuple[str, dict[str, Any]]:
+    """Return (name, raw mapping) of a built-in recipe name or a YAML path."""
+    if recipe in builtin_recipes():
+        text = importlib.resources.files("aigc.recipes").joinpath(f"{recipe}.yaml").read_text(encoding="utf-8")
+        name = recipe
+    else:
+        path = Path(recipe)
+        if not path.is_file():
+            names = ", ".join(builtin_recipes())
+            raise ConfigError(f"no recipe '{recipe}': give a built-in name ({names}) or the path of a YAML file")
+        text = path.read_text(encoding="utf-8")
+        name = path.stem
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"recipe {recipe} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"recipe {recipe} must be a mapping of sections (data:, model:, ...), not {type(raw).__name__}")
+    raw.setdefault("recipe", name)
+    return name, raw
+
+
+def _valid_keys(model: type[BaseModel]) -> list[str]:
+    return sorted(model.model_fields)
+
+
+def _section_model(path: list[str]) -> type[BaseModel] | None:
+    """The pydantic model that holds the key at ``path`` (for listing its valid siblings)."""
+    model: type[BaseModel] = Config
+    for part in path:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.key=value`` to ``raw`` in place; the value is parsed as YAML."""
+    key, sep, value_text = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{assignment}' must look like key=value (e.g. train.max_steps=200)")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError:
+        value = value_text
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        model = _section_model(parts[: i + 1])
+        if model is None:
+            parent = _section_model(parts[:i]) or Config
+            raise ConfigError(f"unknown key '{'.'.join(parts[: i + 1])}'; valid keys: {', '.join(_valid_keys(parent))}")
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"'{'.'.join(parts[: i + 1])}' is a section; set its keys, e.g. {part}.<key>=...")
+        node = child
+    node[parts[-1]] = value
+
+
+def _explain(err: ValidationError) -> str:
+    lines = []
+    for problem in err.errors():
+        loc = [str(p) for p in problem["loc"]]
+        key = ".".join(loc) or "config"
+        if problem["type"] == "extra_forbidden":
+            model = _section_model(loc[:-1]) or Config
+            lines.append(f"unknown key '{key}'; valid keys: {', '.join(_valid_keys(model))}")
+        else:
+            got = problem.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{key}: {problem['msg']}{shown}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = (), default: str = "code") -> Config:
+    """Build a validated :class:`Config` from a recipe (built-in name or YAML path) and overrides."""
+    _, raw = _read_recipe(recipe or default)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return validate_config(raw)
+
+
+def validate_config(raw: dict[str, Any]) -> Config:
+    """Validate a raw mapping into a :class:`Config`, turning pydantic errors into a :class:`ConfigError`."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_explain(err)) from None
+
+
+def describe_keys() -> list[tuple[str, str, str]]:
+    """(dotted key, default, meaning) for every setting, for ``--help``."""
+    rows = [("seed", str(Config.model_fields["seed"].default), Config.model_fields["seed"].description or "")]
+    for section_name in ("run", "data", "tokenizer", "model", "train"):
+        section = Config.model_fields[section_name].annotation
+        for name, field in section.model_fields.items():
+            default = field.default_factory() if field.default_factory else field.default
+            rows.append((f"{section_name}.{name}", "" if default is None else str(default), field.description or ""))
+    return rows

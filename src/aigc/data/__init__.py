@@ -1,0 +1,1 @@
+"""Data stages: collect raw records, clean them, tokenize and shard them for training."""

@@ -1,0 +1,29 @@
+"""Typed errors: every failure a user can cause is an ``AigcError`` with a message that says what to do.
+
+Library code raises these; only ``aigc.cli`` turns them into exit codes (and, later, the server into
+HTTP statuses). Anything else that escapes is a bug in aigc, not in the user's input.
+"""
+
+from __future__ import annotations
+
+
+class AigcError(Exception):
+    """Base class of every user-facing failure; ``str(err)`` is the whole message shown to the user."""
+
+    exit_code = 2
+
+
+class ConfigError(AigcError):
+    """A recipe, an override or a combination of settings is invalid."""
+
+
+class DataError(AigcError):
+    """Input data is missing, unreadable, or nothing usable remains after cleaning."""
+
+
+class CheckpointError(AigcError):
+    """A checkpoint or run directory is missing, incomplete, corrupt or incompatible."""
+
+
+class TrainingError(AigcError):
+    """Training cannot start or cannot continue (divergence, out of memory, mismatched shards)."""

@@ -1,0 +1,75 @@
+"""Train and load tokenizers, all stored as one Hugging Face ``tokenizer.json``.
+
+Two kinds, both built from ``tokenizers`` stages so the file loads with ``Tokenizer.from_file`` and
+``transformers.PreTrainedTokenizerFast``:
+
+- ``bpe``: byte-level BPE (GPT-2 style). Any Unicode text round-trips exactly, because every byte has
+  a token and the decoder turns byte tokens back into the original UTF-8.
+- ``char``: one token per character seen in training (``<|unk|>`` for characters never seen), as in
+  nanoGPT's ``shakespeare_char``.
+
+Both reserve ``<|endoftext|>``, which separates documents in the shards.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from aigc.errors import DataError
+
+EOT = "<|endoftext|>"
+UNK = "<|unk|>"
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Byte-level BPE with ``vocab_size`` entries (256 byte tokens + merges + ``<|endoftext|>``)."""
+    if vocab_size < 257:
+        raise DataError(f"tokenizer.vocab_size={vocab_size} is too small for byte-level BPE; use at least 257")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def train_char(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """A character vocabulary: the ``vocab_size - 2`` most frequent characters, in code-point order."""
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(text)
+    chars = sorted(c for c, _ in counts.most_common(max(vocab_size - 2, 0)))
+    vocab = {EOT: 0, UNK: 1} | {c: i + 2 for i, c in enumerate(chars)}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    tokenizer.add_special_tokens([EOT, UNK])
+    return tokenizer
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """Load a ``tokenizer.json``; a clear error if it is missing or not one."""
+    if not path.is_file():
+        raise DataError(f"no tokenizer at {path}; run `aigc prepare` first or set tokenizer.path to a tokenizer.json")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises bare Exception subclasses for malformed files
+        raise DataError(f"{path} is not a valid tokenizer.json ({err}); re-run `aigc prepare` to rebuild it") from None
+
+
+def eot_id(tokenizer: Tokenizer) -> int:
+    """Id of ``<|endoftext|>``; every aigc tokenizer has it."""
+    token_id = tokenizer.token_to_id(EOT)
+    if token_id is None:
+        raise DataError(f"the tokenizer has no {EOT} token; aigc needs it to separate documents")
+    return token_id
+
