@@ -39,7 +39,7 @@ class DataConfig(Section):
         "file", description="what one document is in plain-text files: a whole file, a blank-line paragraph, a line"
     )
     min_chars: int = Field(1, ge=1, description="drop documents shorter than this (characters, after cleaning)")
-    max_chars: int = Field(1_000_000, ge=1, description="drop documents longer than this (characters)")
+    max_chars: int = Field(10_000_000, ge=1, description="drop documents longer than this (characters)")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of documents held out for validation")
 
     @model_validator(mode="after")

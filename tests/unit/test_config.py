@@ -1,0 +1,61 @@
+import pytest
+
+from aigc.config import apply_override, builtin_recipes, describe_keys, load_config
+from aigc.errors import ConfigError
+
+
+def test_builtin_recipes_have_descriptions():
+    recipes = builtin_recipes()
+    assert {"code", "text"} <= set(recipes)
+    assert all(recipes.values())
+
+
+def test_overrides_parse_yaml_values():
+    config = load_config("text", ["data.paths=[a.txt,b.txt]", "tokenizer.vocab_size=4096", "train.lr=3e-4"])
+    assert config.data.paths == ["a.txt", "b.txt"]
+    assert config.tokenizer.vocab_size == 4096
+    assert config.train.lr == pytest.approx(3e-4)
+    assert str(config.run_dir) == "runs/text"
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        load_config("text", ["tokenizer.vocab=3"])
+    assert "tokenizer.vocab" in str(err.value) and "vocab_size" in str(err.value)
+
+
+def test_unknown_section_lists_sections():
+    with pytest.raises(ConfigError, match="valid keys: data, model"):
+        load_config("text", ["modle.n_layer=2"])
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match=r"train\.max_steps.*'ten'"):
+        load_config("text", ["train.max_steps=ten"])
+
+
+def test_inconsistent_model_is_an_error():
+    with pytest.raises(ConfigError, match="divisible"):
+        load_config("text", ["model.n_embd=10", "model.n_head=3"])
+
+
+def test_recipe_path_and_missing_recipe(tmp_path):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("# mine\ntrain:\n  max_steps: 7\n")
+    config = load_config(str(recipe))
+    assert config.train.max_steps == 7 and config.recipe == "mine"
+    with pytest.raises(ConfigError, match="no recipe 'nope'"):
+        load_config("nope")
+
+
+def test_malformed_override():
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_override({}, "=3")
+
+
+def test_describe_keys_covers_contract():
+    keys = {k for k, _, _ in describe_keys()}
+    contract = {"run.dir", "seed", "data.paths", "tokenizer.kind", "tokenizer.vocab_size", "model.n_layer",
+                "model.n_head", "model.n_embd", "model.block_size", "train.max_steps", "train.max_minutes",
+                "train.batch_size", "train.lr", "train.eval_every", "train.checkpoint_every"}
+    assert contract <= keys
