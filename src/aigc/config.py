@@ -105,6 +105,9 @@ class ModelConfig(Section):
 class TrainConfig(Section):
     max_steps: int = Field(1000, ge=0, description="optimizer steps to run (the cosine schedule's length)")
     max_minutes: float | None = Field(None, gt=0, description="stop after this many minutes of training")
+    schedule: Literal["steps", "time"] = Field(
+        "steps", description="cosine over max_steps (exactly resumable) or over max_minutes (ends on time)"
+    )
     batch_size: int = Field(16, ge=1, description="sequences per micro-batch on each process")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step, over all processes")
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
@@ -124,6 +127,12 @@ class TrainConfig(Section):
     compile: bool = Field(False, description="torch.compile the model")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; default all cores")
+
+    @model_validator(mode="after")
+    def _time_schedule_needs_budget(self) -> TrainConfig:
+        if self.schedule == "time" and self.max_minutes is None:
+            raise ValueError("train.schedule=time needs train.max_minutes")
+        return self
 
 
 class Config(Section):

@@ -1,0 +1,166 @@
+"""Checkpoint directories: self-describing, written atomically, loaded without unpickling code.
+
+::
+
+    checkpoints/step_000500/
+        config.json         the whole run config (model.vocab_size filled in)
+        model.safetensors   weights (a tied output projection is stored once)
+        tokenizer.json      the tokenizer the model was trained with
+        train_state.pt      optimizer, step, RNG states, elapsed time; tensors and plain types only
+        meta.json           format and code version, data manifest and tokenizer hashes, file hashes
+    checkpoints/latest -> step_000500      checkpoints/best -> step_000400
+
+A checkpoint is built in a hidden temporary folder and renamed into place, so a crash never leaves a
+half-written one under a real name; ``meta.json`` holds the SHA-256 of every file, so a truncated or
+corrupted file is caught on load with the file's name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from aigc import __version__
+from aigc.config import Config, validate_config
+from aigc.errors import CheckpointError
+from aigc.files import file_hash, read_json, write_json
+
+FORMAT_VERSION = 1
+CHECKPOINTS = "checkpoints"
+FILES = ("config.json", "model.safetensors", "tokenizer.json", "train_state.pt")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: Config
+    meta: dict[str, Any]
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        state = load_file(self.path / "model.safetensors")
+        if self.config.model.tie_embeddings and "lm_head.weight" not in state:
+            state["lm_head.weight"] = state["wte.weight"]
+        return state
+
+    def train_state(self) -> dict[str, Any]:
+        return torch.load(self.path / "train_state.pt", map_location="cpu", weights_only=True)
+
+
+def step_name(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    config: Config,
+    model_state: dict[str, torch.Tensor],
+    train_state: dict[str, Any],
+    hashes: dict[str, str],
+) -> Path:
+    """Write ``<run>/checkpoints/step_NNNNNN`` atomically and point ``latest`` at it; return its path."""
+    root = run_dir / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_name(step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    weights = dict(model_state)
+    if config.model.tie_embeddings:
+        weights.pop("lm_head.weight", None)  # same storage as wte.weight; safetensors stores a tensor once
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+    torch.save(train_state, tmp / "train_state.pt")
+    write_json(tmp / "config.json", config.model_dump(mode="json"))
+    shutil.copyfile(run_dir / "tokenizer.json", tmp / "tokenizer.json")
+    meta = {
+        "format": FORMAT_VERSION,
+        "aigc_version": __version__,
+        "torch_version": torch.__version__,
+        "step": step,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **hashes,
+        "files": {name: file_hash(tmp / name) for name in FILES},
+    }
+    write_json(tmp / "meta.json", meta)
+    for name in (*FILES, "meta.json"):
+        with (tmp / name).open("rb") as handle:
+            os.fsync(handle.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    point(root, "latest", final.name)
+    return final
+
+
+def point(root: Path, link: str, target: str) -> None:
+    """Atomically make ``root/link`` a symlink to ``target`` (a sibling folder name)."""
+    tmp = root / f".{link}.tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, root / link)
+
+
+def resolve(path: Path) -> Path:
+    """A checkpoint folder from itself, a run directory (its latest) or a ``checkpoints`` folder."""
+    for candidate in (path, path / "latest", path / CHECKPOINTS / "latest"):
+        if (candidate / "meta.json").is_file():
+            return candidate.resolve()
+    raise CheckpointError(f"{path} is not a checkpoint or a run directory with checkpoints; train first (`aigc train`)")
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Load and verify a checkpoint: every file present and matching the hash in ``meta.json``."""
+    folder = resolve(path)
+    try:
+        meta = read_json(folder / "meta.json")
+    except ValueError:
+        raise CheckpointError(f"{folder / 'meta.json'} is not valid JSON; the checkpoint is corrupt, use an earlier one") from None
+    if meta.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{folder} has checkpoint format {meta.get('format')}; this aigc reads format {FORMAT_VERSION}")
+    for name, expected in meta.get("files", {}).items():
+        file = folder / name
+        if not file.is_file():
+            raise CheckpointError(f"{file} is missing; the checkpoint is incomplete, use an earlier one or retrain")
+        if file_hash(file) != expected:
+            raise CheckpointError(f"{file} is corrupt (its SHA-256 differs from meta.json); use an earlier checkpoint")
+    config = validate_config(read_json(folder / "config.json"))
+    try:
+        load_file(folder / "model.safetensors")
+    except SafetensorError as err:
+        raise CheckpointError(f"{folder / 'model.safetensors'} cannot be read ({err})") from None
+    return Checkpoint(folder, config, meta)
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The step folders of a run, oldest first."""
+    root = run_dir / CHECKPOINTS
+    return sorted(p for p in root.glob("step_*") if p.is_dir()) if root.is_dir() else []
+
+
+def latest_valid(run_dir: Path, warn=print) -> Checkpoint | None:
+    """The newest checkpoint of a run that verifies; corrupt newer ones are reported through ``warn`` and skipped."""
+    for folder in reversed(checkpoints(run_dir)):
+        try:
+            return load_checkpoint(folder)
+        except CheckpointError as err:
+            warn(f"skipping {folder.name}: {err}")
+    return None
+
+
+def prune(run_dir: Path, keep: int) -> None:
+    """Delete step folders other than the ``keep`` newest and the one ``best`` points to; clear stale temp folders."""
+    root = run_dir / CHECKPOINTS
+    best = (root / "best").resolve() if (root / "best").is_symlink() else None
+    for folder in checkpoints(run_dir)[:-keep]:
+        if folder.resolve() != best:
+            shutil.rmtree(folder)
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)

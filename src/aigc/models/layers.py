@@ -1,0 +1,166 @@
+"""Building blocks shared by every aigc Transformer: norms, rotary positions, attention, MLPs, KV cache.
+
+Shapes use B = batch, T = new tokens in this call, S = all key positions (cache + new), C = model
+width, H = query heads, Hkv = key/value heads, D = head size (C // H).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aigc.config import ModelConfig
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    """LayerNorm (GPT-2; bias per ``config.bias``) or RMSNorm (Llama) over the last dimension."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding tables (RoPE, Su et al. 2021) in the "rotate half" layout of Llama/HF.
+
+    Channel pairs (i, i + D/2) of queries and keys are rotated by angle ``pos * theta^(-2i/D)``, so the
+    dot product of a query and a key depends only on their distance.
+    """
+
+    def __init__(self, head_dim: int, max_positions: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)  # (P, D/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (P, D)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for ``positions`` (T,) or (B, T) -> each (T, D) or (B, 1, T, D), broadcastable over heads."""
+        cos, sin = self.cos[positions], self.sin[positions]
+        if positions.dim() == 2:
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        return cos, sin
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, D) queries or keys; ``cos``/``sin`` broadcast to (.., T, D)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class KVCache:
+    """Keys and values of one attention layer for incremental decoding.
+
+    Storage is preallocated for ``capacity`` positions (a static cache, no copies while decoding) and
+    doubles when a longer sequence arrives (a growing cache). ``length`` is how many positions are filled.
+    """
+
+    def __init__(self, batch: int, kv_heads: int, head_dim: int, capacity: int, dtype: torch.dtype, device: torch.device):
+        shape = (batch, kv_heads, max(capacity, 1), head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (B, Hkv, T, D) new keys/values; return all keys/values so far, (B, Hkv, S, D)."""
+        end = self.length + k.shape[2]
+        if end > self.keys.shape[2]:
+            grow = max(end, 2 * self.keys.shape[2]) - self.keys.shape[2]
+            pad = (0, 0, 0, grow)
+            self.keys, self.values = F.pad(self.keys, pad), F.pad(self.values, pad)
+        self.keys[:, :, self.length : end] = k
+        self.values[:, :, self.length : end] = v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention, softmax(Q K^T / sqrt(D) + mask) V, with grouped-query heads and RoPE.
+
+    Q, K and V come from one fused projection (C -> (H + 2 Hkv) D). With ``n_kv_head < n_head`` each
+    key/value head serves ``n_head / n_kv_head`` query heads (GQA); equal counts are classic multi-head.
+    """
+
+    def __init__(self, config: ModelConfig, causal: bool = True):
+        super().__init__()
+        self.n_head, self.kv_heads, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        self.causal = causal
+        self.qkv = nn.Linear(config.n_embd, (self.n_head + 2 * self.kv_heads) * self.head_dim, bias=config.bias)
+        self.proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C). ``mask``: bool (B or 1, 1, T, S), True = may attend; replaces causality."""
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split([self.n_head * self.head_dim, *(2 * [self.kv_heads * self.head_dim])], dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        past = cache.length if cache is not None else 0
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, Hkv, S, D)
+        if self.kv_heads != self.n_head:
+            repeat = self.n_head // self.kv_heads
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        # Causal masking: with nothing cached, SDPA's is_causal; with a cache, new token t sees keys <= past + t.
+        is_causal = self.causal and mask is None and past == 0 and T > 1
+        if self.causal and mask is None and past > 0 and T > 1:
+            mask = causal_mask(T, past, x.device)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
+        )  # (B, H, T, D)
+        return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+def causal_mask(new: int, past: int, device: torch.device) -> torch.Tensor:
+    """Bool (1, 1, new, past + new): query t may attend to keys 0 .. past + t."""
+    keys = torch.arange(past + new, device=device)
+    queries = torch.arange(past, past + new, device=device)
+    return (keys[None, :] <= queries[:, None])[None, None]
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: GELU (GPT-2, tanh approximation) or SwiGLU (Llama: down(silu(gate) * up))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gated = config.mlp == "swiglu"
+        width = config.hidden
+        self.fc = nn.Linear(config.n_embd, (2 if self.gated else 1) * width, bias=config.bias)
+        self.proj = nn.Linear(width, config.n_embd, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C)."""
+        h = self.fc(x)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")
+        return self.proj(h)
+
+
+def init_weights(module: nn.Module, n_layer: int) -> None:
+    """GPT-2 initialisation: N(0, 0.02) weights, zero biases; residual output projections N(0, 0.02/sqrt(2L)).
+
+    Scaling the projections that write into the residual stream keeps its variance from growing with depth.
+    """
+    for name, param in module.named_parameters():
+        if param.dim() < 2:
+            if name.endswith("bias"):
+                nn.init.zeros_(param)
+            continue
+        std = 0.02 / math.sqrt(2 * n_layer) if name.endswith("proj.weight") else 0.02
+        nn.init.normal_(param, mean=0.0, std=std)

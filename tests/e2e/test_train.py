@@ -1,0 +1,239 @@
+"""The train stage end to end on a slice of tinyshakespeare: learning, exact resume, signals, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file as load_numpy
+
+from aigc.checkpoint import load_checkpoint, point
+from aigc.config import load_config
+from aigc.data.prepare import prepare
+from aigc.errors import CheckpointError, TrainingError
+from aigc.train import loop
+from aigc.train.loop import train
+from tests.conftest import shared
+
+TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=8",
+        "train.lr=3e-3", "train.warmup_steps=5", "train.eval_every=8", "train.eval_batches=2", "train.log_every=1",
+        "train.threads=2", "model.dropout=0.1"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    text = shared("tinyshakespeare.txt").read_text(encoding="utf-8")[:200_000]
+    path = tmp_path_factory.mktemp("corpus") / "shakespeare.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _config(run_dir: Path, corpus: Path, *extra: str):
+    return load_config("text", [f"run.dir={run_dir}", f"data.paths=[{corpus}]", *TINY, *extra])
+
+
+def _prepared(tmp_path: Path, corpus: Path, name: str, *extra: str):
+    config = _config(tmp_path / name, corpus, *extra)
+    prepare(config)
+    return config
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+
+def _weights(run_dir: Path) -> dict[str, np.ndarray]:
+    return load_numpy(str(run_dir / "checkpoints" / "latest" / "model.safetensors"))
+
+
+def test_loss_decreases_quickly(tmp_path, corpus):
+    config = _prepared(tmp_path, corpus, "run", "train.max_steps=100", "model.dropout=0.0", "model.n_layer=4",
+                       "model.n_head=4", "model.n_embd=128", "model.block_size=64", "train.batch_size=12",
+                       "train.eval_every=50")
+    started = time.perf_counter()
+    result = train(config)
+    assert time.perf_counter() - started < 20
+    losses = _losses(config.run_dir)
+    assert losses[1] > 3.5 and losses[100] < 2.6
+    assert result.best_val_loss is not None and result.best_val_loss < 2.8
+    files = {p.name for p in result.checkpoint.iterdir()}
+    assert files == {"config.json", "model.safetensors", "tokenizer.json", "train_state.pt", "meta.json"}
+    meta = json.loads((result.checkpoint / "meta.json").read_text())
+    assert meta["step"] == 100 and len(meta["tokenizer_sha256"]) == 64 and meta["format"] == 1
+    assert (config.run_dir / "checkpoints" / "best").is_symlink()
+
+
+def test_exact_resume_matches_uninterrupted(tmp_path, corpus):
+    common = ("train.max_steps=24", "train.checkpoint_every=8", "train.keep_checkpoints=3")
+    straight = _prepared(tmp_path, corpus, "straight", *common)
+    train(straight)
+    resumed = _prepared(tmp_path, corpus, "resumed", *common)
+    train(resumed)
+    # pretend the process died after step 8's checkpoint: later checkpoints never happened
+    root = resumed.run_dir / "checkpoints"
+    for name in ("step_000016", "step_000024"):
+        for file in (root / name).iterdir():
+            file.unlink()
+        (root / name).rmdir()
+    point(root, "latest", "step_000008")
+    train(resumed, resume=True)
+    expected, got = _losses(straight.run_dir), _losses(resumed.run_dir)
+    assert sorted(got) == list(range(1, 25))
+    assert all(got[step] == expected[step] for step in range(9, 25))
+    for name, value in _weights(straight.run_dir).items():
+        assert np.array_equal(value, _weights(resumed.run_dir)[name]), name
+
+
+def _train_process(config_args: list[str], **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "aigc", "train", "text", *config_args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _wait_for(path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_same_final_weights(tmp_path, corpus):
+    common = ["train.max_steps=60", "train.checkpoint_every=5", "train.eval_every=20"]
+    straight = _prepared(tmp_path, corpus, "straight", *common)
+    train(straight)
+    killed = _prepared(tmp_path, corpus, "killed", *common)
+    args = [f"run.dir={killed.run_dir}", f"data.paths=[{corpus}]", *TINY, *common]
+    process = _train_process(args)
+    _wait_for(killed.run_dir / "checkpoints" / "step_000010")
+    time.sleep(np.random.default_rng().uniform(0, 0.5))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    train(killed, resume=True)
+    reference = _weights(straight.run_dir)
+    for name, value in _weights(killed.run_dir).items():
+        assert np.array_equal(value, reference[name]), name
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_signal_saves_checkpoint_and_exits_cleanly(tmp_path, corpus, signum):
+    config = _prepared(tmp_path, corpus, "run", "train.max_steps=100000", "train.checkpoint_every=10000")
+    args = [f"run.dir={config.run_dir}", f"data.paths=[{corpus}]", *TINY, "train.max_steps=100000",
+            "train.checkpoint_every=10000"]
+    process = _train_process(args)
+    _wait_for(config.run_dir / "metrics.jsonl")
+    time.sleep(1.0)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in out
+    checkpoint = load_checkpoint(config.run_dir)
+    assert checkpoint.meta["step"] == max(_losses(config.run_dir))
+
+
+def test_nan_loss_stops_with_last_good_state(tmp_path, corpus, monkeypatch):
+    config = _prepared(tmp_path, corpus, "run", "train.max_steps=20")
+
+    class Diverging(loop.GPT):
+        calls = 0
+
+        def forward(self, idx, targets=None, **kwargs):
+            Diverging.calls += 1
+            out = super().forward(idx, targets, **kwargs)
+            return out * float("nan") if Diverging.calls > 5 and self.training else out
+
+    monkeypatch.setattr(loop, "GPT", Diverging)
+    with pytest.raises(TrainingError, match=r"loss became nan at step 6.*last good state is saved.*step_000005"):
+        train(config)
+    assert load_checkpoint(config.run_dir).meta["step"] == 5
+
+
+def test_out_of_memory_is_explained(tmp_path, corpus, monkeypatch):
+    config = _prepared(tmp_path, corpus, "run", "train.max_steps=5")
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(loop.GPT, "forward", no_memory)
+    with pytest.raises(TrainingError, match=r"does not fit in memory.*train\.batch_size \(now 8\)"):
+        train(config)
+
+
+def test_corrupt_checkpoint_detected_and_skipped_on_resume(tmp_path, corpus):
+    config = _prepared(tmp_path, corpus, "run", "train.max_steps=10", "train.checkpoint_every=5",
+                       "train.keep_checkpoints=2", "train.eval_every=1000")
+    train(config)
+    weights = config.run_dir / "checkpoints" / "step_000010" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"step_000010/model\.safetensors is corrupt"):
+        load_checkpoint(config.run_dir)
+    state = config.run_dir / "checkpoints" / "step_000005" / "train_state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"step_000005/train_state\.pt is corrupt"):
+        load_checkpoint(state.parent)
+    warnings = []
+    result = train(config, resume=True, log=warnings.append)
+    assert any("skipping step_000010" in w for w in warnings)
+    assert any("skipping step_000005" in w for w in warnings)
+    assert any("starting from step 0" in w for w in warnings)
+    assert result.steps == 10
+
+
+def test_checkpoint_weights_load_with_safetensors_alone(tmp_path, corpus):
+    config = _prepared(tmp_path, corpus, "run", "train.max_steps=2")
+    train(config)
+    weights = _weights(config.run_dir)
+    vocab = json.loads((config.run_dir / "data" / "manifest.json").read_text())["tokenizer"]["vocab_size"]
+    assert weights["wte.weight"].shape == (vocab, 32) and "lm_head.weight" not in weights  # tied: stored once
+    state = torch.load(config.run_dir / "checkpoints" / "latest" / "train_state.pt", weights_only=True)
+    assert state["step"] == 2 and "optimizer" in state
+
+
+def test_mismatched_tokenizer_and_model_are_refused(tmp_path, corpus):
+    config = _prepared(tmp_path, corpus, "run", "train.max_steps=2")
+    train(config)
+    with pytest.raises(TrainingError, match="different settings"):
+        train(_config(config.run_dir, corpus, "train.max_steps=4", "model.n_layer=3"), resume=True)
+    tokenizer = config.run_dir / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text().replace('"a"', '"a" '))
+    with pytest.raises(TrainingError, match="different tokenizer"):
+        train(config)
+
+
+def test_block_size_beyond_data_is_refused(tmp_path):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("a short text\n\nand another one\n")
+    config = _prepared(tmp_path, corpus, "run", "model.block_size=64")
+    with pytest.raises(TrainingError, match="too few for windows of model.block_size=64"):
+        train(config)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(tmp_path, corpus):
+    common = ["train.max_steps=6", "train.grad_accum=2", "model.dropout=0.0", "train.threads=1"]
+    single = _prepared(tmp_path, corpus, "single", *common)
+    train(single)
+    double = _prepared(tmp_path, corpus, "double", *common)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    args = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "aigc", "train", "text",
+            f"run.dir={double.run_dir}", f"data.paths=[{corpus}]", *TINY, *common]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = _losses(single.run_dir), _losses(double.run_dir)
+    assert sorted(one) == sorted(two) == list(range(1, 7))
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-5)
+    # and that run resumes on one process
+    train(_config(double.run_dir, corpus, *common[1:], "train.max_steps=8"), resume=True)
+    assert sorted(_losses(double.run_dir)) == list(range(1, 9))
