@@ -1,6 +1,6 @@
 """aigc: from raw data to a deployed generative model, on a laptop CPU or on GPUs.
 
-The public Python API: each pipeline stage is a function (``collect``, ``prepare``, ``train``, ...).
+The public Python API: each pipeline stage is a function (``collect``, ``prepare``, ``train``, ``evaluate``) and ``run_pipeline`` chains them.
 They are imported on first use, so ``import aigc`` is cheap and has no side effects.
 """
 
@@ -21,7 +21,9 @@ _EXPORTS = {
     "load_config": "aigc.config",
     "collect": "aigc.data.collect",
     "prepare": "aigc.data.prepare",
-    "train": "aigc.train.loop",
+    "train": "aigc.training.loop",
+    "evaluate": "aigc.evaluation",
+    "run_pipeline": "aigc.pipeline",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

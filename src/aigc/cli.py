@@ -10,6 +10,7 @@ import argparse
 import sys
 import textwrap
 from collections.abc import Callable
+from pathlib import Path
 
 from aigc.config import Config, builtin_recipes, describe_keys, load_config
 from aigc.errors import AigcError
@@ -67,11 +68,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from aigc.train.loop import train
+    from aigc.training.loop import train
 
     result = train(_config(args), resume=args.resume)
     print(result.summary())
     return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from aigc.evaluation import evaluate
+
+    print(evaluate(Path(args.run), log=lambda line: print(line, file=sys.stderr)).summary())
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -80,6 +88,56 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_pipeline(_config(args), log=lambda line: print(line, file=sys.stderr))
     print(result.summary())
     return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def _sampling(args: argparse.Namespace):
+    from aigc.generate.sampling import SamplingParams
+
+    return SamplingParams(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        min_p=args.min_p, repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty, seed=args.seed, stop=tuple(args.stop or ()),
+        truncate_prompt=not args.no_truncate,
+    )
+
+
+def _print_completions(generator, prompts: list[str], params, args: argparse.Namespace) -> None:
+    """Generated text only on stdout (so it composes in pipelines); samples separated by a blank line."""
+    for prompt in prompts:
+        batch = [prompt] * args.n
+        if args.stream:
+            current = 0
+            for piece in generator.stream(batch, params):
+                if piece.index != current:
+                    print("\n", flush=True)
+                    current = piece.index
+                print(piece.text, end="", flush=True)
+            print(flush=True)
+        else:
+            completions = generator.complete(batch, params)
+            print("\n\n".join(c.text for c in completions), flush=True)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from aigc.generate.text import TextGenerator
+
+    params = _sampling(args)
+    generator = TextGenerator.from_checkpoint(Path(args.run), device=args.device)
+    if args.prompt is not None:
+        _print_completions(generator, [args.prompt], params, args)
+        return 0
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("plain completion: type a prompt, Enter to generate, Ctrl-D to quit", file=sys.stderr)
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        prompt = line.rstrip("\n")
+        if prompt:
+            _print_completions(generator, [prompt.replace("\\n", "\n")], params, args)
 
 
 def _add_config_command(sub: argparse._SubParsersAction, name: str, handler: Callable, summary: str) -> argparse.ArgumentParser:
@@ -110,6 +168,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_command(sub, "prepare", cmd_prepare, "clean, tokenize and shard the data")
     train = _add_config_command(sub, "train", cmd_train, "train the model on the prepared shards")
     train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    evaluate = sub.add_parser("eval", help="score a run on its val split and write eval/report.md",
+                              description="Loss, perplexity, bits per byte, sample diversity (and code validity "
+                              "for code runs) of the run's best checkpoint; writes RUN_DIR/eval/.")
+    evaluate.add_argument("run", metavar="RUN_DIR")
+    evaluate.set_defaults(handler=cmd_eval)
+    generate = sub.add_parser(
+        "generate",
+        help="continue a prompt with a trained model (no --prompt: read prompts line by line)",
+        description="Continue --prompt with the model of a run or checkpoint; only the generated text goes to "
+        "stdout. Without --prompt, prompts are read line by line from stdin (an interactive loop on a terminal; "
+        "write \\n for a newline inside a prompt).",
+    )
+    generate.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    generate.add_argument("--prompt", help="text to continue")
+    generate.add_argument("--max-new-tokens", type=int, default=200)
+    generate.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    generate.add_argument("--top-k", type=int, default=None)
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--min-p", type=float, default=0.0)
+    generate.add_argument("--repetition-penalty", type=float, default=1.0)
+    generate.add_argument("--presence-penalty", type=float, default=0.0)
+    generate.add_argument("--frequency-penalty", type=float, default=0.0)
+    generate.add_argument("--seed", type=int, default=None, help="same seed, same output")
+    generate.add_argument("--stop", nargs="+", metavar="STR", help="stop before any of these strings")
+    generate.add_argument("--n", type=int, default=1, help="samples per prompt")
+    generate.add_argument("--stream", action="store_true", help="print text as it is generated")
+    generate.add_argument("--no-truncate", action="store_true", help="error on prompts longer than the context")
+    generate.add_argument("--device", default="cpu")
+    generate.set_defaults(handler=cmd_generate)
     recipes = sub.add_parser("recipes", help="list the built-in recipes")
     recipes.set_defaults(handler=cmd_recipes)
     return parser

@@ -41,6 +41,9 @@ class DataConfig(Section):
     min_chars: int = Field(1, ge=1, description="drop documents shorter than this (characters, after cleaning)")
     max_chars: int = Field(10_000_000, ge=1, description="drop documents longer than this (characters)")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of documents held out for validation")
+    val_paths: list[str] = Field(
+        default_factory=list, description="files, folders or globs that are the val split (then val_fraction is unused)"
+    )
 
     @model_validator(mode="after")
     def _lengths_ordered(self) -> DataConfig:
@@ -66,8 +69,10 @@ class ModelConfig(Section):
     block_size: int = Field(256, ge=1, description="longest context the model accepts (tokens)")
     vocab_size: int | None = Field(None, ge=2, description="set from the tokenizer; override only to pad it")
     norm: Literal["layernorm", "rmsnorm"] = Field("layernorm", description="normalisation layer")
-    mlp: Literal["gelu", "swiglu"] = Field("gelu", description="feed-forward kind")
-    mlp_hidden: int | None = Field(None, ge=1, description="feed-forward width; default 4*n_embd (gelu), ~8/3*n_embd (swiglu)")
+    mlp: Literal["gelu", "gelu_tanh", "swiglu"] = Field(
+        "gelu", description="feed-forward: gelu (exact), gelu_tanh (GPT-2's approximation) or swiglu"
+    )
+    mlp_hidden: int | None = Field(None, ge=1, description="feed-forward width; default 4*n_embd, ~8/3*n_embd for swiglu")
     position: Literal["learned", "rope"] = Field("learned", description="position information")
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base")
     bias: bool = Field(True, description="bias in linear layers and LayerNorm")
@@ -135,6 +140,15 @@ class TrainConfig(Section):
         return self
 
 
+class EvalConfig(Section):
+    task: Literal["text", "code"] = Field("text", description="code: also check that completions are valid Python")
+    max_tokens: int = Field(100_000, ge=1, description="val tokens scored for loss, perplexity and bits per byte")
+    samples: int = Field(8, ge=0, description="samples generated for the report (and code checks)")
+    max_new_tokens: int = Field(128, ge=1, description="tokens per sample")
+    temperature: float = Field(0.8, ge=0, description="sampling temperature of the report's samples")
+    top_k: int | None = Field(40, ge=1, description="top-k of the report's samples")
+
+
 class Config(Section):
     """A whole run: every stage reads its own section."""
 
@@ -145,6 +159,7 @@ class Config(Section):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -256,7 +271,7 @@ def validate_config(raw: dict[str, Any]) -> Config:
 def describe_keys() -> list[tuple[str, str, str]]:
     """(dotted key, default, meaning) for every setting, for ``--help``."""
     rows = [("seed", str(Config.model_fields["seed"].default), Config.model_fields["seed"].description or "")]
-    for section_name in ("run", "data", "tokenizer", "model", "train"):
+    for section_name in ("run", "data", "tokenizer", "model", "train", "eval"):
         section = Config.model_fields[section_name].annotation
         for name, field in section.model_fields.items():
             default = field.default_factory() if field.default_factory else field.default

@@ -27,3 +27,7 @@ class CheckpointError(AigcError):
 
 class TrainingError(AigcError):
     """Training cannot start or cannot continue (divergence, out of memory, mismatched shards)."""
+
+
+class GenerationError(AigcError):
+    """A generation request that cannot be served as asked (bad parameters, empty prompt, prompt too long)."""

@@ -22,8 +22,9 @@ from aigc.data.collect import collect, fingerprint
 from aigc.data.prepare import prepare
 from aigc.data.shards import MANIFEST
 from aigc.data.sources import resolve_sources
+from aigc.evaluation import evaluate
 from aigc.files import file_hash, read_json, write_json
-from aigc.train.loop import METRICS, train
+from aigc.training.loop import METRICS, train
 
 STAGES_FILE = "stages.json"
 
@@ -47,7 +48,7 @@ def _key(*parts: object) -> str:
 
 
 def run_pipeline(config: Config, log: Callable[[str], None] = print) -> PipelineResult:
-    """Run collect -> prepare -> train for ``config``; return what ran, what was skipped and the outputs."""
+    """Run collect -> prepare -> train -> eval (+ samples); return what ran, what was skipped and the outputs."""
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     stamps_path = run_dir / STAGES_FILE
@@ -97,4 +98,21 @@ def run_pipeline(config: Config, log: Callable[[str], None] = print) -> Pipeline
 
     checkpoint_done = (run_dir / CHECKPOINTS / "latest").exists()
     stage("train", train_key, checkpoint_done, run_training)
+    if result.interrupted:
+        return result
+    latest = (run_dir / CHECKPOINTS / "latest").resolve()
+    eval_key = _key(config.eval.model_dump(mode="json"), config.seed, str(latest), latest.stat().st_mtime_ns)
+    stage("eval", eval_key, (run_dir / "eval" / "report.json").is_file(), lambda: _evaluate_and_sample(run_dir, log))
     return result
+
+
+def _evaluate_and_sample(run_dir: Path, log: Callable[[str], None]) -> str:
+    """Evaluate, write the samples to ``samples/samples.txt``, and show a few of them."""
+    outcome = evaluate(run_dir, log=log)
+    samples = outcome.report["samples"]
+    folder = run_dir / "samples"
+    folder.mkdir(exist_ok=True)
+    rule = "\n" + "-" * 60 + "\n"
+    (folder / "samples.txt").write_text(rule.join(s["prompt"] + s["completion"] for s in samples), encoding="utf-8")
+    shown = [f"--- sample {i + 1} ---\n{s['prompt']}{s['completion']}" for i, s in enumerate(samples[:3])]
+    return "\n".join([outcome.summary(), f"samples: {folder / 'samples.txt'}", *shown])

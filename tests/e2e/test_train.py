@@ -19,8 +19,8 @@ from aigc.checkpoint import load_checkpoint, point
 from aigc.config import load_config
 from aigc.data.prepare import prepare
 from aigc.errors import CheckpointError, TrainingError
-from aigc.train import loop
-from aigc.train.loop import train
+from aigc.training import loop
+from aigc.training.loop import train
 from tests.conftest import shared
 
 TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=8",
@@ -107,17 +107,23 @@ def _wait_for(path: Path, timeout: float = 60) -> None:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_same_final_weights(tmp_path, corpus):
+    """Every run in a fresh process, as a user would: straight through; killed with SIGKILL, then --resume."""
     common = ["train.max_steps=60", "train.checkpoint_every=5", "train.eval_every=20"]
     straight = _prepared(tmp_path, corpus, "straight", *common)
-    train(straight)
     killed = _prepared(tmp_path, corpus, "killed", *common)
-    args = [f"run.dir={killed.run_dir}", f"data.paths=[{corpus}]", *TINY, *common]
-    process = _train_process(args)
+
+    def args(config):
+        return [f"run.dir={config.run_dir}", f"data.paths=[{corpus}]", *TINY, *common]
+
+    assert _train_process(args(straight)).wait() == 0
+    process = _train_process(args(killed))
     _wait_for(killed.run_dir / "checkpoints" / "step_000010")
     time.sleep(np.random.default_rng().uniform(0, 0.5))
     process.send_signal(signal.SIGKILL)
     process.wait()
-    train(killed, resume=True)
+    resumed = _train_process([*args(killed), "--resume"])
+    out, err = resumed.communicate()
+    assert resumed.returncode == 0 and "resumed from" in err, err
     reference = _weights(straight.run_dir)
     for name, value in _weights(killed.run_dir).items():
         assert np.array_equal(value, reference[name]), name

@@ -7,11 +7,15 @@ from aigc.config import ModelConfig
 from aigc.models import GPT
 from aigc.models.hf import to_transformers
 
-GPT2 = dict(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=50)
+GPT2 = dict(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=50, mlp="gelu_tanh")
 LLAMA = dict(GPT2, norm="rmsnorm", mlp="swiglu", position="rope", bias=False, n_kv_head=2)
 
 
-@pytest.mark.parametrize("options", [GPT2, LLAMA, dict(LLAMA, tie_embeddings=False, n_kv_head=4)], ids=["gpt2", "llama-gqa", "llama-untied"])
+@pytest.mark.parametrize(
+    "options",
+    [GPT2, dict(GPT2, mlp="gelu"), LLAMA, dict(LLAMA, tie_embeddings=False, n_kv_head=4)],
+    ids=["gpt2", "gpt2-exact-gelu", "llama-gqa", "llama-untied"],
+)
 def test_logits_match_transformers(options):
     torch.manual_seed(0)
     ours = GPT(ModelConfig(**options)).eval()

@@ -23,10 +23,12 @@ _EXAMPLES_PER_REASON = 3
 
 @dataclass(frozen=True)
 class Record:
-    """One document of raw text and where it came from (``path``, ``path:line`` or ``stdlib:module``)."""
+    """One document of raw text, where it came from (``path``, ``path:line``, ``stdlib:module``), and its split
+    when the user fixed it (``data.val_paths``); None lets the keyed hash decide."""
 
     text: str
     source: str
+    split: str | None = None
 
 
 @dataclass
@@ -114,4 +116,4 @@ def clean_records(records: Iterable[Record], config: DataConfig, report: Cleanin
             continue
         seen.add(digest)
         report.keep(size)
-        yield Record(text, record.source)
+        yield Record(text, record.source, record.split)

@@ -130,6 +130,7 @@ def prepare(config: Config) -> PrepareResult:
     dtype = token_dtype(vocab_size)
     eot = eot_id(tokenizer)
 
+    fraction = 0.0 if config.data.val_paths else config.data.val_fraction
     writers = {split: ShardWriter(data_dir / f".{split}.bin.tmp", dtype) for split in ("train", "val")}
     total_bytes = sum(s.path.stat().st_size for s in sources)
     with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", delay=2.0, file=sys.stderr) as bar:
@@ -137,7 +138,9 @@ def prepare(config: Config) -> PrepareResult:
         for batch in _batches(_cleaned(sources, config, report)):
             ids, lengths = _encode(tokenizer, [r.text for r in batch], eot, dtype)
             offsets = np.concatenate([[0], np.cumsum(lengths)])
-            to_val = [is_validation(r.text, config.data.val_fraction, config.seed) for r in batch]
+            to_val = [
+                r.split == "val" if r.split else is_validation(r.text, fraction, config.seed) for r in batch
+            ]
             for split, wanted in (("train", False), ("val", True)):
                 chosen = [i for i, v in enumerate(to_val) if v == wanted]
                 if chosen:
@@ -152,7 +155,7 @@ def prepare(config: Config) -> PrepareResult:
             writer.close()
             writer.path.unlink()
         raise _empty_corpus_error(report, sources)
-    if writers["val"].documents == 0 and writers["train"].documents > 1 and config.data.val_fraction > 0:
+    if writers["val"].documents == 0 and writers["train"].documents > 1 and fraction > 0:
         moved = writers["train"].pop_last()
         writers["val"].write(moved, 1, len(moved))
     splits = {}

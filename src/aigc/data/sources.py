@@ -28,10 +28,11 @@ _DELIMITED = {".csv": ",", ".tsv": "\t"}
 
 @dataclass(frozen=True)
 class SourceFile:
-    """A file to read and the built-in corpus it belongs to, if any (for readable provenance)."""
+    """A file to read, the built-in corpus it belongs to (for readable provenance), and its fixed split."""
 
     path: Path
     builtin: str | None = None
+    split: str | None = None
 
     @property
     def label(self) -> str:
@@ -64,27 +65,34 @@ def _walk(folder: Path) -> list[Path]:
     return found
 
 
-def resolve_sources(config: DataConfig) -> list[SourceFile]:
-    """Expand ``data.paths`` (files, folders, globs) and ``data.builtin`` into a sorted, de-duplicated file list."""
+def _expand(entries: list[str], key: str, split: str | None) -> list[SourceFile]:
+    """Files named by path, folder or glob entries of the setting ``key``."""
     files: list[SourceFile] = []
-    for entry in config.paths:
+    for entry in entries:
         path = Path(entry).expanduser()
         if path.is_file():
-            files.append(SourceFile(path))
+            files.append(SourceFile(path, split=split))
         elif path.is_dir():
-            files.extend(SourceFile(p) for p in _walk(path))
+            files.extend(SourceFile(p, split=split) for p in _walk(path))
         elif glob.has_magic(entry):
             matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
             if not matches:
-                raise DataError(f"the pattern '{entry}' matches no file; check it, quoting it so the shell does not expand it")
+                raise DataError(f"the pattern '{entry}' ({key}) matches no file; check it, and quote it so the shell does not expand it")
             for match in matches:
-                files.extend(SourceFile(p) for p in (_walk(match) if match.is_dir() else [match]))
+                files.extend(SourceFile(p, split=split) for p in (_walk(match) if match.is_dir() else [match]))
         else:
-            raise DataError(f"no such file or folder: '{entry}' (data.paths); give existing files, folders or glob patterns")
+            raise DataError(f"no such file or folder: '{entry}' ({key}); give existing files, folders or glob patterns")
+    return files
+
+
+def resolve_sources(config: DataConfig) -> list[SourceFile]:
+    """Expand ``data.paths``, ``data.builtin`` and ``data.val_paths`` into a de-duplicated file list, in order."""
+    files = _expand(config.paths, "data.paths", None)
     for name in config.builtin:
         files.extend(_stdlib_files() if name == "stdlib" else [])
     if not files:
         raise DataError("no input data: set data.paths=[file, folder or pattern, ...] or data.builtin=[stdlib]")
+    files.extend(_expand(config.val_paths, "data.val_paths", "val"))
     unique: dict[Path, SourceFile] = {}
     for source in files:
         unique.setdefault(source.path.resolve(), source)
@@ -110,7 +118,7 @@ def _read_whole(source: SourceFile, config: DataConfig, report: CleaningReport) 
     except UnicodeDecodeError as err:
         report.drop("invalid_utf8", source.label, size, f"line {_line_number(data, err.start)}")
         return
-    yield Record(text, source.label)
+    yield Record(text, source.label, source.split)
 
 
 def _decoded_lines(source: SourceFile, report: CleaningReport) -> Iterator[tuple[int, str]]:
@@ -131,7 +139,7 @@ def _decoded_lines(source: SourceFile, report: CleaningReport) -> Iterator[tuple
 
 def _read_lines(source: SourceFile, report: CleaningReport) -> Iterator[Record]:
     for number, line in _decoded_lines(source, report):
-        yield Record(line.rstrip("\r\n"), f"{source.label}:{number}")
+        yield Record(line.rstrip("\r\n"), f"{source.label}:{number}", source.split)
 
 
 def _read_paragraphs(source: SourceFile, report: CleaningReport) -> Iterator[Record]:
@@ -144,10 +152,10 @@ def _read_paragraphs(source: SourceFile, report: CleaningReport) -> Iterator[Rec
                 start = number
             lines.append(line)
         elif lines:
-            yield Record("".join(lines).rstrip("\r\n"), f"{source.label}:{start}")
+            yield Record("".join(lines).rstrip("\r\n"), f"{source.label}:{start}", source.split)
             lines = []
     if lines:
-        yield Record("".join(lines).rstrip("\r\n"), f"{source.label}:{start}")
+        yield Record("".join(lines).rstrip("\r\n"), f"{source.label}:{start}", source.split)
 
 
 def _read_jsonl(source: SourceFile, config: DataConfig, report: CleaningReport) -> Iterator[Record]:
@@ -164,7 +172,7 @@ def _read_jsonl(source: SourceFile, config: DataConfig, report: CleaningReport) 
         if not isinstance(value, str):
             report.drop("missing_field", where, len(line), f"no string field '{config.field}' (data.field)")
             continue
-        yield Record(value, where)
+        yield Record(value, where, source.split)
 
 
 def _read_delimited(source: SourceFile, config: DataConfig, report: CleaningReport) -> Iterator[Record]:
@@ -183,7 +191,7 @@ def _read_delimited(source: SourceFile, config: DataConfig, report: CleaningRepo
                 if value is None:
                     report.drop("missing_field", f"{source.label}:{reader.line_num}", 0, "row has too few columns")
                     continue
-                yield Record(value, f"{source.label}:{reader.line_num}")
+                yield Record(value, f"{source.label}:{reader.line_num}", source.split)
         except UnicodeDecodeError:
             report.drop("invalid_utf8", f"{source.label}:{reader.line_num + 1}", source.path.stat().st_size, "rest of file skipped")
         except csv.Error as err:

@@ -6,7 +6,7 @@ One class covers both families, chosen by :class:`~aigc.config.ModelConfig`:
 option      GPT-2 style                  Llama style
 ==========  ===========================  ===============================
 norm        layernorm                    rmsnorm
-mlp         gelu (4C)                    swiglu (~8C/3)
+mlp         gelu_tanh (4C)               swiglu (~8C/3)
 position    learned (wpe)                rope
 bias        true                         false
 heads       n_kv_head = n_head           n_kv_head < n_head (GQA)

@@ -17,14 +17,14 @@ from aigc.models.gpt import GPT
 
 def architecture(config: ModelConfig) -> str:
     """``gpt2`` or ``llama``: which Hugging Face class reproduces this config exactly."""
-    if config.norm == "layernorm" and config.mlp == "gelu" and config.position == "learned" and config.bias:
+    if config.norm == "layernorm" and config.mlp != "swiglu" and config.position == "learned" and config.bias:
         if config.kv_heads != config.n_head:
             raise ConfigError("GPT-2 has no grouped-query attention; set model.n_kv_head = model.n_head to export")
         return "gpt2"
     if config.norm == "rmsnorm" and config.mlp == "swiglu" and config.position == "rope":
         return "llama"
     raise ConfigError(
-        "only GPT-2 style (layernorm, gelu, learned positions, bias) or Llama style (rmsnorm, swiglu, rope) "
+        "only GPT-2 style (layernorm, gelu or gelu_tanh, learned positions, bias) or Llama style (rmsnorm, swiglu, rope) "
         "models export to Hugging Face"
     )
 
@@ -42,7 +42,7 @@ def hf_config(config: ModelConfig) -> dict[str, Any]:
             "n_inner": config.hidden,
             "n_positions": config.block_size,
             "layer_norm_epsilon": config.norm_eps,
-            "activation_function": "gelu_new",
+            "activation_function": "gelu_new" if config.mlp == "gelu_tanh" else "gelu",
             "resid_pdrop": config.dropout,
             "embd_pdrop": config.dropout,
             "attn_pdrop": config.dropout,

@@ -132,11 +132,12 @@ def causal_mask(new: int, past: int, device: torch.device) -> torch.Tensor:
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: GELU (GPT-2, tanh approximation) or SwiGLU (Llama: down(silu(gate) * up))."""
+    """Position-wise feed-forward: GELU (exact, or GPT-2's tanh approximation) or SwiGLU (Llama: down(silu(gate) * up))."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.gated = config.mlp == "swiglu"
+        self.approximate = "tanh" if config.mlp == "gelu_tanh" else "none"
         width = config.hidden
         self.fc = nn.Linear(config.n_embd, (2 if self.gated else 1) * width, bias=config.bias)
         self.proj = nn.Linear(width, config.n_embd, bias=config.bias)
@@ -148,7 +149,7 @@ class MLP(nn.Module):
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         else:
-            h = F.gelu(h, approximate="tanh")
+            h = F.gelu(h, approximate=self.approximate)
         return self.proj(h)
 
 

@@ -1,7 +1,7 @@
 """The one training loop: budgeted steps, accumulation, clipping, schedule, eval, checkpoints, metrics.
 
 A step is ``grad_accum`` micro-batches (shared between processes), one clipped AdamW update, and a
-learning rate from :func:`~aigc.train.optim.learning_rate`. Every ``eval_every`` steps the val loss is
+learning rate from :func:`~aigc.training.optim.learning_rate`. Every ``eval_every`` steps the val loss is
 measured on fixed windows; every ``checkpoint_every`` steps (and at the end, on Ctrl-C/SIGTERM, and
 when the loss stops being finite) a checkpoint is written. Losses and rates go to ``metrics.jsonl``.
 
@@ -32,8 +32,8 @@ from aigc.data.shards import open_split, read_manifest
 from aigc.errors import TrainingError
 from aigc.files import file_hash
 from aigc.models import GPT
-from aigc.train import distributed
-from aigc.train.optim import build_optimizer, learning_rate
+from aigc.training import distributed
+from aigc.training.optim import build_optimizer, learning_rate
 
 METRICS = "metrics.jsonl"
 
@@ -236,7 +236,19 @@ def _train(config: Config, resume: bool, log: Callable[[str], None], env: distri
         total, count = env.all_sum(total, count)
         return total / count
 
-    step, last_loss, checkpoint_path, interrupted = start_step, None, None, False
+    def evaluate_and_log(at_step: int) -> bool:
+        """Measure and record the val loss; True when it is the best so far."""
+        nonlocal best_val, last_eval_step
+        val_loss = evaluate()
+        improved = val_loss < best_val
+        best_val, last_eval_step = min(best_val, val_loss), at_step
+        metrics.write(step=at_step, val_loss=val_loss, elapsed_s=elapsed_before + time.perf_counter() - started)
+        if bar.disable and env.is_main:
+            log(f"step {at_step}: loss {last_loss:.4f}, val loss {val_loss:.4f}, {rate:,.0f} tokens/s")
+        bar.set_postfix(loss=f"{last_loss:.4f}", val=f"{val_loss:.4f}", tok_s=f"{rate:,.0f}")
+        return improved
+
+    step, last_loss, checkpoint_path, interrupted, last_eval_step = start_step, None, None, False, None
     started = time.perf_counter()
     window_start, window_tokens, rate = started, 0, 0.0
     bar = tqdm(total=tc.max_steps, initial=start_step, desc="train", file=sys.stderr, disable=not (env.is_main and sys.stderr.isatty()),
@@ -293,15 +305,12 @@ def _train(config: Config, resume: bool, log: Callable[[str], None], env: distri
                               elapsed_s=elapsed_before + now - started, tokens=step * tokens_per_step)
             improved = False
             if val_data is not None and (step % tc.eval_every == 0 or step == tc.max_steps):
-                val_loss = evaluate()
-                improved = val_loss < best_val
-                best_val = min(best_val, val_loss)
-                metrics.write(step=step, val_loss=val_loss, elapsed_s=elapsed_before + time.perf_counter() - started)
-                if bar.disable and env.is_main:
-                    log(f"step {step}: loss {last_loss:.4f}, val loss {val_loss:.4f}, {rate:,.0f} tokens/s")
-                bar.set_postfix(loss=f"{last_loss:.4f}", val=f"{val_loss:.4f}", tok_s=f"{rate:,.0f}")
+                improved = evaluate_and_log(step)
             if improved or step % tc.checkpoint_every == 0:
                 checkpoint_path = save(step, elapsed_before + time.perf_counter() - started, best=improved)
+        if val_data is not None and step > start_step and not interrupted and last_eval_step != step:
+            if evaluate_and_log(step):  # the budget ended the run between evaluations
+                checkpoint_path = save(step, elapsed_before + time.perf_counter() - started, best=True)
     if step > start_step and (checkpoint_path is None or checkpoint_path.name != step_name(step)):
         checkpoint_path = save(step, elapsed_before + time.perf_counter() - started)
     elif checkpoint is not None and checkpoint_path is None:

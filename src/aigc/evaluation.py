@@ -1,0 +1,227 @@
+"""The evaluate stage: how well the model predicts held-out text, and what its samples look like.
+
+Metrics (all on the val split, which training never saw):
+
+- loss: mean cross-entropy in nats per token, over non-overlapping windows of the context;
+- perplexity: exp(loss), the effective number of equally likely next tokens;
+- bits per byte: total nats / ln 2 / UTF-8 bytes of the scored text; independent of the tokenizer, so
+  runs with different vocabularies compare;
+- distinct-1/2: unique token n-grams / all n-grams over the samples (higher = more varied);
+  repeated 4-gram rate: share of 4-grams in a sample that already occurred in it (degenerate loops);
+- for code (``eval.task=code``): completions of held-out top-level function headers, the share that
+  parses with ``ast`` and the share that compiles.
+
+Writes ``eval/report.json``, ``eval/report.md`` and ``eval/loss.png``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aigc.checkpoint import CHECKPOINTS, load_checkpoint
+from aigc.data.shards import open_split, read_manifest
+from aigc.errors import DataError
+from aigc.files import write_json
+from aigc.generate.sampling import SamplingParams
+from aigc.generate.text import TextGenerator
+
+CODE_STOPS = ("\ndef ", "\nclass ", "\n@", "\nif __name__")
+
+
+@dataclass
+class EvalResult:
+    report: dict[str, Any]
+    folder: Path
+
+    def summary(self) -> str:
+        r = self.report
+        lines = [f"val loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f}, {r['bits_per_byte']:.3f} bits/byte "
+                 f"({r['tokens_scored']:,} tokens)"]
+        if "distinct_1" in r:
+            lines.append(f"samples: distinct-1 {r['distinct_1']:.3f}, distinct-2 {r['distinct_2']:.3f}, "
+                         f"repeated 4-grams {r['repeated_4gram_rate']:.3f}")
+        if "code" in r:
+            c = r["code"]
+            lines.append(f"code: {c['parses']}/{c['completions']} completions parse ({c['syntax_valid_rate']:.0%}), "
+                         f"{c['compile_rate']:.0%} compile")
+        lines.append(f"report: {self.folder / 'report.md'}")
+        return "\n".join(lines)
+
+
+@torch.inference_mode()
+def score(model, tokens: np.ndarray, block: int, max_tokens: int, batch: int = 16) -> tuple[float, int, np.ndarray]:
+    """Summed NLL (nats) over non-overlapping windows covering up to ``max_tokens`` targets; the targets scored."""
+    usable = min(len(tokens) - 1, max_tokens) // block * block
+    if usable == 0:
+        raise DataError(f"the val split has {len(tokens):,} tokens, fewer than one window of {block + 1}")
+    inputs = torch.from_numpy(tokens[:usable].astype(np.int64)).view(-1, block)
+    targets = torch.from_numpy(tokens[1 : usable + 1].astype(np.int64)).view(-1, block)
+    total = 0.0
+    for start in range(0, len(inputs), batch):
+        logits = model(inputs[start : start + batch]).float()
+        total += torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), targets[start : start + batch].reshape(-1), reduction="sum"
+        ).item()
+    return total, usable, tokens[1 : usable + 1]
+
+
+def diversity(samples: list[list[int]]) -> dict[str, float]:
+    """distinct-1, distinct-2 over all samples; repeated 4-gram rate within samples."""
+    def ngrams(ids: list[int], n: int) -> list[tuple[int, ...]]:
+        return [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
+
+    result = {}
+    for n in (1, 2):
+        grams = [g for ids in samples for g in ngrams(ids, n)]
+        result[f"distinct_{n}"] = len(set(grams)) / len(grams) if grams else 0.0
+    repeated = total = 0
+    for ids in samples:
+        seen: set[tuple[int, ...]] = set()
+        for gram in ngrams(ids, 4):
+            repeated += gram in seen
+            total += 1
+            seen.add(gram)
+    result["repeated_4gram_rate"] = repeated / total if total else 0.0
+    return result
+
+
+def function_headers(sources: list[str], limit: int) -> list[str]:
+    """Signatures (``def f(...):`` lines, decorators excluded) of top-level functions in held-out code."""
+    headers = []
+    for source in sources:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tree = ast.parse(source)
+        except (SyntaxError, ValueError):
+            continue
+        lines = source.splitlines()
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+                header = "\n".join(lines[node.lineno - 1 : node.body[0].lineno - 1])
+                if header.rstrip().endswith(":") and "\n" not in header.strip():
+                    headers.append(header.rstrip() + "\n")
+                    break  # one per file: spread over many modules
+        if len(headers) >= limit:
+            break
+    return headers
+
+
+def code_validity(headers: list[str], completions: list[str]) -> dict[str, Any]:
+    parses = compiles = 0
+    for header, completion in zip(headers, completions):
+        program = header + completion
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ast.parse(program)
+                parses += 1
+                compile(program, "<sample>", "exec")
+                compiles += 1
+        except (SyntaxError, ValueError):
+            continue
+    n = len(headers)
+    return {"completions": n, "parses": parses, "compiles": compiles,
+            "syntax_valid_rate": parses / n if n else 0.0, "compile_rate": compiles / n if n else 0.0}
+
+
+def _documents(tokens: np.ndarray, eot: int, decode, limit: int) -> list[str]:
+    """The first ``limit`` documents of a split, as text."""
+    ends = np.flatnonzero(tokens == eot)[:limit]
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    return [decode(tokens[s:e].tolist()) for s, e in zip(starts, ends)]
+
+
+def plot_losses(metrics_path: Path, out: Path) -> bool:
+    """Train and val loss against step, from ``metrics.jsonl``; False when there is nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not metrics_path.is_file():
+        return False
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    if not train and not val:
+        return False
+    figure, axes = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for points, label in ((train, "train"), (val, "val")):
+        if points:
+            axes.plot(*zip(*points), label=label, marker="o" if label == "val" else None, markersize=3)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss (nats/token)")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(out)
+    plt.close(figure)
+    return True
+
+
+def _markdown(report: dict[str, Any], samples: list[tuple[str, str]], plotted: bool) -> str:
+    lines = [f"# Evaluation of {report['checkpoint']}", "", "| metric | value |", "|---|---|"]
+    for key in ("loss", "perplexity", "bits_per_byte", "tokens_scored", "distinct_1", "distinct_2", "repeated_4gram_rate"):
+        if key in report:
+            value = report[key]
+            lines.append(f"| {key} | {value:,.4f} |" if isinstance(value, float) else f"| {key} | {value:,} |")
+    if "code" in report:
+        for key, value in report["code"].items():
+            lines.append(f"| code {key} | {value:.3f} |" if isinstance(value, float) else f"| code {key} | {value} |")
+    if plotted:
+        lines += ["", "![loss curve](loss.png)"]
+    lines += ["", "## Samples", ""]
+    for prompt, completion in samples:
+        lines += ["```", prompt + completion, "```", ""]
+    return "\n".join(lines)
+
+
+def evaluate(run_dir: Path, log=print) -> EvalResult:
+    """Score the run's best (else latest) checkpoint on its val split and write the report."""
+    best = run_dir / CHECKPOINTS / "best"
+    checkpoint = load_checkpoint(best if best.exists() else run_dir)
+    config = checkpoint.config
+    generator = TextGenerator.from_checkpoint(checkpoint.path)
+    manifest = read_manifest(run_dir / "data")
+    val = open_split(run_dir / "data", "val", manifest)
+    nll, count, targets = score(generator.model, val, config.model.block_size, config.eval.max_tokens)
+    scored_bytes = len(generator.decode(targets.tolist()).encode("utf-8"))
+    loss = nll / count
+    report: dict[str, Any] = {
+        "checkpoint": str(checkpoint.path), "step": checkpoint.meta["step"], "loss": loss,
+        "perplexity": math.exp(loss), "bits_per_byte": nll / math.log(2) / max(scored_bytes, 1),
+        "tokens_scored": count, "bytes_scored": scored_bytes,
+    }
+    ec = config.eval
+    params = SamplingParams(max_new_tokens=ec.max_new_tokens, temperature=ec.temperature, top_k=ec.top_k,
+                            seed=config.seed, stop=CODE_STOPS if ec.task == "code" else ())
+    eot = manifest["tokenizer"]["eot_id"]
+    documents = _documents(np.asarray(val), eot, generator.decode, limit=200)
+    if ec.task == "code":
+        prompts = function_headers(documents, ec.samples)
+    else:
+        prompts = [doc[: max(1, min(len(doc) // 2, 32))] for doc in documents if doc.strip()][: ec.samples]
+    samples: list[tuple[str, str]] = []
+    if prompts and ec.samples:
+        completions = generator.complete(prompts, params)
+        samples = [(p, c.text) for p, c in zip(prompts, completions)]
+        report |= diversity([c.token_ids for c in completions])
+        if ec.task == "code":
+            report["code"] = code_validity(prompts, [c.text for c in completions])
+    report["samples"] = [{"prompt": p, "completion": c} for p, c in samples]
+    folder = run_dir / "eval"
+    folder.mkdir(parents=True, exist_ok=True)
+    plotted = plot_losses(run_dir / "metrics.jsonl", folder / "loss.png")
+    write_json(folder / "report.json", report)
+    (folder / "report.md").write_text(_markdown(report, samples, plotted), encoding="utf-8")
+    return EvalResult(report, folder)

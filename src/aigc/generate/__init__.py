@@ -1,0 +1,1 @@
+"""Generation: sampling rules, the decoding engine over token ids, and text streaming on top of it."""
