@@ -95,7 +95,11 @@ def diversity(samples: list[list[int]]) -> dict[str, float]:
 
 
 def function_headers(sources: list[str], limit: int) -> list[str]:
-    """Signatures (``def f(...):`` lines, decorators excluded) of top-level functions in held-out code."""
+    """Signatures (``def f(...):``, decorators excluded) of top-level functions in held-out code.
+
+    The trailing newline is left off: BPE merges a newline with the next line's indentation, so a
+    prompt ending in a bare newline token would be unlike anything seen in training.
+    """
     headers = []
     for source in sources:
         try:
@@ -109,7 +113,7 @@ def function_headers(sources: list[str], limit: int) -> list[str]:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
                 header = "\n".join(lines[node.lineno - 1 : node.body[0].lineno - 1])
                 if header.rstrip().endswith(":") and "\n" not in header.strip():
-                    headers.append(header.rstrip() + "\n")
+                    headers.append(header.rstrip())
                     break  # one per file: spread over many modules
         if len(headers) >= limit:
             break
@@ -216,8 +220,9 @@ def evaluate(run_dir: Path, log=print) -> EvalResult:
         completions = generator.complete(prompts, params)
         samples = [(p, c.text) for p, c in zip(prompts, completions)]
         report |= diversity([c.token_ids for c in completions])
-        if ec.task == "code":
-            report["code"] = code_validity(prompts, [c.text for c in completions])
+        if ec.task == "code":  # a completion cut by the token limit is judged up to its last whole line
+            texts = [c.text if c.finish_reason == "stop" else c.text[: c.text.rfind("\n") + 1] for c in completions]
+            report["code"] = code_validity(prompts, texts)
     report["samples"] = [{"prompt": p, "completion": c} for p, c in samples]
     folder = run_dir / "eval"
     folder.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from tests.conftest import shared
 
 TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=8",
         "train.lr=3e-3", "train.warmup_steps=5", "train.eval_every=8", "train.eval_batches=2", "train.log_every=1",
-        "train.threads=2", "model.dropout=0.1"]
+        "train.threads=2", "model.dropout=0.1", "train.schedule=steps"]
 
 
 @pytest.fixture(scope="module")

@@ -133,7 +133,8 @@ def prepare(config: Config) -> PrepareResult:
     fraction = 0.0 if config.data.val_paths else config.data.val_fraction
     writers = {split: ShardWriter(data_dir / f".{split}.bin.tmp", dtype) for split in ("train", "val")}
     total_bytes = sum(s.path.stat().st_size for s in sources)
-    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", delay=2.0, file=sys.stderr) as bar:
+    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", delay=2.0, file=sys.stderr,
+              disable=not sys.stderr.isatty()) as bar:
         seen_bytes = 0
         for batch in _batches(_cleaned(sources, config, report)):
             ids, lengths = _encode(tokenizer, [r.text for r in batch], eot, dtype)

@@ -1,0 +1,106 @@
+"""`aigc run` end to end through the CLI: every artifact of the run directory, stage skipping, generate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import shared
+
+TINY_MODEL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.block_size=64", "train.batch_size=8",
+              "train.eval_every=50", "train.checkpoint_every=50", "eval.samples=4", "eval.max_new_tokens=40"]
+
+
+def aigc(*args: str, input_text: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aigc", *args], capture_output=True, text=True, input=input_text,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("text")
+    corpus = folder / "slice.txt"
+    corpus.write_text(shared("tinyshakespeare.txt").read_text(encoding="utf-8")[:150_000], encoding="utf-8")
+    run_dir = folder / "run"
+    started = time.perf_counter()
+    done = aigc("run", "text", f"data.paths=[{corpus}]", f"run.dir={run_dir}", "train.max_steps=100", *TINY_MODEL)
+    return run_dir, corpus, done, time.perf_counter() - started
+
+
+def test_text_run_writes_every_artifact(text_run):
+    run_dir, _, done, seconds = text_run
+    assert done.returncode == 0, done.stderr
+    assert seconds < 60
+    for path in ["data/sources.json", "data/manifest.json", "data/train.bin", "data/val.bin",
+                 "data/cleaning_report.json", "tokenizer.json", "metrics.jsonl", "stages.json",
+                 "checkpoints/latest/model.safetensors", "checkpoints/best/meta.json", "eval/report.json",
+                 "eval/report.md", "eval/loss.png", "samples/samples.txt"]:
+        assert (run_dir / path).exists(), path
+    report = json.loads((run_dir / "eval" / "report.json").read_text())
+    assert 1.5 < report["loss"] < 3.5 and report["bits_per_byte"] > 0
+    assert report["perplexity"] == pytest.approx(2.718281828 ** report["loss"], rel=1e-6)
+    assert 0 < report["distinct_1"] <= 1 and len(report["samples"]) == 4
+    assert (run_dir / "eval" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert "ran:     collect, prepare, train, eval" in done.stdout and "bits/byte" in done.stdout
+
+
+def test_rerun_skips_unchanged_stages(text_run):
+    run_dir, corpus, _, _ = text_run
+    again = aigc("run", "text", f"data.paths=[{corpus}]", f"run.dir={run_dir}", "train.max_steps=100", *TINY_MODEL)
+    assert again.returncode == 0, again.stderr
+    assert "skipped: collect, prepare, train, eval" in again.stdout
+    changed = aigc("run", "text", f"data.paths=[{corpus}]", f"run.dir={run_dir}", "train.max_steps=110", *TINY_MODEL)
+    assert changed.returncode == 0, changed.stderr
+    assert "ran:     train, eval" in changed.stdout and "skipped: collect, prepare" in changed.stdout
+    assert list(run_dir.glob("checkpoints-before-*"))  # the earlier model is kept, not overwritten
+
+
+def test_generate_prints_only_the_text(text_run):
+    run_dir = text_run[0]
+    done = aigc("generate", str(run_dir), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", "1")
+    assert done.returncode == 0, done.stderr
+    again = aigc("generate", str(run_dir), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", "1")
+    assert done.stdout == again.stdout and 10 < len(done.stdout) <= 32
+    streamed = aigc("generate", str(run_dir), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", "1", "--stream")
+    assert streamed.stdout == done.stdout
+    piped = aigc("generate", str(run_dir), "--max-new-tokens", "5", "--n", "2", input_text="First\nSecond\n")
+    assert piped.returncode == 0 and piped.stdout.count("\n\n") == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", ""], "prompt is empty"),
+    (["--prompt", "x", "--max-new-tokens", "0"], "at least 1"),
+    (["--prompt", "x", "--top-p", "1.5"], "top_p"),
+    (["--prompt", "x", "--temperature", "-1"], "temperature"),
+])
+def test_generate_bad_input(text_run, args, message):
+    done = aigc("generate", str(text_run[0]), *args)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_generate_on_a_folder_that_is_not_a_run(tmp_path):
+    done = aigc("generate", str(tmp_path), "--prompt", "x")
+    assert done.returncode == 2 and "is not a checkpoint" in done.stderr
+
+
+def test_code_recipe_with_tiny_budget(tmp_path):
+    done = aigc("run", "code", f"run.dir={tmp_path / 'code'}", "tokenizer.train_max_mb=1", "tokenizer.vocab_size=512",
+                "train.max_steps=20", *TINY_MODEL)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "code" / "eval" / "report.json").read_text())
+    code = report["code"]
+    assert code["completions"] == 4 and 0 <= code["syntax_valid_rate"] <= 1
+    assert all(s["prompt"].startswith(("def ", "async def ")) for s in report["samples"])
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    done = aigc("prepare", "text", "data.paths=[/no/such/file.txt]")
+    assert done.returncode == 2 and done.stderr.startswith("error: no such file") and "Traceback" not in done.stderr
+    done = aigc("train", "text", "tokenizer.vocab=3")
+    assert done.returncode == 2 and "valid keys" in done.stderr
+    done = aigc("recipes")
+    assert done.returncode == 0 and "code" in done.stdout and "text" in done.stdout
