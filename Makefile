@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PYTHON) benchmarks/prepare.py
 	$(PYTHON) benchmarks/train_throughput.py
 	$(PYTHON) benchmarks/shakespeare_char.py
+	$(PYTHON) benchmarks/generate.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -3,7 +3,7 @@
 The wall-time budget is what the nanoGPT CPU configuration (4 layers, 4 heads, 128 wide, context 64,
 batch 12, lr 1e-3) needs for 2,000 iterations on this machine, measured here with that configuration
 (or given with --seconds). Then our recipe trains for that long through ``aigc prepare`` and
-``aigc train`` (cosine schedule over the time budget) and its val loss is measured on 200 batches.
+``aigc train`` (cosine schedule over the time budget) and its val loss is measured on 50 batches.
 nanoGPT reaches 1.88 there; the target is 1.70 or lower.
 
     python benchmarks/shakespeare_char.py [--seconds 80] [key=value ...]   # overrides of the recipe
@@ -32,7 +32,7 @@ RECIPE = [
     "model.norm=rmsnorm", "model.mlp=swiglu", "model.position=rope", "model.bias=false", "model.dropout=0.0",
     "train.batch_size=16", "train.lr=4e-3", "train.min_lr=2e-4", "train.warmup_steps=50", "train.beta2=0.99",
     "train.weight_decay=0.1", "train.schedule=time", "train.max_steps=1000000", "train.eval_every=1000000",
-    "train.eval_batches=200", "train.checkpoint_every=1000000", "train.log_every=50",
+    "train.eval_batches=50", "train.checkpoint_every=1000000", "train.log_every=50",
 ]
 
 

@@ -29,6 +29,7 @@ class RunConfig(Section):
 
 
 class DataConfig(Section):
+    kind: Literal["text", "pairs"] = Field("text", description="documents for a GPT, or source/target pairs for seq2seq")
     paths: list[str] = Field(default_factory=list, description="files, folders (recursive) and glob patterns to read")
     builtin: list[Literal["stdlib"]] = Field(
         default_factory=list, description="built-in sources: stdlib = .py files of this Python's standard library"
@@ -41,6 +42,12 @@ class DataConfig(Section):
     min_chars: int = Field(1, ge=1, description="drop documents shorter than this (characters, after cleaning)")
     max_chars: int = Field(10_000_000, ge=1, description="drop documents longer than this (characters)")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of documents held out for validation")
+    source_column: int | str = Field(0, description="pairs: CSV/TSV column of the source (index, or header name)")
+    target_column: int | str = Field(1, description="pairs: CSV/TSV column of the target (index, or header name)")
+    source_field: str = Field("source", description="pairs: JSONL field of the source")
+    target_field: str = Field("target", description="pairs: JSONL field of the target")
+    reverse: bool = Field(False, description="pairs: swap source and target (translate the other way)")
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="pairs: share held out as the test split")
     val_paths: list[str] = Field(
         default_factory=list, description="files, folders or globs that are the val split (then val_fraction is unused)"
     )
@@ -60,8 +67,10 @@ class TokenizerConfig(Section):
 
 
 class ModelConfig(Section):
-    """Shape and options of the decoder-only GPT (see ``aigc.models.gpt``)."""
+    """Shape and options of the model: the decoder-only GPT or the encoder-decoder (``aigc.models``)."""
 
+    kind: Literal["gpt", "seq2seq"] = Field("gpt", description="decoder-only GPT or encoder-decoder Transformer")
+    n_encoder_layer: int | None = Field(None, ge=1, description="encoder blocks of a seq2seq model; default n_layer")
     n_layer: int = Field(4, ge=1, description="Transformer blocks")
     n_head: int = Field(4, ge=1, description="attention (query) heads")
     n_kv_head: int | None = Field(None, ge=1, description="key/value heads for grouped-query attention; default n_head")
@@ -123,6 +132,7 @@ class TrainConfig(Section):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0, description="clip the global gradient norm (0 = off)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="share of the target probability spread evenly")
     eval_every: int = Field(200, ge=1, description="steps between evaluations on the val split")
     eval_batches: int = Field(20, ge=1, description="micro-batches per evaluation")
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")

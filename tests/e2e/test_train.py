@@ -19,6 +19,7 @@ from aigc.checkpoint import load_checkpoint, point
 from aigc.config import load_config
 from aigc.data.prepare import prepare
 from aigc.errors import CheckpointError, TrainingError
+from aigc.models import GPT
 from aigc.training import loop
 from aigc.training.loop import train
 from tests.conftest import shared
@@ -148,7 +149,7 @@ def test_signal_saves_checkpoint_and_exits_cleanly(tmp_path, corpus, signum):
 def test_nan_loss_stops_with_last_good_state(tmp_path, corpus, monkeypatch):
     config = _prepared(tmp_path, corpus, "run", "train.max_steps=20")
 
-    class Diverging(loop.GPT):
+    class Diverging(GPT):
         calls = 0
 
         def forward(self, idx, targets=None, **kwargs):
@@ -156,7 +157,7 @@ def test_nan_loss_stops_with_last_good_state(tmp_path, corpus, monkeypatch):
             out = super().forward(idx, targets, **kwargs)
             return out * float("nan") if Diverging.calls > 5 and self.training else out
 
-    monkeypatch.setattr(loop, "GPT", Diverging)
+    monkeypatch.setattr(loop, "build_model", Diverging)
     with pytest.raises(TrainingError, match=r"loss became nan at step 6.*last good state is saved.*step_000005"):
         train(config)
     assert load_checkpoint(config.run_dir).meta["step"] == 5
@@ -168,7 +169,7 @@ def test_out_of_memory_is_explained(tmp_path, corpus, monkeypatch):
     def no_memory(*args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
 
-    monkeypatch.setattr(loop.GPT, "forward", no_memory)
+    monkeypatch.setattr(GPT, "forward", no_memory)
     with pytest.raises(TrainingError, match=r"does not fit in memory.*train\.batch_size \(now 8\)"):
         train(config)
 

@@ -17,7 +17,10 @@ from aigc.errors import TrainingError
 
 
 class WindowSampler:
-    """Micro-batches of (inputs, targets), each (batch_size, block_size) int64, for one rank."""
+    """Micro-batches ``((inputs,), targets)``, each (batch_size, block_size) int64, for one rank.
+
+    Inputs come as a tuple, the arguments of the model's forward, as for every sampler.
+    """
 
     def __init__(
         self,
@@ -46,19 +49,19 @@ class WindowSampler:
         """Micro-batches this rank runs per optimizer step."""
         return self.grad_accum // self.world
 
-    def _windows(self, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _windows(self, offsets: np.ndarray) -> tuple[tuple[torch.Tensor], torch.Tensor]:
         rows = np.stack([self.tokens[o : o + self.block_size + 1] for o in offsets]).astype(np.int64)
         data = torch.from_numpy(rows)
-        return data[:, :-1], data[:, 1:]
+        return (data[:, :-1],), data[:, 1:]
 
-    def step_batches(self, step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def step_batches(self, step: int) -> list[tuple[tuple[torch.Tensor], torch.Tensor]]:
         """This rank's micro-batches of optimizer step ``step`` (0-based)."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         high = len(self.tokens) - self.block_size - 1
         offsets = torch.randint(0, high, (self.grad_accum, self.batch_size), generator=generator).numpy()
         return [self._windows(offsets[m]) for m in range(self.rank, self.grad_accum, self.world)]
 
-    def eval_batches(self, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def eval_batches(self, count: int) -> list[tuple[tuple[torch.Tensor], torch.Tensor]]:
         """A fixed set of ``count`` micro-batches evenly spread over the split, shared out between ranks."""
         high = len(self.tokens) - self.block_size - 1
         offsets = np.linspace(0, high, count * self.batch_size).astype(np.int64).reshape(count, self.batch_size)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from aigc.config import Config
 from aigc.data.clean import CleaningReport, Record, clean_records
 from aigc.data.collect import fingerprint
+from aigc.data.pairs import PAIR_SPLITS, clean_pairs, pair_split
 from aigc.data.shards import FORMAT_VERSION, MANIFEST, ShardWriter, is_validation, token_dtype
 from aigc.data.sources import SourceFile, iter_records, resolve_sources
 from aigc.errors import DataError
@@ -55,21 +56,31 @@ def _cleaned(sources: list[SourceFile], config: Config, report: CleaningReport) 
     return clean_records(iter_records(sources, config.data, report), config.data, report)
 
 
-def _capped(records: Iterator[Record], max_chars: float) -> Iterator[str]:
-    """Texts from ``records`` until about ``max_chars`` characters have been given."""
+def _capped(texts: Iterator[str], max_chars: float) -> Iterator[str]:
+    """``texts`` until about ``max_chars`` characters have been given."""
     total = 0
-    for record in records:
-        yield record.text
-        total += len(record.text)
+    for text in texts:
+        yield text
+        total += len(text)
         if total >= max_chars:
             return
+
+
+def _texts(sources: list[SourceFile], config: Config, report: CleaningReport) -> Iterator[str]:
+    """Every cleaned text the tokenizer should learn from: documents, or both sides of each pair."""
+    if config.data.kind == "pairs":
+        for pair in clean_pairs(sources, config.data, report):
+            yield pair.source
+            yield pair.target
+    else:
+        yield from (record.text for record in _cleaned(sources, config, report))
 
 
 def _tokenizer_for(sources: list[SourceFile], config: Config) -> Tokenizer | None:
     """The tokenizer named by ``tokenizer.path``, or one trained on the cleaned corpus (None if it is empty)."""
     if config.tokenizer.path is not None:
         return load_tokenizer(config.tokenizer.path)
-    texts = _capped(_cleaned(sources, config, CleaningReport()), config.tokenizer.train_max_mb * 1e6)
+    texts = _capped(_texts(sources, config, CleaningReport()), config.tokenizer.train_max_mb * 1e6)
     first = next(texts, None)
     if first is None:
         return None  # nothing usable: the encoding pass reports why
@@ -113,23 +124,10 @@ def _empty_corpus_error(report: CleaningReport, sources: list[SourceFile]) -> Da
     )
 
 
-def prepare(config: Config) -> PrepareResult:
-    """Clean, tokenize and shard the sources of ``config`` into ``<run>/data``; write ``<run>/tokenizer.json``."""
-    sources = resolve_sources(config.data)
-    run_dir = config.run_dir
-    data_dir = run_dir / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / MANIFEST).unlink(missing_ok=True)  # until the new one is complete, the folder is not prepared
-
-    tokenizer = _tokenizer_for(sources, config)
-    report = CleaningReport()
-    if tokenizer is None:
-        list(_cleaned(sources, config, report))  # fill the report for the message
-        raise _empty_corpus_error(report, sources)
-    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-    dtype = token_dtype(vocab_size)
+def _shard_documents(sources, config: Config, tokenizer: Tokenizer, data_dir: Path, report: CleaningReport) -> dict:
+    """Encode cleaned documents into train.bin / val.bin; return the manifest's ``splits``."""
+    dtype = token_dtype(tokenizer.get_vocab_size(with_added_tokens=True))
     eot = eot_id(tokenizer)
-
     fraction = 0.0 if config.data.val_paths else config.data.val_fraction
     writers = {split: ShardWriter(data_dir / f".{split}.bin.tmp", dtype) for split in ("train", "val")}
     total_bytes = sum(s.path.stat().st_size for s in sources)
@@ -150,21 +148,68 @@ def prepare(config: Config) -> PrepareResult:
             done = report.kept_bytes + sum(t.bytes for t in report.dropped.values())
             bar.update(max(0, min(done, total_bytes) - seen_bytes))
             seen_bytes = max(seen_bytes, min(done, total_bytes))
-
-    if report.kept == 0:
-        for writer in writers.values():
-            writer.close()
-            writer.path.unlink()
-        raise _empty_corpus_error(report, sources)
-    if writers["val"].documents == 0 and writers["train"].documents > 1 and fraction > 0:
+    if report.kept and writers["val"].documents == 0 and writers["train"].documents > 1 and fraction > 0:
         moved = writers["train"].pop_last()
         writers["val"].write(moved, 1, len(moved))
+    return _finish(writers, data_dir)
+
+
+def _shard_pairs(sources, config: Config, tokenizer: Tokenizer, data_dir: Path, report: CleaningReport) -> dict:
+    """Encode cleaned pairs into {split}.src.bin / {split}.tgt.bin; return the manifest's ``splits``."""
+    dtype = token_dtype(tokenizer.get_vocab_size(with_added_tokens=True))
+    eot = eot_id(tokenizer)
+    writers = {f"{split}.{side}": ShardWriter(data_dir / f".{split}.{side}.bin.tmp", dtype)
+               for split in PAIR_SPLITS for side in ("src", "tgt")}
+    pairs = clean_pairs(sources, config.data, report)
+    while batch := list(itertools.islice(pairs, 4096)):
+        src_ids, src_lengths = _encode(tokenizer, [p.source for p in batch], eot, dtype)
+        tgt_ids, tgt_lengths = _encode(tokenizer, [p.target for p in batch], eot, dtype)
+        src_offsets, tgt_offsets = np.cumsum([0, *src_lengths]), np.cumsum([0, *tgt_lengths])
+        splits = [pair_split(p.source, config.data, config.seed) for p in batch]
+        for split in PAIR_SPLITS:
+            chosen = [i for i, s in enumerate(splits) if s == split]
+            if chosen:
+                for side, ids, offsets, lengths in (("src", src_ids, src_offsets, src_lengths),
+                                                    ("tgt", tgt_ids, tgt_offsets, tgt_lengths)):
+                    parts = np.concatenate([ids[offsets[i] : offsets[i + 1]] for i in chosen])
+                    writers[f"{split}.{side}"].write(parts, len(chosen), lengths[chosen[-1]])
+    return _finish(writers, data_dir)
+
+
+def _finish(writers: dict[str, ShardWriter], data_dir: Path) -> dict:
+    """Close the shard writers and move their files into place (or remove them if nothing was kept)."""
     splits = {}
-    for split, writer in writers.items():
+    for name, writer in writers.items():
         info = writer.close()
-        final = data_dir / f"{split}.bin"
+        final = data_dir / f"{name}.bin"
         writer.path.replace(final)
-        splits[split] = info | {"file": final.name}
+        splits[name] = info | {"file": final.name}
+    return splits
+
+
+def prepare(config: Config) -> PrepareResult:
+    """Clean, tokenize and shard the sources of ``config`` into ``<run>/data``; write ``<run>/tokenizer.json``.
+
+    Documents (``data.kind=text``) become ``train.bin`` / ``val.bin``; pairs (``data.kind=pairs``) become
+    ``{train,val,test}.{src,tgt}.bin``.
+    """
+    sources = resolve_sources(config.data)
+    run_dir = config.run_dir
+    data_dir = run_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / MANIFEST).unlink(missing_ok=True)  # until the new one is complete, the folder is not prepared
+
+    tokenizer = _tokenizer_for(sources, config)
+    report = CleaningReport()
+    if tokenizer is None:
+        list(_texts(sources, config, report))  # fill the report for the message
+        raise _empty_corpus_error(report, sources)
+    shard = _shard_pairs if config.data.kind == "pairs" else _shard_documents
+    splits = shard(sources, config, tokenizer, data_dir, report)
+    if report.kept == 0:
+        for info in splits.values():
+            (data_dir / info["file"]).unlink()
+        raise _empty_corpus_error(report, sources)
 
     tokenizer_path = run_dir / TOKENIZER_FILE
     if config.tokenizer.path is None or config.tokenizer.path.resolve() != tokenizer_path.resolve():
@@ -174,18 +219,21 @@ def prepare(config: Config) -> PrepareResult:
         else:
             tokenizer.save(str(tmp))
         tmp.replace(tokenizer_path)
+    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     manifest = {
         "format": FORMAT_VERSION,
-        "dtype": dtype.name,
+        "kind": config.data.kind,
+        "dtype": token_dtype(vocab_size).name,
         "tokenizer": {
             "kind": config.tokenizer.kind,
             "vocab_size": vocab_size,
-            "eot_id": eot,
+            "eot_id": eot_id(tokenizer),
             "file": TOKENIZER_FILE,
             "sha256": file_hash(tokenizer_path),
         },
         "splits": splits,
-        "sources": {"files": [s.label for s in sources], "bytes": total_bytes, "fingerprint": fingerprint(sources)},
+        "sources": {"files": [s.label for s in sources], "bytes": sum(s.path.stat().st_size for s in sources),
+                    "fingerprint": fingerprint(sources)},
         "cleaning": report.to_dict(),
         "config": {"data": config.data.model_dump(mode="json"), "tokenizer": config.tokenizer.model_dump(mode="json")},
         "seed": config.seed,

@@ -124,6 +124,38 @@ class SelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
+class CrossAttention(nn.Module):
+    """Decoder-to-encoder attention: queries from the decoder (B, T, C), keys and values from the memory (B, S, C).
+
+    softmax(Q K^T / sqrt(D) + M) V where M hides source padding. The memory's keys/values are computed
+    once per source by :meth:`memory` and reused at every decoding step.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_head, self.kv_heads, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        self.q = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=config.bias)
+        self.kv = nn.Linear(config.n_embd, 2 * self.kv_heads * self.head_dim, bias=config.bias)
+        self.proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+
+    def memory(self, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S, C) encoder output -> keys, values, each (B, H, S, D) (GQA heads already repeated)."""
+        B, S, _ = encoded.shape
+        k, v = self.kv(encoded).view(B, S, 2, self.kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.kv_heads != self.n_head:
+            repeat = self.n_head // self.kv_heads
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        return k, v
+
+    def forward(self, x: torch.Tensor, memory: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); ``mask`` bool (B, 1, 1, S), True = a real source token."""
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, *memory, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
 def causal_mask(new: int, past: int, device: torch.device) -> torch.Tensor:
     """Bool (1, 1, new, past + new): query t may attend to keys 0 .. past + t."""
     keys = torch.arange(past + new, device=device)

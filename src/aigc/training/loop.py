@@ -22,16 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from aigc.checkpoint import latest_valid, point, prune, save_checkpoint, step_name
 from aigc.config import Config
 from aigc.data.loader import WindowSampler
+from aigc.data.pairs import PairSampler, read_sequences
 from aigc.data.shards import open_split, read_manifest
 from aigc.errors import TrainingError
 from aigc.files import file_hash
-from aigc.models import GPT
+from aigc.models import build_model
 from aigc.training import distributed
 from aigc.training.optim import build_optimizer, learning_rate
 
@@ -120,6 +122,28 @@ def _check_resumable(config: Config, saved: Config, checkpoint: Path) -> None:
         )
 
 
+def _samplers(config: Config, manifest: dict, env: distributed.Distributed):
+    """Train and val samplers for the shards' kind; val is None when it cannot fill one batch."""
+    tc, data_dir, block = config.train, config.run_dir / "data", config.model.block_size
+    if manifest.get("kind") == "pairs":
+        eot = manifest["tokenizer"]["eot_id"]
+
+        def pairs(split):
+            return read_sequences(open_split(data_dir, f"{split}.src", manifest), open_split(data_dir, f"{split}.tgt", manifest), eot)
+
+        train = PairSampler(pairs("train"), eot, block, tc.batch_size, tc.grad_accum, config.seed, env.rank, env.world)
+        val_pairs = pairs("val")
+        val = (PairSampler(val_pairs, eot, block, tc.batch_size, env.world, config.seed, env.rank, env.world, "val")
+               if len(val_pairs) >= tc.batch_size else None)
+        return train, val
+    train = WindowSampler(open_split(data_dir, "train", manifest), block, tc.batch_size, tc.grad_accum, config.seed,
+                          env.rank, env.world, "train")
+    val_tokens = open_split(data_dir, "val", manifest)
+    val = (WindowSampler(val_tokens, block, tc.batch_size, env.world, config.seed, env.rank, env.world, "val")
+           if len(val_tokens) >= block + 2 else None)
+    return train, val
+
+
 def _out_of_memory(err: BaseException) -> bool:
     text = str(err)
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
@@ -173,21 +197,17 @@ def _train(config: Config, resume: bool, log: Callable[[str], None], env: distri
         config = config.model_copy(update={"model": config.model.model_copy(update={"vocab_size": vocab})})
     elif config.model.vocab_size < vocab:
         raise TrainingError(f"model.vocab_size={config.model.vocab_size} is below the tokenizer's {vocab} tokens")
-    block = config.model.block_size
-    train_data = WindowSampler(open_split(run_dir / "data", "train", manifest), block, tc.batch_size, tc.grad_accum,
-                               config.seed, env.rank, env.world, "train")
-    val_tokens = open_split(run_dir / "data", "val", manifest)
-    val_data = (
-        WindowSampler(val_tokens, block, tc.batch_size, env.world, config.seed, env.rank, env.world, "val")
-        if len(val_tokens) >= block + 2 else None
-    )
+    if (manifest.get("kind") == "pairs") != (config.model.kind == "seq2seq"):
+        raise TrainingError(f"model.kind={config.model.kind} cannot train on data.kind={manifest.get('kind', 'text')} "
+                            "shards; use model.kind=seq2seq with data.kind=pairs, or gpt with text")
+    train_data, val_data = _samplers(config, manifest, env)
     if val_data is None:
-        log(f"the val split has {len(val_tokens):,} tokens, fewer than a window of {block + 1}: no evaluation")
+        log("the val split is too small for one evaluation batch: no evaluation")
 
     torch.manual_seed(config.seed)
-    model = GPT(config.model).to(env.device)
+    model = build_model(config.model).to(env.device)
     optimizer = build_optimizer(model, tc, env.device)
-    start_step, elapsed_before, best_val = 0, 0.0, math.inf
+    start_step, elapsed_before, best_val, resumed_tokens = 0, 0.0, math.inf, 0
     checkpoint = latest_valid(run_dir, warn=log) if resume else None
     if checkpoint is not None:
         _check_resumable(config, checkpoint.config, checkpoint.path)
@@ -195,6 +215,7 @@ def _train(config: Config, resume: bool, log: Callable[[str], None], env: distri
         state = checkpoint.train_state()
         optimizer.load_state_dict(state["optimizer"])
         start_step, elapsed_before, best_val = state["step"], state["elapsed_s"], state["best_val_loss"]
+        resumed_tokens = state.get("tokens", 0)
         _set_rng_state(state["rng"], env.device)
         log(f"resumed from {checkpoint.path} (step {start_step})")
     else:
@@ -211,14 +232,20 @@ def _train(config: Config, resume: bool, log: Callable[[str], None], env: distri
     if tc.compile:
         forward = torch.compile(forward)
     autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
-    tokens_per_step = tc.batch_size * tc.grad_accum * block
+    tokens_seen = resumed_tokens
+
+    def loss_of(inputs: tuple[torch.Tensor, ...], targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the model's logits against ``targets`` (-1 = ignored), with label smoothing."""
+        logits = forward(*(t.to(env.device) for t in inputs))
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.to(env.device).reshape(-1),
+                               ignore_index=-1, label_smoothing=tc.label_smoothing)
     budget_s = tc.max_minutes * 60 if tc.max_minutes else math.inf
 
     def save(step: int, elapsed: float, best: bool = False) -> Path | None:
         if not env.is_main:
             return None
         state = {"optimizer": optimizer.state_dict(), "step": step, "elapsed_s": elapsed, "best_val_loss": best_val,
-                 "rng": _rng_state(env.device)}
+                 "tokens": tokens_seen, "rng": _rng_state(env.device)}
         path = save_checkpoint(run_dir, step, config, model.state_dict(), state, hashes)
         if best:
             point(path.parent, "best", path.name)
@@ -229,8 +256,8 @@ def _train(config: Config, resume: bool, log: Callable[[str], None], env: distri
         model.eval()
         total = count = 0.0
         with torch.no_grad(), autocast:
-            for x, y in val_data.eval_batches(tc.eval_batches):
-                total += forward(x.to(env.device), y.to(env.device)).item()
+            for inputs, targets in val_data.eval_batches(tc.eval_batches):
+                total += loss_of(inputs, targets).item()
                 count += 1
         model.train()
         total, count = env.all_sum(total, count)
@@ -270,13 +297,14 @@ def _train(config: Config, resume: bool, log: Callable[[str], None], env: distri
             lr = learning_rate(tc, step, progress)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum = 0.0
+            loss_sum, step_tokens = 0.0, 0
             batches = train_data.step_batches(step)
-            for micro, (x, y) in enumerate(batches):
+            for micro, (inputs, targets) in enumerate(batches):
                 sync = micro == len(batches) - 1
                 context = ddp.no_sync() if ddp is not None and not sync else contextlib.nullcontext()
+                step_tokens += int((targets >= 0).sum())
                 with context, autocast:
-                    loss = forward(x.to(env.device), y.to(env.device))
+                    loss = loss_of(inputs, targets)
                 with context:
                     (loss / len(batches)).backward()
                 loss_sum += loss.item()
@@ -294,7 +322,9 @@ def _train(config: Config, resume: bool, log: Callable[[str], None], env: distri
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            window_tokens += tokens_per_step
+            (step_tokens_all,) = env.all_sum(step_tokens)
+            window_tokens += step_tokens_all
+            tokens_seen += step_tokens_all
             bar.update(1)
             now = time.perf_counter()
             if step % tc.log_every == 0 or step == tc.max_steps:
@@ -302,7 +332,7 @@ def _train(config: Config, resume: bool, log: Callable[[str], None], env: distri
                 window_start, window_tokens = now, 0
                 bar.set_postfix(loss=f"{last_loss:.4f}", tok_s=f"{rate:,.0f}")
                 metrics.write(step=step, loss=last_loss, lr=lr, tokens_per_s=rate,
-                              elapsed_s=elapsed_before + now - started, tokens=step * tokens_per_step)
+                              elapsed_s=elapsed_before + now - started, tokens=tokens_seen)
             improved = False
             if val_data is not None and (step % tc.eval_every == 0 or step == tc.max_steps):
                 improved = evaluate_and_log(step)
@@ -318,4 +348,4 @@ def _train(config: Config, resume: bool, log: Callable[[str], None], env: distri
     seconds = time.perf_counter() - started
     done = step - start_step
     return TrainResult(step, last_loss, best_val if math.isfinite(best_val) else None, checkpoint_path, interrupted,
-                       done * tokens_per_step / seconds if seconds > 0 and done else 0.0)
+                       (tokens_seen - resumed_tokens) / seconds if seconds > 0 and done else 0.0)
