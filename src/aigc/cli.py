@@ -118,11 +118,38 @@ def _print_completions(generator, prompts: list[str], params, args: argparse.Nam
             print("\n\n".join(c.text for c in completions), flush=True)
 
 
+def _translate(generator, params, args: argparse.Namespace) -> int:
+    """Seq2seq runs: translate --prompt, or every stdin line in batches of 32.
+
+    One output line per input line (blank in, blank out), so the output lines up with the input in a
+    pipeline; several outputs of one line (--n) are separated by tabs.
+    """
+    from aigc.generate.beam import BeamParams
+
+    beam = None
+    if args.beams > 1:
+        beam = BeamParams(beams=args.beams, max_new_tokens=args.max_new_tokens, length_penalty=args.length_penalty,
+                          n_best=args.n, no_repeat_ngram=args.no_repeat_ngram)
+    if args.prompt is not None:
+        lines = [args.prompt]
+    else:
+        lines = [line.rstrip("\n") for line in sys.stdin]
+    for start in range(0, len(lines), 32):
+        chunk = lines[start : start + 32]
+        wanted = [line for line in chunk if line.strip()] if args.prompt is None else chunk
+        outputs = iter(generator.translate(wanted, params, beam, n=args.n) if wanted else [])
+        for line in chunk:
+            print("\t".join(next(outputs)) if line.strip() or args.prompt is not None else "", flush=True)
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from aigc.generate.text import TextGenerator
 
     params = _sampling(args)
     generator = TextGenerator.from_checkpoint(Path(args.run), device=args.device)
+    if generator.is_seq2seq:
+        return _translate(generator, params, args)
     if args.prompt is not None:
         _print_completions(generator, [args.prompt], params, args)
         return 0
@@ -195,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--n", type=int, default=1, help="samples per prompt")
     generate.add_argument("--stream", action="store_true", help="print text as it is generated")
     generate.add_argument("--no-truncate", action="store_true", help="error on prompts longer than the context")
+    generate.add_argument("--beams", type=int, default=1, help="seq2seq: beam size (1 = greedy or sampling)")
+    generate.add_argument("--length-penalty", type=float, default=1.0, help="seq2seq beam search: score / length^alpha")
+    generate.add_argument("--no-repeat-ngram", type=int, default=0, help="seq2seq beam search: forbid repeated n-grams")
     generate.add_argument("--device", default="cpu")
     generate.set_defaults(handler=cmd_generate)
     recipes = sub.add_parser("recipes", help="list the built-in recipes")

@@ -157,6 +157,8 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(128, ge=1, description="tokens per sample")
     temperature: float = Field(0.8, ge=0, description="sampling temperature of the report's samples")
     top_k: int | None = Field(40, ge=1, description="top-k of the report's samples")
+    max_pairs: int = Field(1000, ge=1, description="seq2seq: test pairs translated for BLEU and chrF")
+    beams: int = Field(1, ge=1, description="seq2seq: beam size when translating the test split (1 = greedy)")
 
 
 class Config(Section):

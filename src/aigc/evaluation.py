@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +29,11 @@ import numpy as np
 import torch
 
 from aigc.checkpoint import CHECKPOINTS, load_checkpoint
+from aigc.data.pairs import PairSampler, read_sequences
 from aigc.data.shards import open_split, read_manifest
 from aigc.errors import DataError
 from aigc.files import write_json
+from aigc.generate.beam import BeamParams
 from aigc.generate.sampling import SamplingParams
 from aigc.generate.text import TextGenerator
 
@@ -44,8 +47,12 @@ class EvalResult:
 
     def summary(self) -> str:
         r = self.report
-        lines = [f"val loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f}, {r['bits_per_byte']:.3f} bits/byte "
-                 f"({r['tokens_scored']:,} tokens)"]
+        lines = [f"val loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f}"
+                 + (f", {r['bits_per_byte']:.3f} bits/byte" if "bits_per_byte" in r else "")
+                 + f" ({r['tokens_scored']:,} tokens)"]
+        if "bleu" in r:
+            lines.append(f"{r['split']} ({r['pairs']:,} pairs): BLEU {r['bleu']:.2f} (tokenize {r['bleu_tokenize']}), "
+                         f"chrF {r['chrf']:.2f}, {r['sentences_per_s']:.1f} sentences/s")
         if "distinct_1" in r:
             lines.append(f"samples: distinct-1 {r['distinct_1']:.3f}, distinct-2 {r['distinct_2']:.3f}, "
                          f"repeated 4-grams {r['repeated_4gram_rate']:.3f}")
@@ -173,9 +180,10 @@ def plot_losses(metrics_path: Path, out: Path) -> bool:
     return True
 
 
-def _markdown(report: dict[str, Any], samples: list[tuple[str, str]], plotted: bool) -> str:
+def _markdown(report: dict[str, Any], plotted: bool) -> str:
     lines = [f"# Evaluation of {report['checkpoint']}", "", "| metric | value |", "|---|---|"]
-    for key in ("loss", "perplexity", "bits_per_byte", "tokens_scored", "distinct_1", "distinct_2", "repeated_4gram_rate"):
+    for key in ("loss", "perplexity", "bits_per_byte", "tokens_scored", "distinct_1", "distinct_2", "repeated_4gram_rate",
+                "bleu", "chrf", "pairs", "sentences_per_s"):
         if key in report:
             value = report[key]
             lines.append(f"| {key} | {value:,.4f} |" if isinstance(value, float) else f"| {key} | {value:,} |")
@@ -185,18 +193,74 @@ def _markdown(report: dict[str, Any], samples: list[tuple[str, str]], plotted: b
     if plotted:
         lines += ["", "![loss curve](loss.png)"]
     lines += ["", "## Samples", ""]
-    for prompt, completion in samples:
-        lines += ["```", prompt + completion, "```", ""]
+    if "bleu" in report:
+        lines += ["| source | reference | model |", "|---|---|---|"]
+        for sample in report["samples"]:
+            cells = (sample[key].replace("|", "\\|") for key in ("source", "reference", "translation"))
+            lines.append("| " + " | ".join(cells) + " |")
+    for sample in report["samples"] if "bleu" not in report else []:
+        lines += ["```", sample["prompt"] + sample["completion"], "```", ""]
     return "\n".join(lines)
 
 
+def bleu_tokenizer(references: list[str]) -> str:
+    """sacrebleu's ``zh`` tokenizer when the references are mostly CJK characters, else its default ``13a``."""
+    text = "".join(references)
+    cjk = sum("\u4e00" <= ch <= "\u9fff" or "\u3400" <= ch <= "\u4dbf" for ch in text)
+    return "zh" if text and cjk / len(text) > 0.3 else "13a"
+
+
+def _evaluate_pairs(generator: TextGenerator, run_dir: Path, manifest: dict, config) -> dict[str, Any]:
+    """Val loss of the seq2seq model, and BLEU / chrF of its translations of the test split (val if no test)."""
+    import sacrebleu
+
+    eot = manifest["tokenizer"]["eot_id"]
+    data_dir = run_dir / "data"
+
+    def pairs(split: str):
+        return read_sequences(open_split(data_dir, f"{split}.src", manifest), open_split(data_dir, f"{split}.tgt", manifest), eot)
+
+    val = pairs("val")
+    sampler = PairSampler(val, eot, config.model.block_size, min(16, len(val)), 1, config.seed, split="val")
+    total = count = 0.0
+    with torch.inference_mode():
+        for (src, src_mask, tgt_in), tgt_out in sampler.eval_batches(max(1, min(len(val) // 16, 50))):
+            logits = generator.model(src, src_mask, tgt_in).float()
+            total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt_out.reshape(-1),
+                                                       ignore_index=-1, reduction="sum").item()
+            count += int((tgt_out >= 0).sum())
+    split = "test" if manifest["splits"].get("test.src", {}).get("documents") else "val"
+    chosen = pairs(split)[: config.eval.max_pairs]
+    sources = [generator.decode(s[:-1].tolist()) for s, _ in chosen]
+    references = [generator.decode(t[:-1].tolist()) for _, t in chosen]
+    beam = BeamParams(beams=config.eval.beams, max_new_tokens=config.model.block_size) if config.eval.beams > 1 else None
+    params = SamplingParams(max_new_tokens=config.model.block_size, temperature=0)
+    started = time.perf_counter()
+    hypotheses = [out[0] for i in range(0, len(sources), 64) for out in generator.translate(sources[i : i + 64], params, beam)]
+    seconds = time.perf_counter() - started
+    tokenize = bleu_tokenizer(references)
+    report = {
+        "loss": total / count, "perplexity": math.exp(total / count), "tokens_scored": int(count),
+        "bleu": sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize).score,
+        "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
+        "bleu_tokenize": tokenize, "split": split, "pairs": len(chosen), "sentences_per_s": len(chosen) / seconds,
+    }
+    report["samples"] = [{"source": src, "reference": ref, "translation": hyp}
+                         for src, ref, hyp in list(zip(sources, references, hypotheses))[:10]]
+    return report
+
+
 def evaluate(run_dir: Path, log=print) -> EvalResult:
-    """Score the run's best (else latest) checkpoint on its val split and write the report."""
+    """Score the run's best (else latest) checkpoint on its held-out data and write the report."""
     best = run_dir / CHECKPOINTS / "best"
     checkpoint = load_checkpoint(best if best.exists() else run_dir)
     config = checkpoint.config
     generator = TextGenerator.from_checkpoint(checkpoint.path)
     manifest = read_manifest(run_dir / "data")
+    if manifest.get("kind") == "pairs":
+        report = {"checkpoint": str(checkpoint.path), "step": checkpoint.meta["step"],
+                  **_evaluate_pairs(generator, run_dir, manifest, config)}
+        return _write(run_dir, report)
     val = open_split(run_dir / "data", "val", manifest)
     nll, count, targets = score(generator.model, val, config.model.block_size, config.eval.max_tokens)
     scored_bytes = len(generator.decode(targets.tolist()).encode("utf-8"))
@@ -224,9 +288,13 @@ def evaluate(run_dir: Path, log=print) -> EvalResult:
             texts = [c.text if c.finish_reason == "stop" else c.text[: c.text.rfind("\n") + 1] for c in completions]
             report["code"] = code_validity(prompts, texts)
     report["samples"] = [{"prompt": p, "completion": c} for p, c in samples]
+    return _write(run_dir, report)
+
+
+def _write(run_dir: Path, report: dict[str, Any]) -> EvalResult:
     folder = run_dir / "eval"
     folder.mkdir(parents=True, exist_ok=True)
     plotted = plot_losses(run_dir / "metrics.jsonl", folder / "loss.png")
     write_json(folder / "report.json", report)
-    (folder / "report.md").write_text(_markdown(report, samples, plotted), encoding="utf-8")
+    (folder / "report.md").write_text(_markdown(report, plotted), encoding="utf-8")
     return EvalResult(report, folder)

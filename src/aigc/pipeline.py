@@ -112,7 +112,11 @@ def _evaluate_and_sample(run_dir: Path, log: Callable[[str], None]) -> str:
     samples = outcome.report["samples"]
     folder = run_dir / "samples"
     folder.mkdir(exist_ok=True)
+    texts = [
+        f"{s['source']}\n=> {s['translation']}\n(reference: {s['reference']})" if "source" in s else s["prompt"] + s["completion"]
+        for s in samples
+    ]
     rule = "\n" + "-" * 60 + "\n"
-    (folder / "samples.txt").write_text(rule.join(s["prompt"] + s["completion"] for s in samples), encoding="utf-8")
-    shown = [f"--- sample {i + 1} ---\n{s['prompt']}{s['completion']}" for i, s in enumerate(samples[:3])]
+    (folder / "samples.txt").write_text(rule.join(texts), encoding="utf-8")
+    shown = [f"--- sample {i + 1} ---\n{text}" for i, text in enumerate(texts[:3])]
     return "\n".join([outcome.summary(), f"samples: {folder / 'samples.txt'}", *shown])

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aigc.config import Config
 from aigc.data.clean import CleaningReport
+from aigc.data.pairs import read_pairs
 from aigc.data.sources import SourceFile, read_source, resolve_sources
 from aigc.files import write_json
 
@@ -51,7 +52,8 @@ def collect(config: Config) -> CollectResult:
     listing = []
     total_records = total_bytes = 0
     for source in sources:
-        records = sum(1 for _ in read_source(source, config.data, report))
+        reader = read_pairs if config.data.kind == "pairs" else read_source
+        records = sum(1 for _ in reader(source, config.data, report))
         size = source.path.stat().st_size
         listing.append({"source": source.label, "path": str(source.path), "bytes": size, "records": records})
         total_records += records

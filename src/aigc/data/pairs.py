@@ -60,7 +60,11 @@ def _delimited_pairs(source: SourceFile, config: DataConfig, report: CleaningRep
                 if not row:
                     continue
                 where = f"{source.label}:{reader.line_num}"
-                width = width or len(row)
+                if width is None:
+                    width = len(row)
+                    if max(src, tgt) >= width:
+                        raise DataError(f"{where}: the row has {width} columns (numbered from 0), so there is no column "
+                                        f"{max(src, tgt)}; set data.source_column and data.target_column")
                 if len(row) > width:
                     report.drop("extra_columns", where, 0, f"{len(row)} columns, expected {width}")
                 elif max(src, tgt) >= len(row):
@@ -88,18 +92,21 @@ def _jsonl_pairs(source: SourceFile, config: DataConfig, report: CleaningReport)
         yield Pair(values[0], values[1], where)
 
 
+def read_pairs(source: SourceFile, config: DataConfig, report: CleaningReport) -> Iterator[Pair]:
+    """The raw (uncleaned) pairs of one file; rows without two sides are tallied in ``report``."""
+    suffix = source.path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return _jsonl_pairs(source, config, report)
+    if suffix in (".tsv", ".csv"):
+        return _delimited_pairs(source, config, report)
+    raise DataError(f"{source.label}: pairs are read from .tsv, .csv or .jsonl files, not '{suffix or 'no suffix'}'")
+
+
 def clean_pairs(sources: list[SourceFile], config: DataConfig, report: CleaningReport) -> Iterator[Pair]:
     """Normalised pairs that pass every filter, sides swapped when ``data.reverse``; drops tallied in ``report``."""
     seen: set[bytes] = set()
     for source in sources:
-        suffix = source.path.suffix.lower()
-        if suffix in (".jsonl", ".ndjson"):
-            raw = _jsonl_pairs(source, config, report)
-        elif suffix in (".tsv", ".csv"):
-            raw = _delimited_pairs(source, config, report)
-        else:
-            raise DataError(f"{source.label}: pairs are read from .tsv, .csv or .jsonl files, not '{suffix or 'no suffix'}'")
-        for pair in raw:
+        for pair in read_pairs(source, config, report):
             src, tgt = normalize(pair.source).strip(), normalize(pair.target).strip()
             size = len(src.encode()) + len(tgt.encode())
             if not src or not tgt:

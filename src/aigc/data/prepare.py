@@ -116,11 +116,13 @@ def _encode(tokenizer: Tokenizer, texts: list[str], eot: int, dtype: np.dtype) -
     return (np.concatenate(pieces) if pieces else np.zeros(0, dtype)), lengths
 
 
-def _empty_corpus_error(report: CleaningReport, sources: list[SourceFile]) -> DataError:
+def _empty_corpus_error(report: CleaningReport, sources: list[SourceFile], kind: str) -> DataError:
     reasons = ", ".join(f"{t.count:,} {r}" for r, t in sorted(report.dropped.items())) or "no records at all"
+    keys = ("data.source_column / data.target_column (data.source_field / data.target_field for JSONL)"
+            if kind == "pairs" else "data.field / data.column")
     return DataError(
         f"nothing usable in {len(sources)} input file(s) after cleaning ({reasons}).\n{report.table()}\n"
-        "Check data.paths, data.field / data.column, and data.min_chars / data.max_chars."
+        f"Check data.paths, {keys}, and data.min_chars / data.max_chars."
     )
 
 
@@ -203,13 +205,13 @@ def prepare(config: Config) -> PrepareResult:
     report = CleaningReport()
     if tokenizer is None:
         list(_texts(sources, config, report))  # fill the report for the message
-        raise _empty_corpus_error(report, sources)
+        raise _empty_corpus_error(report, sources, config.data.kind)
     shard = _shard_pairs if config.data.kind == "pairs" else _shard_documents
     splits = shard(sources, config, tokenizer, data_dir, report)
     if report.kept == 0:
         for info in splits.values():
             (data_dir / info["file"]).unlink()
-        raise _empty_corpus_error(report, sources)
+        raise _empty_corpus_error(report, sources, config.data.kind)
 
     tokenizer_path = run_dir / TOKENIZER_FILE
     if config.tokenizer.path is None or config.tokenizer.path.resolve() != tokenizer_path.resolve():

@@ -1,5 +1,10 @@
 """The decoding engine: prefill, then one token per step with the KV cache, for a batch of prompts.
 
+For the decoder-only GPT, :meth:`Engine.steps` continues prompts. For the encoder-decoder,
+:meth:`Engine.translate` encodes the sources once (cross-attention keys/values precomputed) and
+decodes from ``<|endoftext|>`` by sampling or by beam search.
+
+
 It knows nothing about text: prompts are lists of token ids and it yields token ids (and their
 log-probabilities). Prompts of different lengths are left-padded; each row gets its own positions
 (counted from its first real token) and a mask that hides the padding, so a row decodes exactly as it
@@ -8,6 +13,7 @@ would alone. Callers mark rows finished (stop strings, stop ids) through :class:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -15,7 +21,9 @@ import torch
 
 from aigc.errors import GenerationError
 from aigc.generate.sampling import SamplingParams, apply_penalties, choose
+from aigc.generate.beam import BeamParams, Hypothesis, beam_search
 from aigc.models.gpt import GPT
+from aigc.models.seq2seq import Seq2Seq
 
 
 @dataclass(frozen=True)
@@ -38,9 +46,9 @@ def _generators(params: SamplingParams, rows: int) -> list[torch.Generator]:
 
 
 class Engine:
-    """Batched autoregressive decoding over a :class:`~aigc.models.gpt.GPT`."""
+    """Batched autoregressive decoding over a :class:`~aigc.models.gpt.GPT` or a :class:`~aigc.models.seq2seq.Seq2Seq`."""
 
-    def __init__(self, model: GPT):
+    def __init__(self, model: GPT | Seq2Seq):
         self.model = model.eval()
         self.block_size = model.config.block_size
         self.vocab_size = model.config.vocab_size
@@ -103,6 +111,65 @@ class Engine:
             else:
                 positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
                 logits = self._forward(idx, None, positions if padded else None, _prefill_mask(valid) if padded else None)
+
+
+    def _encode(self, sources: list[list[int]], repeat: int = 1):
+        """Right-padded sources -> per-layer cross K/V and mask, each row repeated ``repeat`` times (beams)."""
+        if not sources or any(not s for s in sources):
+            raise GenerationError("every source needs at least one token")
+        device = self.model.wte.weight.device
+        width = max(map(len, sources))
+        if width > self.block_size:
+            raise GenerationError(f"a source has {width} tokens; the model's context is {self.block_size}")
+        ids = torch.tensor([s + [0] * (width - len(s)) for s in sources], device=device)
+        mask = torch.tensor([[True] * len(s) + [False] * (width - len(s)) for s in sources], device=device)
+        if repeat > 1:
+            ids, mask = ids.repeat_interleave(repeat, 0), mask.repeat_interleave(repeat, 0)
+        return self.model.encode(ids, mask)
+
+    @torch.inference_mode()
+    def translate(self, sources: list[list[int]], start: int, end: int, params: SamplingParams,
+                  beam: BeamParams | None = None) -> list[list[Hypothesis]]:
+        """Target ids for each source (without start/end): beam search when ``beam``, else greedy or sampling.
+
+        Returns a list of hypotheses per source (``beam.n_best`` of them with beam search, else one).
+        """
+        device = self.model.wte.weight.device
+        rows = len(sources) * (beam.beams if beam else 1)
+        memory, mask = self._encode(sources, beam.beams if beam else 1)
+        limit = min(beam.max_new_tokens if beam else params.max_new_tokens, self.block_size)
+        caches = self.model.new_caches(rows, limit + 1)
+
+        def next_logprobs(tokens: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+            if order is not None:
+                for cache in caches:
+                    cache.reorder(order.to(device))
+            logits = self.model.decode(tokens.to(device)[:, None], memory, mask, caches, last_only=True)[:, -1]
+            return logits.float().log_softmax(-1).cpu()
+
+        if beam is not None:
+            return beam_search(next_logprobs, len(sources), start, end, dataclasses.replace(beam, max_new_tokens=limit))
+        generators = _generators(params, rows)
+        tokens = torch.full((rows,), start, dtype=torch.long)
+        outputs: list[list[int]] = [[] for _ in range(rows)]
+        scores = [0.0] * rows
+        finished = [False] * rows
+        seen = torch.zeros(rows, self.vocab_size)
+        for _ in range(limit):
+            logprobs = next_logprobs(tokens, None)
+            tokens = choose(apply_penalties(logprobs, seen, seen, params), params, generators)
+            for row, token in enumerate(tokens.tolist()):
+                if finished[row]:
+                    continue
+                if token == end:
+                    finished[row] = True
+                else:
+                    outputs[row].append(token)
+                    scores[row] += logprobs[row, token].item()
+            seen.scatter_add_(1, tokens[:, None], torch.ones(rows, 1))
+            if all(finished):
+                break
+        return [[Hypothesis(out, score / max(len(out), 1))] for out, score in zip(outputs, scores)]
 
 
 def _prefill_mask(valid: torch.Tensor) -> torch.Tensor:

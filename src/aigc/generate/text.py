@@ -21,7 +21,10 @@ from aigc.checkpoint import load_checkpoint
 from aigc.errors import GenerationError
 from aigc.generate.engine import DecodeState, Engine
 from aigc.generate.sampling import SamplingParams
+from aigc.generate.beam import BeamParams
+from aigc.models import build_model
 from aigc.models.gpt import GPT
+from aigc.models.seq2seq import Seq2Seq
 from aigc.tokenizer import eot_id
 
 log = logging.getLogger(__name__)
@@ -99,7 +102,7 @@ class Completion:
 class TextGenerator:
     """Prompts in, text out: a tokenizer and the one engine."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer):
+    def __init__(self, model: GPT | Seq2Seq, tokenizer: Tokenizer):
         self.model, self.tokenizer = model, tokenizer
         self.engine = Engine(model)
         self.eot = eot_id(tokenizer)
@@ -108,7 +111,7 @@ class TextGenerator:
     def from_checkpoint(cls, path: Path, device: str = "cpu") -> TextGenerator:
         """Load a checkpoint folder or a run directory (its latest checkpoint)."""
         checkpoint = load_checkpoint(path)
-        model = GPT(checkpoint.config.model)
+        model = build_model(checkpoint.config.model)
         model.load_state_dict(checkpoint.model_state())
         tokenizer = Tokenizer.from_file(str(checkpoint.path / "tokenizer.json"))
         return cls(model.to(device).eval(), tokenizer)
@@ -152,6 +155,27 @@ class TextGenerator:
         for row, finished in enumerate(state.finished):
             if not finished:
                 yield Piece(row, streams[row].finish(), finish_reason="length")
+
+    @property
+    def is_seq2seq(self) -> bool:
+        return self.model.config.kind == "seq2seq"
+
+    def translate(self, sources: list[str], params: SamplingParams, beam: BeamParams | None = None,
+                  n: int = 1) -> list[list[str]]:
+        """Outputs of the encoder-decoder for each source: ``beam.n_best`` texts with beam search, else ``n`` samples."""
+        if any(not s.strip() for s in sources):
+            raise GenerationError("a source text is empty; give something to translate")
+        if n < 1:
+            raise GenerationError(f"n must be at least 1, got {n}")
+        room = self.engine.block_size - 1
+        encoded = [self.tokenizer.encode(s, add_special_tokens=False).ids[:room] + [self.eot] for s in sources]
+        if beam is None:
+            encoded = [ids for ids in encoded for _ in range(n)]
+        results = self.engine.translate(encoded, self.eot, self.eot, params, beam)
+        texts = [[self.decode(h.tokens) for h in hypotheses] for hypotheses in results]
+        if beam is None:
+            texts = [sum(texts[i * n : (i + 1) * n], []) for i in range(len(sources))]
+        return texts
 
     def complete(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
         """Whole completions of every prompt (the concatenation of :meth:`stream`)."""

@@ -77,6 +77,10 @@ class KVCache:
         self.length = end
         return self.keys[:, :, :end], self.values[:, :, :end]
 
+    def reorder(self, order: torch.Tensor) -> None:
+        """Keep rows ``order`` (B,) of the batch, in that order (beam search follows surviving parents)."""
+        self.keys, self.values = self.keys.index_select(0, order), self.values.index_select(0, order)
+
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention, softmax(Q K^T / sqrt(D) + mask) V, with grouped-query heads and RoPE.

@@ -1,0 +1,55 @@
+"""The translate recipe end to end on a slice of Tatoeba, then `aigc generate` on the seq2seq run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import shared
+from tests.e2e.test_run import aigc
+
+TINY_SEQ2SEQ = ["model.n_layer=2", "model.n_encoder_layer=2", "model.n_head=2", "model.n_embd=64",
+                "tokenizer.vocab_size=1500", "train.max_steps=60", "train.batch_size=32", "train.eval_every=30",
+                "train.checkpoint_every=30", "eval.max_pairs=40", "eval.beams=2"]
+
+
+@pytest.fixture(scope="module")
+def translate_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("translate")
+    lines = shared("tatoeba_eng_cmn.tsv").read_text(encoding="utf-8-sig").splitlines()
+    corpus = folder / "slice.tsv"
+    corpus.write_text("\n".join(lines[::8]) + "\n", encoding="utf-8")  # ~3,600 pairs, short and long
+    run_dir = folder / "run"
+    done = aigc("run", "translate", f"data.paths=[{corpus}]", f"run.dir={run_dir}", *TINY_SEQ2SEQ)
+    return run_dir, corpus, done
+
+
+def test_translate_recipe_end_to_end(translate_run):
+    run_dir, _, done = translate_run
+    assert done.returncode == 0, done.stderr
+    for path in ["data/train.src.bin", "data/test.tgt.bin", "checkpoints/latest/model.safetensors",
+                 "eval/report.json", "eval/report.md", "samples/samples.txt"]:
+        assert (run_dir / path).exists(), path
+    report = json.loads((run_dir / "eval" / "report.json").read_text())
+    assert report["bleu_tokenize"] == "zh" and report["pairs"] == 40 and report["split"] == "test"
+    assert 0 <= report["bleu"] <= 100 and 0 < report["chrf"] <= 100 and report["sentences_per_s"] > 0
+    sample = report["samples"][0]
+    assert set(sample) >= {"source", "reference", "translation"} and "attribution" not in sample["source"].lower()
+    assert "| source |" in (run_dir / "eval" / "report.md").read_text().lower()
+    assert "BLEU" in done.stdout
+
+
+def test_generate_translates_prompt_and_stdin_lines(translate_run):
+    run_dir = translate_run[0]
+    done = aigc("generate", str(run_dir), "--prompt", "I love you.", "--temperature", "0")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("\n") == 1 and done.stdout.strip()
+    piped = aigc("generate", str(run_dir), "--temperature", "0", input_text="I love you.\n\nHow are you?\n")
+    assert piped.returncode == 0, piped.stderr
+    out = piped.stdout.split("\n")
+    assert out[0] == done.stdout.rstrip("\n") and out[1] == "" and len(out) == 4  # blank line in, blank line out
+    nbest = aigc("generate", str(run_dir), "--prompt", "Thank you.", "--beams", "3", "--n", "2")
+    assert nbest.returncode == 0 and len(nbest.stdout.rstrip("\n").split("\t")) == 2
+    bad = aigc("generate", str(run_dir), "--prompt", "Thank you.", "--beams", "2", "--n", "3")
+    assert bad.returncode == 2 and "n-best" in bad.stderr and "Traceback" not in bad.stderr
