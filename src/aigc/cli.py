@@ -7,6 +7,7 @@ Nothing imports this module. Heavy libraries (torch, tokenizers) are imported in
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from collections.abc import Callable
@@ -167,6 +168,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
             _print_completions(generator, [prompt.replace("\\n", "\n")], params, args)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from aigc.serve.app import ServeSettings
+    from aigc.serve.server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    keys = tuple(args.api_key or ())
+    if args.api_key_file:
+        keys += tuple(line.strip() for line in Path(args.api_key_file).read_text().splitlines() if line.strip())
+    env_key = os.environ.get("AIGC_API_KEY")
+    keys += (env_key,) if env_key else ()
+    settings = ServeSettings(api_keys=keys, cors_origins=tuple(args.cors_origin or ()), max_body_bytes=args.max_body_bytes,
+                             max_n=args.max_n, max_tokens=args.max_tokens, timeout_s=args.timeout,
+                             ping_interval_s=args.ping_interval)
+    serve([Path(p) for p in args.runs], args.host, args.port, settings, max_running=args.max_batch,
+          max_waiting=args.max_waiting, drain_timeout_s=args.drain_timeout, device=args.device)
+    return 0
+
+
 def _add_config_command(sub: argparse._SubParsersAction, name: str, handler: Callable, summary: str) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         name,
@@ -227,6 +248,26 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--no-repeat-ngram", type=int, default=0, help="seq2seq beam search: forbid repeated n-grams")
     generate.add_argument("--device", default="cpu")
     generate.set_defaults(handler=cmd_generate)
+    serve = sub.add_parser("serve", help="serve runs behind an OpenAI-compatible HTTP API with a web playground",
+                           description="Serve every run given at /v1 (completions, chat completions, models) with "
+                           "a playground at /. See docs/serving.md.")
+    serve.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", action="append", help="require 'Authorization: Bearer KEY' (repeatable; "
+                       "also $AIGC_API_KEY)")
+    serve.add_argument("--api-key-file", help="file with one API key per line")
+    serve.add_argument("--cors-origin", action="append", help="allow browser requests from this origin (repeatable)")
+    serve.add_argument("--max-batch", type=int, default=32, help="sequences decoded together (1 = no batching)")
+    serve.add_argument("--max-waiting", type=int, default=256, help="queued requests before 429")
+    serve.add_argument("--max-tokens", type=int, default=None, help="cap on max_tokens (default: the context)")
+    serve.add_argument("--max-n", type=int, default=8, help="cap on n")
+    serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413")
+    serve.add_argument("--timeout", type=float, default=600.0, help="per-request deadline in seconds")
+    serve.add_argument("--ping-interval", type=float, default=5.0, help="seconds between SSE keep-alive comments")
+    serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish running requests on SIGTERM")
+    serve.add_argument("--device", default="cpu")
+    serve.set_defaults(handler=cmd_serve)
     recipes = sub.add_parser("recipes", help="list the built-in recipes")
     recipes.set_defaults(handler=cmd_recipes)
     return parser

@@ -1,0 +1,1 @@
+"""The deploy stage: an OpenAI-compatible HTTP server over trained runs."""

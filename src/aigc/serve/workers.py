@@ -1,0 +1,99 @@
+"""What the server runs for each model: the continuous-batching scheduler (GPT) or a translation worker.
+
+Both take a :class:`~aigc.serve.scheduler.Request` with ``submit`` and report through its ``sink``, so
+the HTTP layer treats every model alike.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+from aigc.generate.text import TextGenerator
+from aigc.serve.scheduler import Busy, Event, Request, Scheduler
+
+
+class TranslationWorker:
+    """Encoder-decoder runs: a request's source ids are translated ``n`` times on one thread, in order."""
+
+    def __init__(self, generator: TextGenerator, max_waiting: int = 256):
+        self.generator, self.max_waiting = generator, max_waiting
+        self.waiting: deque[Request] = deque()
+        self.draining, self.active, self.cancelled = False, None, 0
+        self._lock = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="aigc-translate", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        self._thread.join(timeout=10)
+
+    def submit(self, request: Request) -> None:
+        with self._lock:
+            if self.draining:
+                raise Busy("the server is shutting down; retry on another replica", draining=True, retry_after=5)
+            if len(self.waiting) >= self.max_waiting:
+                raise Busy(f"the queue is full ({len(self.waiting)} requests waiting); retry later")
+            self.waiting.append(request)
+            self._lock.notify()
+
+    def cancel(self, request: Request) -> None:
+        request.cancelled = True
+
+    @property
+    def running(self) -> int:
+        return int(self.active is not None)
+
+    @property
+    def queued(self) -> int:
+        return len(self.waiting)
+
+    def _loop(self) -> None:
+        eot = self.generator.eot
+        while True:
+            with self._lock:
+                while not self._stopping and not self.waiting:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+                request = self.active = self.waiting.popleft()
+            try:
+                if request.cancelled:
+                    self.cancelled += request.n
+                    continue
+                sources = [request.prompt + [eot]] * request.n
+                results = self.generator.engine.translate(sources, eot, eot, request.params)
+                for index, hypotheses in enumerate(results):
+                    tokens = hypotheses[0].tokens
+                    request.completion_tokens += len(tokens)
+                    finish = "length" if len(tokens) >= request.params.max_new_tokens else "stop"
+                    request.sink(Event(index, text=self.generator.decode(tokens), finish_reason=finish))
+            except Exception as err:
+                for index in range(request.n):
+                    request.sink(Event(index, error=f"translation failed: {err}"))
+            finally:
+                self.active = None
+
+
+@dataclass
+class ServedModel:
+    """One run behind the API: its id, text generator and worker."""
+
+    id: str
+    generator: TextGenerator
+    worker: Scheduler | TranslationWorker
+    created: int
+
+    @property
+    def context(self) -> int:
+        return self.generator.engine.block_size
+
+    @property
+    def kind(self) -> str:
+        return "seq2seq" if self.generator.is_seq2seq else "gpt"

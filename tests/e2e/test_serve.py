@@ -1,0 +1,253 @@
+"""`aigc serve` as a user runs it: a live server on a random localhost port, driven by the official
+`openai` client, plain HTTP, and signals. The model is a tiny character GPT trained by the fixture."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import shared
+
+KEY = "test-key-123"
+ORIGIN = "http://allowed.example"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """``aigc serve`` in a subprocess; ``url`` once /ready answers."""
+
+    def __init__(self, runs: list[Path], *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = Path(f"/tmp/aigc-serve-{self.port}.log")
+        self.process = subprocess.Popen([sys.executable, "-m", "aigc", "serve", *map(str, runs), "--port", str(self.port),
+                                         *args], stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"server did not start:\n{self.log.read_text()}")
+
+    def metric(self, name: str, model: str = "tiny") -> float:
+        text = httpx.get(f"{self.url}/metrics").text
+        match = re.search(rf'^{name}\{{model="{model}"\}} (\S+)$', text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("serve")
+    corpus = folder / "slice.txt"
+    corpus.write_text(shared("tinyshakespeare.txt").read_text(encoding="utf-8")[:60_000], encoding="utf-8")
+    run_dir = folder / "tiny"
+    done = subprocess.run([sys.executable, "-m", "aigc", "run", "text", f"data.paths=[{corpus}]", f"run.dir={run_dir}",
+                           "tokenizer.kind=char", "model.n_layer=2", "model.n_head=2", "model.n_embd=32",
+                           "model.block_size=1024", "train.max_steps=20", "train.batch_size=2", "train.eval_every=20",
+                           "train.checkpoint_every=20", "eval.samples=1", "eval.max_new_tokens=4",
+                           "eval.max_tokens=4096"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run):
+    server = Server([tiny_run], "--api-key", KEY, "--cors-origin", ORIGIN, "--max-batch", "8", "--ping-interval", "0.2",
+                    "--max-body-bytes", "20000")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
+
+
+def test_models_and_completion_with_the_openai_client(client):
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    done = client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=12, seed=3, logprobs=2)
+    choice = done.choices[0]
+    assert choice.finish_reason in ("stop", "length") and len(choice.logprobs.tokens) == done.usage.completion_tokens
+    assert done.usage.prompt_tokens == 6 and done.usage.total_tokens == 6 + done.usage.completion_tokens
+    assert all(len(top) == 2 for top in choice.logprobs.top_logprobs)
+    assert "".join(choice.logprobs.tokens) == choice.text or choice.finish_reason == "stop"
+
+
+def test_streamed_equals_unstreamed_for_a_seed(client):
+    whole = client.completions.create(model="tiny", prompt="First", max_tokens=40, seed=7, temperature=1.0)
+    chunks = list(client.completions.create(model="tiny", prompt="First", max_tokens=40, seed=7, temperature=1.0,
+                                            stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_chat_streamed_and_not(client):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
+    whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=20, seed=1, n=2,
+                                           logprobs=True, top_logprobs=3)
+    assert len(whole.choices) == 2 and whole.choices[0].message.role == "assistant"
+    assert len(whole.choices[0].logprobs.content[0].top_logprobs) == 3
+    stream = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=20, seed=1, n=2, stream=True))
+    assert stream[0].choices[0].delta.role == "assistant"
+    for index in range(2):
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices and c.choices[0].index == index)
+        assert text == whole.choices[index].message.content
+
+
+def test_concurrent_streams_do_not_mix(client):
+    expected = {seed: client.completions.create(model="tiny", prompt="KING", max_tokens=60, seed=seed).choices[0].text
+                for seed in range(6)}
+
+    def streamed(seed: int) -> str:
+        chunks = client.completions.create(model="tiny", prompt="KING", max_tokens=60, seed=seed, stream=True)
+        return "".join(c.choices[0].text for c in chunks)
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        got = dict(zip(expected, pool.map(streamed, expected)))
+    assert got == expected and len(set(got.values())) > 1
+
+
+def test_disconnect_frees_the_slot(server):
+    before = server.metric("aigc_cancelled_sequences")
+    body = {"model": "tiny", "prompt": "A", "max_tokens": 1000, "stream": True}
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                break  # first token arrived: hang up
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (server.metric("aigc_requests_running") or
+                                           server.metric("aigc_cancelled_sequences") == before):
+        time.sleep(0.05)
+    assert server.metric("aigc_requests_running") == 0
+    assert server.metric("aigc_cancelled_sequences") == before + 1
+
+
+def post(server, path: str, body, headers: dict | None = None, raw: bytes | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json", **(headers or {})}
+    content = raw if raw is not None else json.dumps(body).encode()
+    return httpx.post(f"{server.url}{path}", content=content, headers=headers, timeout=30)
+
+
+MALFORMED = [
+    ("/v1/completions", None, b"{not json", 400, "invalid_json"),
+    ("/v1/completions", {"prompt": "x"}, None, 400, None),  # no model
+    ("/v1/completions", {"model": "tiny"}, None, 400, None),  # no prompt
+    ("/v1/completions", {"model": "nope", "prompt": "x"}, None, 404, "model_not_found"),
+    ("/v1/completions", {"model": "tiny", "prompt": ""}, None, 400, None),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 0}, None, 400, None),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "temperature": 3}, None, 400, None),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "top_p": 0}, None, 400, None),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, None, 400, None),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "n": 99}, None, 400, None),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "echo": True}, None, 400, "unsupported_parameter"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x", "logit_bias": {"1": 5}}, None, 400, "unsupported_parameter"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x" * 1100}, None, 400, "context_length_exceeded"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x" * 1000, "max_tokens": 100}, None, 400, "context_length_exceeded"),
+    ("/v1/completions", {"model": "tiny", "prompt": "x" * 30000}, None, 413, None),
+    ("/v1/chat/completions", {"model": "tiny", "messages": []}, None, 400, None),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, None, 400, None),
+    ("/v1/chat/completions", {"model": "tiny", "messages": "hello"}, None, 400, None),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "tools": [{}]}, None, 400,
+     "unsupported_parameter"),
+    ("/v1/images/generations", {"prompt": "a red circle", "model": "tiny"}, None, 400, "not_an_image_model"),
+    ("/v1/nothing", {}, None, 404, None),
+]
+
+
+@pytest.mark.parametrize("path, body, raw, status, code", MALFORMED)
+def test_malformed_requests_get_the_expected_4xx(server, path, body, raw, status, code):
+    response = post(server, path, body, raw=raw)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and set(error) == {"message", "type", "param", "code"}
+    if code:
+        assert error["code"] == code
+    assert response.headers["x-request-id"]
+
+
+def test_ignored_fields_still_work(server):
+    response = post(server, "/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 2, "user": "u1",
+                                                "some_future_field": 1})
+    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_auth_cors_health_and_request_ids(server):
+    assert httpx.get(f"{server.url}/v1/models").status_code == 401
+    wrong = httpx.get(f"{server.url}/v1/models", headers={"Authorization": "Bearer wrong"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(f"{server.url}/health").status_code == 200 and httpx.get(f"{server.url}/").status_code == 200
+    assert "aigc_requests_running" in httpx.get(f"{server.url}/metrics").text
+    preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    allowed = httpx.options(f"{server.url}/v1/completions", headers=preflight)
+    assert allowed.headers.get("access-control-allow-origin") == ORIGIN
+    other = httpx.options(f"{server.url}/v1/completions", headers={**preflight, "Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
+    echoed = httpx.get(f"{server.url}/health", headers={"X-Request-Id": "abc-1"})
+    assert echoed.headers["x-request-id"] == "abc-1"
+
+
+def test_metrics_count_tokens_and_latency(server, client):
+    client.completions.create(model="tiny", prompt="x", max_tokens=5)
+    text = httpx.get(f"{server.url}/metrics").text
+    for name in ["aigc_time_to_first_token_seconds_count", "aigc_inter_token_latency_seconds_count",
+                 "aigc_request_latency_seconds_count", "aigc_generation_tokens_total", "aigc_prompt_tokens_total",
+                 "aigc_finished_sequences_total", "aigc_requests_waiting"]:
+        assert name in text, name
+
+
+def test_sigterm_drains_running_requests(tiny_run):
+    server = Server([tiny_run], "--drain-timeout", "30")
+    body = {"model": "tiny", "prompt": "A", "max_tokens": 600, "stream": True}
+    lines = []
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as response:
+        for line in filter(None, response.iter_lines()):
+            lines.append(line)
+            if len(lines) == 1:
+                server.process.send_signal(signal.SIGTERM)
+                time.sleep(0.2)
+                refused = httpx.post(f"{server.url}/v1/completions", json={"model": "tiny", "prompt": "x"})
+                ready = httpx.get(f"{server.url}/ready")
+    assert refused.status_code == 503 and refused.headers["retry-after"]
+    assert ready.status_code == 503
+    assert lines[-1] == "data: [DONE]"
+    finals = [json.loads(x[6:]) for x in lines if x.startswith("data: {")]
+    assert finals[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert server.process.wait(timeout=30) == -signal.SIGTERM  # exits by the signal after the drain, as uvicorn does
+
+
+def test_serve_bad_input_is_a_clear_error(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "aigc", "serve", str(tmp_path)], capture_output=True, text=True,
+                          timeout=60, env={**os.environ})
+    assert done.returncode == 2 and "is not a checkpoint" in done.stderr and "Traceback" not in done.stderr
