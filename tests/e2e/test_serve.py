@@ -7,6 +7,7 @@ import concurrent.futures
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,8 +16,10 @@ import time
 from pathlib import Path
 
 import httpx
+import hypothesis
 import openai
 import pytest
+import schemathesis
 
 from tests.conftest import shared
 
@@ -35,6 +38,7 @@ class Server:
 
     def __init__(self, runs: list[Path], *args: str):
         self.port = free_port()
+        self.headers = {"Authorization": f"Bearer {args[args.index('--api-key') + 1]}"} if "--api-key" in args else {}
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(f"/tmp/aigc-serve-{self.port}.log")
         self.process = subprocess.Popen([sys.executable, "-m", "aigc", "serve", *map(str, runs), "--port", str(self.port),
@@ -42,7 +46,7 @@ class Server:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/ready", headers=self.headers, timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -51,8 +55,8 @@ class Server:
             time.sleep(0.2)
         raise RuntimeError(f"server did not start:\n{self.log.read_text()}")
 
-    def metric(self, name: str, model: str = "tiny") -> float:
-        text = httpx.get(f"{self.url}/metrics").text
+    def metric(self, name: str, model: str = "code") -> float:
+        text = httpx.get(f"{self.url}/metrics", headers=self.headers).text
         match = re.search(rf'^{name}\{{model="{model}"\}} (\S+)$', text, re.M)
         return float(match.group(1)) if match else 0.0
 
@@ -70,7 +74,7 @@ def tiny_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("serve")
     corpus = folder / "slice.txt"
     corpus.write_text(shared("tinyshakespeare.txt").read_text(encoding="utf-8")[:60_000], encoding="utf-8")
-    run_dir = folder / "tiny"
+    run_dir = folder / "code"  # served as model "code", the id the docs use
     done = subprocess.run([sys.executable, "-m", "aigc", "run", "text", f"data.paths=[{corpus}]", f"run.dir={run_dir}",
                            "tokenizer.kind=char", "model.n_layer=2", "model.n_head=2", "model.n_embd=32",
                            "model.block_size=1024", "train.max_steps=20", "train.batch_size=2", "train.eval_every=20",
@@ -94,8 +98,8 @@ def client(server) -> openai.OpenAI:
 
 
 def test_models_and_completion_with_the_openai_client(client):
-    assert [m.id for m in client.models.list().data] == ["tiny"]
-    done = client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=12, seed=3, logprobs=2)
+    assert [m.id for m in client.models.list().data] == ["code"]
+    done = client.completions.create(model="code", prompt="ROMEO:", max_tokens=12, seed=3, logprobs=2)
     choice = done.choices[0]
     assert choice.finish_reason in ("stop", "length") and len(choice.logprobs.tokens) == done.usage.completion_tokens
     assert done.usage.prompt_tokens == 6 and done.usage.total_tokens == 6 + done.usage.completion_tokens
@@ -104,8 +108,8 @@ def test_models_and_completion_with_the_openai_client(client):
 
 
 def test_streamed_equals_unstreamed_for_a_seed(client):
-    whole = client.completions.create(model="tiny", prompt="First", max_tokens=40, seed=7, temperature=1.0)
-    chunks = list(client.completions.create(model="tiny", prompt="First", max_tokens=40, seed=7, temperature=1.0,
+    whole = client.completions.create(model="code", prompt="First", max_tokens=40, seed=7, temperature=1.0)
+    chunks = list(client.completions.create(model="code", prompt="First", max_tokens=40, seed=7, temperature=1.0,
                                             stream=True, stream_options={"include_usage": True}))
     assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
@@ -114,11 +118,11 @@ def test_streamed_equals_unstreamed_for_a_seed(client):
 
 def test_chat_streamed_and_not(client):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
-    whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=20, seed=1, n=2,
+    whole = client.chat.completions.create(model="code", messages=messages, max_tokens=20, seed=1, n=2,
                                            logprobs=True, top_logprobs=3)
     assert len(whole.choices) == 2 and whole.choices[0].message.role == "assistant"
     assert len(whole.choices[0].logprobs.content[0].top_logprobs) == 3
-    stream = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=20, seed=1, n=2, stream=True))
+    stream = list(client.chat.completions.create(model="code", messages=messages, max_tokens=20, seed=1, n=2, stream=True))
     assert stream[0].choices[0].delta.role == "assistant"
     for index in range(2):
         text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices and c.choices[0].index == index)
@@ -126,11 +130,11 @@ def test_chat_streamed_and_not(client):
 
 
 def test_concurrent_streams_do_not_mix(client):
-    expected = {seed: client.completions.create(model="tiny", prompt="KING", max_tokens=60, seed=seed).choices[0].text
+    expected = {seed: client.completions.create(model="code", prompt="KING", max_tokens=60, seed=seed).choices[0].text
                 for seed in range(6)}
 
     def streamed(seed: int) -> str:
-        chunks = client.completions.create(model="tiny", prompt="KING", max_tokens=60, seed=seed, stream=True)
+        chunks = client.completions.create(model="code", prompt="KING", max_tokens=60, seed=seed, stream=True)
         return "".join(c.choices[0].text for c in chunks)
 
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
@@ -140,7 +144,7 @@ def test_concurrent_streams_do_not_mix(client):
 
 def test_disconnect_frees_the_slot(server):
     before = server.metric("aigc_cancelled_sequences")
-    body = {"model": "tiny", "prompt": "A", "max_tokens": 1000, "stream": True}
+    body = {"model": "code", "prompt": "A", "max_tokens": 1000, "stream": True, "ignore_eos": True}
     with httpx.stream("POST", f"{server.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
         for line in r.iter_lines():
             if line.startswith("data: "):
@@ -162,25 +166,25 @@ def post(server, path: str, body, headers: dict | None = None, raw: bytes | None
 MALFORMED = [
     ("/v1/completions", None, b"{not json", 400, "invalid_json"),
     ("/v1/completions", {"prompt": "x"}, None, 400, None),  # no model
-    ("/v1/completions", {"model": "tiny"}, None, 400, None),  # no prompt
+    ("/v1/completions", {"model": "code"}, None, 400, None),  # no prompt
     ("/v1/completions", {"model": "nope", "prompt": "x"}, None, 404, "model_not_found"),
-    ("/v1/completions", {"model": "tiny", "prompt": ""}, None, 400, None),
-    ("/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 0}, None, 400, None),
-    ("/v1/completions", {"model": "tiny", "prompt": "x", "temperature": 3}, None, 400, None),
-    ("/v1/completions", {"model": "tiny", "prompt": "x", "top_p": 0}, None, 400, None),
-    ("/v1/completions", {"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, None, 400, None),
-    ("/v1/completions", {"model": "tiny", "prompt": "x", "n": 99}, None, 400, None),
-    ("/v1/completions", {"model": "tiny", "prompt": "x", "echo": True}, None, 400, "unsupported_parameter"),
-    ("/v1/completions", {"model": "tiny", "prompt": "x", "logit_bias": {"1": 5}}, None, 400, "unsupported_parameter"),
-    ("/v1/completions", {"model": "tiny", "prompt": "x" * 1100}, None, 400, "context_length_exceeded"),
-    ("/v1/completions", {"model": "tiny", "prompt": "x" * 1000, "max_tokens": 100}, None, 400, "context_length_exceeded"),
-    ("/v1/completions", {"model": "tiny", "prompt": "x" * 30000}, None, 413, None),
-    ("/v1/chat/completions", {"model": "tiny", "messages": []}, None, 400, None),
-    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}, None, 400, None),
-    ("/v1/chat/completions", {"model": "tiny", "messages": "hello"}, None, 400, None),
-    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "tools": [{}]}, None, 400,
+    ("/v1/completions", {"model": "code", "prompt": ""}, None, 400, None),
+    ("/v1/completions", {"model": "code", "prompt": "x", "max_tokens": 0}, None, 400, None),
+    ("/v1/completions", {"model": "code", "prompt": "x", "temperature": 3}, None, 400, None),
+    ("/v1/completions", {"model": "code", "prompt": "x", "top_p": 0}, None, 400, None),
+    ("/v1/completions", {"model": "code", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, None, 400, None),
+    ("/v1/completions", {"model": "code", "prompt": "x", "n": 99}, None, 400, None),
+    ("/v1/completions", {"model": "code", "prompt": "x", "echo": True}, None, 400, "unsupported_parameter"),
+    ("/v1/completions", {"model": "code", "prompt": "x", "logit_bias": {"1": 5}}, None, 400, "unsupported_parameter"),
+    ("/v1/completions", {"model": "code", "prompt": "x" * 1100}, None, 400, "context_length_exceeded"),
+    ("/v1/completions", {"model": "code", "prompt": "x" * 1000, "max_tokens": 100}, None, 400, "context_length_exceeded"),
+    ("/v1/completions", {"model": "code", "prompt": "x" * 30000}, None, 413, None),
+    ("/v1/chat/completions", {"model": "code", "messages": []}, None, 400, None),
+    ("/v1/chat/completions", {"model": "code", "messages": [{"role": "wizard", "content": "x"}]}, None, 400, None),
+    ("/v1/chat/completions", {"model": "code", "messages": "hello"}, None, 400, None),
+    ("/v1/chat/completions", {"model": "code", "messages": [{"role": "user", "content": "x"}], "tools": [{}]}, None, 400,
      "unsupported_parameter"),
-    ("/v1/images/generations", {"prompt": "a red circle", "model": "tiny"}, None, 400, "not_an_image_model"),
+    ("/v1/images/generations", {"prompt": "a red circle", "model": "code"}, None, 400, "not_an_image_model"),
     ("/v1/nothing", {}, None, 404, None),
 ]
 
@@ -197,7 +201,7 @@ def test_malformed_requests_get_the_expected_4xx(server, path, body, raw, status
 
 
 def test_ignored_fields_still_work(server):
-    response = post(server, "/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 2, "user": "u1",
+    response = post(server, "/v1/completions", {"model": "code", "prompt": "x", "max_tokens": 2, "user": "u1",
                                                 "some_future_field": 1})
     assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] >= 1
 
@@ -207,7 +211,8 @@ def test_auth_cors_health_and_request_ids(server):
     wrong = httpx.get(f"{server.url}/v1/models", headers={"Authorization": "Bearer wrong"})
     assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
     assert httpx.get(f"{server.url}/health").status_code == 200 and httpx.get(f"{server.url}/").status_code == 200
-    assert "aigc_requests_running" in httpx.get(f"{server.url}/metrics").text
+    assert httpx.get(f"{server.url}/metrics").status_code == 401 and httpx.get(f"{server.url}/ready").status_code == 401
+    assert "aigc_requests_running" in httpx.get(f"{server.url}/metrics", headers=server.headers).text
     preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
                  "Access-Control-Request-Headers": "authorization,content-type"}
     allowed = httpx.options(f"{server.url}/v1/completions", headers=preflight)
@@ -219,8 +224,8 @@ def test_auth_cors_health_and_request_ids(server):
 
 
 def test_metrics_count_tokens_and_latency(server, client):
-    client.completions.create(model="tiny", prompt="x", max_tokens=5)
-    text = httpx.get(f"{server.url}/metrics").text
+    client.completions.create(model="code", prompt="x", max_tokens=5)
+    text = httpx.get(f"{server.url}/metrics", headers=server.headers).text
     for name in ["aigc_time_to_first_token_seconds_count", "aigc_inter_token_latency_seconds_count",
                  "aigc_request_latency_seconds_count", "aigc_generation_tokens_total", "aigc_prompt_tokens_total",
                  "aigc_finished_sequences_total", "aigc_requests_waiting"]:
@@ -229,7 +234,7 @@ def test_metrics_count_tokens_and_latency(server, client):
 
 def test_sigterm_drains_running_requests(tiny_run):
     server = Server([tiny_run], "--drain-timeout", "30")
-    body = {"model": "tiny", "prompt": "A", "max_tokens": 600, "stream": True}
+    body = {"model": "code", "prompt": "A", "max_tokens": 600, "stream": True, "ignore_eos": True}
     lines = []
     with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as response:
         for line in filter(None, response.iter_lines()):
@@ -237,7 +242,7 @@ def test_sigterm_drains_running_requests(tiny_run):
             if len(lines) == 1:
                 server.process.send_signal(signal.SIGTERM)
                 time.sleep(0.2)
-                refused = httpx.post(f"{server.url}/v1/completions", json={"model": "tiny", "prompt": "x"})
+                refused = httpx.post(f"{server.url}/v1/completions", json={"model": "code", "prompt": "x"})
                 ready = httpx.get(f"{server.url}/ready")
     assert refused.status_code == 503 and refused.headers["retry-after"]
     assert ready.status_code == 503
@@ -251,3 +256,78 @@ def test_serve_bad_input_is_a_clear_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "aigc", "serve", str(tmp_path)], capture_output=True, text=True,
                           timeout=60, env={**os.environ})
     assert done.returncode == 2 and "is not a checkpoint" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.fixture(scope="module")
+def api_schema(tiny_run):
+    """The server's own OpenAPI schema, served in-process (ASGI) with small limits so each case is fast."""
+    from aigc.serve.app import ServeSettings, create_app
+    from aigc.serve.server import load_models
+
+    models = load_models([tiny_run], max_running=8)
+    for model in models:
+        model.worker.start()
+    yield schemathesis.openapi.from_asgi("/openapi.json", create_app(models, ServeSettings(max_tokens=8, max_n=2)))
+    for model in models:
+        model.worker.stop()
+
+
+def test_fuzzed_requests_never_get_a_5xx(api_schema):
+    """Property-based requests for every route of the server's OpenAPI schema: none may get a 5xx."""
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/v1/completions", "/v1/chat/completions", "/v1/models"}
+    for operation in operations:
+        @hypothesis.given(case=operation.as_strategy())
+        @hypothesis.settings(max_examples=25, deadline=None, suppress_health_check=list(hypothesis.HealthCheck),
+                             database=None)
+        def no_server_error(case):
+            response = case.call()
+            assert response.status_code < 500, (case.method, case.path, case.body, response.text)
+
+        no_server_error()
+
+
+def test_playground_streams_in_a_headless_browser(server):
+    """The page at / lists the models, streams a completion into the page and shows tokens/s."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("AIGC_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium package")
+        pytest.skip("chromium is not installed (apt install chromium); CI runs this test")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(f"{server.url}/")
+        page.fill("#key", KEY)
+        page.dispatch_event("#key", "change")
+        expect(page.locator("#model option")).to_have_count(1)
+        page.click("#tab-completion")
+        page.fill("#prompt", "ROMEO:")
+        page.fill("#max_tokens", "40")
+        page.fill("#seed", "1")
+        page.click("#send")
+        expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=20_000)
+        expect(page.locator("#send")).to_be_enabled(timeout=20_000)
+        output = page.locator("#output").inner_text()
+        assert output.startswith("ROMEO:") and len(output) > len("ROMEO:") + 5
+        assert page.locator("#error").inner_text() == ""
+        browser.close()
+
+
+def test_serving_doc_examples_run_against_a_live_server(server, tmp_path):
+    """docs/serving.md: every python block and every curl command, pointed at this test's server."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text(encoding="utf-8")
+
+    def localize(code: str) -> str:
+        return code.replace("http://127.0.0.1:8000", server.url).replace("sk-my-key", KEY)
+
+    python_blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    curl_blocks = [b for b in re.findall(r"```bash\n(.*?)```", page, flags=re.S) if b.startswith("curl")]
+    assert python_blocks and len(curl_blocks) == 2
+    for block in python_blocks:
+        exec(compile(localize(block), "serving.md", "exec"), {"__name__": "docs_serving"})
+    for block in curl_blocks:
+        done = subprocess.run(["bash", "-c", localize(block)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and ('"choices"' in done.stdout or "data: [DONE]" in done.stdout), done.stdout

@@ -29,6 +29,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    ignore_eos: bool = False  # keep going past <|endoftext|> (fixed-length outputs for benchmarks)
     logprobs: bool = False
     truncate_prompt: bool = True
 

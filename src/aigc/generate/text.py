@@ -136,7 +136,7 @@ class TextGenerator:
         """Text increments of every prompt as they are decoded, batched; each row ends with a finish reason."""
         encoded = [self.encode_prompt(p, params) for p in prompts]
         streams = [TextStream(self.decode, params.stop) for _ in prompts]
-        stop_ids = set(params.stop_token_ids) | {self.eot}
+        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else {self.eot})
         state = DecodeState()
         for step in self.engine.steps(encoded, params, state):
             for row, item in enumerate(step):

@@ -173,14 +173,14 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
     async def health() -> dict:
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @app.get("/ready", dependencies=[Depends(authorize)])
     async def ready() -> JSONResponse:
         if app.state.draining or not app.state.ready:
             return error_response(503, "draining" if app.state.draining else "loading", "unavailable",
                                   headers={"Retry-After": "5"})
         return JSONResponse({"status": "ready", "models": list(by_id)})
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=[Depends(authorize)])
     async def prometheus() -> Response:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
@@ -228,7 +228,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
                 max_new_tokens=wanted, temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
                 min_p=body.min_p, repetition_penalty=body.repetition_penalty, presence_penalty=body.presence_penalty,
                 frequency_penalty=body.frequency_penalty, seed=body.seed, stop=tuple(stops), logprobs=logprobs,
-                truncate_prompt=False)
+                ignore_eos=body.ignore_eos, truncate_prompt=False)
         except AigcError as err:
             raise ApiError(400, str(err)) from err
 

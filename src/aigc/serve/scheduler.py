@@ -225,7 +225,7 @@ class Scheduler:
                 values, ids = logprobs.topk(request.top_logprobs)
                 top = list(zip(ids.tolist(), values.tolist()))
         event = Event(sequence.index, token=token, logprob=logprob, top_logprobs=top)
-        if token == self._eot or token in params.stop_token_ids:
+        if (token == self._eot and not params.ignore_eos) or token in params.stop_token_ids:
             event.text, event.finish_reason = sequence.stream.finish(), "stop"
         else:
             event.text = sequence.stream.add(token)

@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI-compatible API (pydantic), with the limits and checks the server applies.
 
-Field names, types and defaults follow OpenAI's API reference. ``top_k``, ``min_p`` and
-``repetition_penalty`` are extensions (as in vLLM). Fields the server does not implement are either
+Field names, types and defaults follow OpenAI's API reference. ``top_k``, ``min_p``,
+``repetition_penalty`` and ``ignore_eos`` are extensions (as in vLLM). Fields the server does not implement are either
 ignored with a logged warning (``IGNORED``: they do not change what the model writes) or rejected
 with a 400 (``REJECTED``: ignoring them would silently change the meaning of the request).
 """
@@ -43,6 +43,7 @@ class SamplingFields(BaseModel):
     top_k: int | None = Field(None, ge=1)
     min_p: float = Field(0.0, ge=0, lt=1)
     repetition_penalty: float = Field(1.0, gt=0)
+    ignore_eos: bool = False
 
     @field_validator("stop")
     @classmethod
