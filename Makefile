@@ -28,6 +28,8 @@ bench: $(STAMP)
 	$(PYTHON) benchmarks/train_throughput.py
 	$(PYTHON) benchmarks/shakespeare_char.py
 	$(PYTHON) benchmarks/generate.py
+	$(PYTHON) benchmarks/translate.py
+	$(PYTHON) benchmarks/serve.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
