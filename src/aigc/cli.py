@@ -144,10 +144,35 @@ def _translate(generator, params, args: argparse.Namespace) -> int:
     return 0
 
 
+def _draw(params, args: argparse.Namespace) -> int:
+    """Image runs: --n samples of --prompt, as one grid PNG (--out sheet.png) or one PNG each (--out folder/)."""
+    from aigc.images.generator import ImageGenerator
+    from aigc.images.pixels import grid, save_png
+
+    if args.prompt is None:
+        raise AigcError("an image run needs --prompt with a description, e.g. --prompt \"the digit seven\"")
+    if not args.out:
+        raise AigcError("an image run writes PNG files: add --out grid.png (one sheet) or --out folder/ (one PNG per sample)")
+    generator = ImageGenerator.from_checkpoint(Path(args.run), device=args.device)
+    images = generator.generate([args.prompt], args.n, params, args.guidance)[0]
+    out = Path(args.out)
+    if args.out.endswith(("/", "\\")) or out.is_dir():
+        paths = [save_png(image, out / f"sample_{i:03d}.png") for i, image in enumerate(images)]
+    else:
+        if out.suffix.lower() != ".png":
+            raise AigcError(f"--out {args.out}: a grid is written as PNG; name it *.png, or end the path with / for a folder")
+        paths = [save_png(grid(images, columns=min(8, len(images)), scale=max(1, 128 // generator.side)), out)]
+    print("\n".join(map(str, paths)))
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    from aigc.checkpoint import load_checkpoint
     from aigc.generate.text import TextGenerator
 
     params = _sampling(args)
+    if load_checkpoint(Path(args.run)).config.model.image_size:
+        return _draw(params, args)
     generator = TextGenerator.from_checkpoint(Path(args.run), device=args.device)
     if generator.is_seq2seq:
         return _translate(generator, params, args)
@@ -246,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--beams", type=int, default=1, help="seq2seq: beam size (1 = greedy or sampling)")
     generate.add_argument("--length-penalty", type=float, default=1.0, help="seq2seq beam search: score / length^alpha")
     generate.add_argument("--no-repeat-ngram", type=int, default=0, help="seq2seq beam search: forbid repeated n-grams")
+    generate.add_argument("--guidance", type=float, default=1.0, help="image runs: classifier-free guidance scale")
+    generate.add_argument("--out", help="image runs: grid.png (one sheet) or folder/ (one PNG per sample)")
     generate.add_argument("--device", default="cpu")
     generate.set_defaults(handler=cmd_generate)
     serve = sub.add_parser("serve", help="serve runs behind an OpenAI-compatible HTTP API with a web playground",

@@ -29,10 +29,13 @@ class RunConfig(Section):
 
 
 class DataConfig(Section):
-    kind: Literal["text", "pairs"] = Field("text", description="documents for a GPT, or source/target pairs for seq2seq")
+    kind: Literal["text", "pairs", "images"] = Field(
+        "text", description="documents for a GPT, source/target pairs for seq2seq, or captioned images"
+    )
     paths: list[str] = Field(default_factory=list, description="files, folders (recursive) and glob patterns to read")
-    builtin: list[Literal["stdlib"]] = Field(
-        default_factory=list, description="built-in sources: stdlib = .py files of this Python's standard library"
+    builtin: list[Literal["stdlib", "digits", "shapes"]] = Field(
+        default_factory=list, description="built-in sources: stdlib = .py files of this Python's standard library; "
+        "digits = scikit-learn's 8x8 digits, shapes = drawn shape scenes (images)"
     )
     field: str = Field("text", description="JSONL field that holds the text")
     column: str = Field("text", description="CSV/TSV column that holds the text")
@@ -48,6 +51,9 @@ class DataConfig(Section):
     target_field: str = Field("target", description="pairs: JSONL field of the target")
     reverse: bool = Field(False, description="pairs: swap source and target (translate the other way)")
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="pairs: share held out as the test split")
+    image_size: int = Field(8, ge=4, le=64, description="images: side in pixels (8, 16 or 32 are practical on a CPU)")
+    palette: Literal["grey", "kmeans"] = Field("grey", description="images: grey levels, or a k-means colour palette")
+    colors: int = Field(16, ge=2, le=512, description="images: palette size (tokens per pixel)")
     val_paths: list[str] = Field(
         default_factory=list, description="files, folders or globs that are the val split (then val_fraction is unused)"
     )
@@ -88,6 +94,9 @@ class ModelConfig(Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability in training")
     tie_embeddings: bool = Field(True, description="share the token embedding with the output projection")
     norm_eps: float = Field(1e-5, gt=0, description="epsilon of the norm layers")
+    image_size: int | None = Field(None, ge=1, description="images: set from the data (row/column positions)")
+    image_colors: int | None = Field(None, ge=2, description="images: set from the data (palette size)")
+    image_prefix: int | None = Field(None, ge=1, description="images: set from the data (caption tokens before the pixels)")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
@@ -133,6 +142,7 @@ class TrainConfig(Section):
     beta2: float = Field(0.95, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0, description="clip the global gradient norm (0 = off)")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="share of the target probability spread evenly")
+    condition_dropout: float = Field(0.0, ge=0, lt=1, description="images: share of captions dropped (classifier-free guidance)")
     eval_every: int = Field(200, ge=1, description="steps between evaluations on the val split")
     eval_batches: int = Field(20, ge=1, description="micro-batches per evaluation")
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
@@ -159,6 +169,8 @@ class EvalConfig(Section):
     top_k: int | None = Field(40, ge=1, description="top-k of the report's samples")
     max_pairs: int = Field(1000, ge=1, description="seq2seq: test pairs translated for BLEU and chrF")
     beams: int = Field(1, ge=1, description="seq2seq: beam size when translating the test split (1 = greedy)")
+    guidance: float = Field(1.0, ge=0, description="images: classifier-free guidance scale (1 = none)")
+    samples_per_prompt: int = Field(16, ge=2, description="images: samples drawn for each evaluated prompt")
 
 
 class Config(Section):

@@ -47,9 +47,10 @@ class EvalResult:
 
     def summary(self) -> str:
         r = self.report
-        lines = [f"val loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f}"
-                 + (f", {r['bits_per_byte']:.3f} bits/byte" if "bits_per_byte" in r else "")
-                 + f" ({r['tokens_scored']:,} tokens)"]
+        lines = [] if "loss" not in r else [
+            f"val loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f}"
+            + (f", {r['bits_per_byte']:.3f} bits/byte" if "bits_per_byte" in r else "")
+            + f" ({r['tokens_scored']:,} tokens)"]
         if "bleu" in r:
             lines.append(f"{r['split']} ({r['pairs']:,} pairs): BLEU {r['bleu']:.2f} (tokenize {r['bleu_tokenize']}), "
                          f"chrF {r['chrf']:.2f}, {r['sentences_per_s']:.1f} sentences/s")
@@ -60,6 +61,19 @@ class EvalResult:
             c = r["code"]
             lines.append(f"code: {c['parses']}/{c['completions']} completions parse ({c['syntax_valid_rate']:.0%}), "
                          f"{c['compile_rate']:.0%} compile")
+        if "bits_per_pixel" in r:
+            lines.append(f"test bits/pixel {r['bits_per_pixel']:.3f}; {r['samples_per_s']:.1f} samples/s at guidance {r['guidance']:g}")
+            if "adherence" in r:
+                lines.append(f"prompt adherence {r['adherence']:.1%} (classifier on real digits: {r['classifier_real_accuracy']:.1%})")
+            if r.get("adherence_seen") is not None or r.get("adherence_heldout") is not None:
+                lines.append(f"prompt adherence: seen combinations {r['adherence_seen']:.1%}, "
+                             f"held-out combinations {r['adherence_heldout']:.1%}")
+            lines.append(f"diversity {r['sample_diversity']:.3f}"
+                         + (f" (real {r['real_diversity']:.3f})" if "real_diversity" in r else "")
+                         + f"; {r['exact_training_copies']} exact training copies; nearest-training distance "
+                         f"{r['nearest_training_distance']:.3f}"
+                         + (f" (real test images {r['real_nearest_training_distance']:.3f})"
+                            if "real_nearest_training_distance" in r else ""))
         lines.append(f"report: {self.folder / 'report.md'}")
         return "\n".join(lines)
 
@@ -183,8 +197,10 @@ def plot_losses(metrics_path: Path, out: Path) -> bool:
 def _markdown(report: dict[str, Any], plotted: bool) -> str:
     lines = [f"# Evaluation of {report['checkpoint']}", "", "| metric | value |", "|---|---|"]
     for key in ("loss", "perplexity", "bits_per_byte", "tokens_scored", "distinct_1", "distinct_2", "repeated_4gram_rate",
-                "bleu", "chrf", "pairs", "sentences_per_s"):
-        if key in report:
+                "bleu", "chrf", "pairs", "sentences_per_s", "bits_per_pixel", "pixels_scored", "guidance", "adherence",
+                "classifier_real_accuracy", "adherence_seen", "adherence_heldout", "sample_diversity", "real_diversity",
+                "exact_training_copies", "nearest_training_distance", "real_nearest_training_distance", "samples_per_s"):
+        if report.get(key) is not None:
             value = report[key]
             lines.append(f"| {key} | {value:,.4f} |" if isinstance(value, float) else f"| {key} | {value:,} |")
     if "code" in report:
@@ -198,7 +214,11 @@ def _markdown(report: dict[str, Any], plotted: bool) -> str:
         for sample in report["samples"]:
             cells = (sample[key].replace("|", "\\|") for key in ("source", "reference", "translation"))
             lines.append("| " + " | ".join(cells) + " |")
-    for sample in report["samples"] if "bleu" not in report else []:
+    if "bits_per_pixel" in report:
+        for sample in report["samples"]:
+            lines += [f"**{sample['prompt']}**" + (f" ({sample['note']})" if "note" in sample else ""), "",
+                      f"![{sample['prompt']}]({sample['grid']})", ""]
+    for sample in report["samples"] if "bleu" not in report and "bits_per_pixel" not in report else []:
         lines += ["```", sample["prompt"] + sample["completion"], "```", ""]
     return "\n".join(lines)
 
@@ -255,8 +275,16 @@ def evaluate(run_dir: Path, log=print) -> EvalResult:
     best = run_dir / CHECKPOINTS / "best"
     checkpoint = load_checkpoint(best if best.exists() else run_dir)
     config = checkpoint.config
-    generator = TextGenerator.from_checkpoint(checkpoint.path)
     manifest = read_manifest(run_dir / "data")
+    if manifest.get("kind") == "images":
+        from aigc.images.evaluation import evaluate_images  # images build on this layer
+        from aigc.images.generator import ImageGenerator
+
+        images = ImageGenerator.from_checkpoint(checkpoint.path)
+        report = {"checkpoint": str(checkpoint.path), "step": checkpoint.meta["step"],
+                  **evaluate_images(images, run_dir, manifest, config, log)}
+        return _write(run_dir, report)
+    generator = TextGenerator.from_checkpoint(checkpoint.path)
     if manifest.get("kind") == "pairs":
         report = {"checkpoint": str(checkpoint.path), "step": checkpoint.meta["step"],
                   **_evaluate_pairs(generator, run_dir, manifest, config)}

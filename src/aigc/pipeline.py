@@ -113,7 +113,8 @@ def _evaluate_and_sample(run_dir: Path, log: Callable[[str], None]) -> str:
     folder = run_dir / "samples"
     folder.mkdir(exist_ok=True)
     texts = [
-        f"{s['source']}\n=> {s['translation']}\n(reference: {s['reference']})" if "source" in s else s["prompt"] + s["completion"]
+        f"{s['source']}\n=> {s['translation']}\n(reference: {s['reference']})" if "source" in s
+        else f"{s['prompt']} -> {outcome.folder / s['grid']}" if "grid" in s else s["prompt"] + s["completion"]
         for s in samples
     ]
     rule = "\n" + "-" * 60 + "\n"

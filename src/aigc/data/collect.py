@@ -51,6 +51,11 @@ def collect(config: Config) -> CollectResult:
     report = CleaningReport()
     listing = []
     total_records = total_bytes = 0
+    if config.data.kind == "images":
+        from aigc.images.sources import image_records  # images build on the data layer
+
+        total_records = sum(1 for _ in image_records(sources, config.data, report))
+        sources = []
     for source in sources:
         reader = read_pairs if config.data.kind == "pairs" else read_source
         records = sum(1 for _ in reader(source, config.data, report))

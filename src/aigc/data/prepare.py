@@ -193,8 +193,12 @@ def prepare(config: Config) -> PrepareResult:
     """Clean, tokenize and shard the sources of ``config`` into ``<run>/data``; write ``<run>/tokenizer.json``.
 
     Documents (``data.kind=text``) become ``train.bin`` / ``val.bin``; pairs (``data.kind=pairs``) become
-    ``{train,val,test}.{src,tgt}.bin``.
+    ``{train,val,test}.{src,tgt}.bin``; captioned images (``data.kind=images``) the same plus ``heldout``.
     """
+    if config.data.kind == "images":
+        from aigc.images.prepare import prepare_images  # images build on this module
+
+        return prepare_images(config)
     sources = resolve_sources(config.data)
     run_dir = config.run_dir
     data_dir = run_dir / "data"

@@ -90,7 +90,7 @@ def resolve_sources(config: DataConfig) -> list[SourceFile]:
     files = _expand(config.paths, "data.paths", None)
     for name in config.builtin:
         files.extend(_stdlib_files() if name == "stdlib" else [])
-    if not files:
+    if not files and not set(config.builtin) - {"stdlib"}:
         raise DataError("no input data: set data.paths=[file, folder or pattern, ...] or data.builtin=[stdlib]")
     files.extend(_expand(config.val_paths, "data.val_paths", "val"))
     unique: dict[Path, SourceFile] = {}

@@ -172,6 +172,34 @@ class Engine:
         return [[Hypothesis(out, score / max(len(out), 1))] for out, score in zip(outputs, scores)]
 
 
+    @torch.inference_mode()
+    def draw(self, prefixes: list[list[int]], blank: list[int], length: int, first_id: int, params: SamplingParams,
+             guidance: float = 1.0) -> torch.Tensor:
+        """Caption-prefix image model: ``length`` draws per prefix among ids ``first_id ..`` -> (B, length).
+
+        Every prefix has the model's ``image_prefix`` tokens. Returned values are relative to
+        ``first_id`` (palette indices). With ``guidance`` != 1 each row also decodes from the ``blank``
+        (caption-free) prefix, and the logits are ``uncond + guidance * (cond - uncond)``
+        (classifier-free guidance); guidance 1 is plain sampling.
+        """
+        batch, guided = len(prefixes), guidance != 1.0
+        device = self.model.wte.weight.device
+        idx = torch.tensor(prefixes + ([blank] * batch if guided else []), device=device)
+        caches = self.model.new_caches(len(idx), idx.shape[1] + length)
+        generators = _generators(params, batch)
+        out = torch.empty(batch, length, dtype=torch.long)
+        logits = self._forward(idx, caches, None, None)
+        for i in range(length):
+            logits = logits[:, first_id:].cpu()
+            if guided:
+                logits = logits[batch:] + guidance * (logits[:batch] - logits[batch:])
+            out[:, i] = choose(logits, params, generators)
+            if i < length - 1:
+                tokens = (out[:, i] + first_id).repeat(2 if guided else 1)[:, None].to(device)
+                logits = self._forward(tokens, caches, None, None)
+        return out
+
+
 def _prefill_mask(valid: torch.Tensor) -> torch.Tensor:
     """(B, 1, T, T) bool: causal, padding hidden; a padding query sees itself so no softmax row is empty."""
     T = valid.shape[1]

@@ -13,6 +13,10 @@ heads       n_kv_head = n_head           n_kv_head < n_head (GQA)
 ==========  ===========================  ===============================
 
 Each block computes ``x = x + attn(norm1(x)); x = x + mlp(norm2(x))``.
+
+With ``image_size`` set it is also the caption-prefix image model: a sequence is the caption's tokens
+(``image_prefix`` of them, left-padded) followed by the pixel tokens, and pixel positions get row and
+column embeddings on top of the 1-D ones.
 """
 
 from __future__ import annotations
@@ -58,6 +62,11 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.image_size:  # a caption-prefix image model: the pixels get row and column positions too
+            self.image_rows = nn.Embedding(config.image_size, config.n_embd)
+            self.image_cols = nn.Embedding(config.image_size, config.n_embd)
+            # the RGB colour of each pixel token (the last image_colors ids): travels with the weights
+            self.register_buffer("palette", torch.zeros(config.image_colors or 2, 3, dtype=torch.uint8))
         init_weights(self, config.n_layer)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
@@ -87,6 +96,8 @@ class GPT(nn.Module):
         x = self.wte(idx)  # (B, T, C)
         if self.wpe is not None:
             x = x + self.wpe(positions)
+        if self.config.image_size:
+            x = x + self._pixel_positions(positions)
         rope = self.rope(positions) if self.rope is not None else None
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
@@ -96,6 +107,18 @@ class GPT(nn.Module):
             logits = self.lm_head(x)
             return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return self.lm_head(x[:, -1:] if last_only else x)
+
+    def _pixel_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        """Row + column embeddings of the pixel each position predicts, (.., C); zero on caption positions.
+
+        Sequences are ``image_prefix`` caption tokens then the pixels in raster order, so position p
+        predicts pixel ``p - image_prefix + 1``.
+        """
+        side, prefix = self.config.image_size, self.config.image_prefix or 1
+        pixel = positions - (prefix - 1)
+        index = pixel.clamp(0, side * side - 1)
+        embedding = self.image_rows(index // side) + self.image_cols(index % side)
+        return embedding * (pixel >= 0).unsqueeze(-1)
 
     def new_caches(self, batch: int, capacity: int | None = None) -> list[KVCache]:
         """One empty KV cache per block, preallocated for ``capacity`` positions (default block_size)."""

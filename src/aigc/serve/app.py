@@ -9,9 +9,12 @@ the model's worker; the worker thread's events are moved onto the event loop wit
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
+import io
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aigc.errors import AigcError
 from aigc.generate.sampling import SamplingParams
+from aigc.images.pixels import upscale
 from aigc.serve.metrics import Metrics
 from aigc.serve.scheduler import Busy, Event, Request
 from aigc.serve.schemas import IGNORED, REJECTED, ChatRequest, CompletionRequest, ImageRequest, Message, SamplingFields
@@ -63,6 +67,15 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
                    code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def png_base64(image) -> str:
+    """(H, W, 3) uint8 -> base64 of its PNG file."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image, "RGB").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def render_chat(messages: list[Message]) -> str:
@@ -199,6 +212,13 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
     async def get_model(model_id: str) -> dict:
         m = served(model_id)
         return {"id": m.id, "object": "model", "created": m.created, "owned_by": "aigc", "kind": m.kind, "context": m.context}
+
+    def text_model(name: str) -> ServedModel:
+        model = served(name)
+        if model.kind == "image":
+            raise ApiError(400, f"'{model.id}' is an image model; use POST /v1/images/generations", param="model",
+                           code="not_a_text_model")
+        return model
 
     def check_fields(body: SamplingFields) -> None:
         for name in body.unknown_fields():
@@ -340,7 +360,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(body: CompletionRequest):
-        model = served(body.model)
+        model = text_model(body.model)
         check_fields(body)
         texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         prompts = [encode(model, text, "prompt") for text in texts]
@@ -381,7 +401,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat(body: ChatRequest):
-        model = served(body.model)
+        model = text_model(body.model)
         check_fields(body)
         if model.kind == "seq2seq":  # a translation model translates the last user message
             text = next((m.text for m in reversed(body.messages) if m.role == "user"), "")
@@ -430,9 +450,33 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
 
     @app.post("/v1/images/generations", dependencies=[Depends(authorize)])
     async def images(body: ImageRequest):
-        name = body.model or next(iter(by_id), None)
+        image_models = [m for m in models if m.kind == "image"]
+        name = body.model or (image_models[0].id if len(image_models) == 1 else None)
+        if name is None:
+            raise ApiError(400, "name the image model in 'model'" if image_models else "no image model is served",
+                           param="model", code="model_not_found" if not image_models else None)
         model = served(name)
-        raise ApiError(400, f"'{model.id}' is a {model.kind} model, not an image model; no image runs are served",
-                       param="model", code="not_an_image_model")
+        if model.kind != "image":
+            raise ApiError(400, f"'{model.id}' is a {model.kind} model, not an image model", param="model",
+                           code="not_an_image_model")
+        if body.n > settings.max_n:
+            raise ApiError(400, f"n={body.n} is above this server's limit of {settings.max_n}", param="n")
+        native = model.generator.side
+        scale = 1
+        if body.size is not None:
+            match = re.fullmatch(r"(\d+)x(\d+)", body.size)
+            width = int(match.group(1)) if match and match.group(1) == match.group(2) else 0
+            if not width or width % native or width > 1024:
+                raise ApiError(400, f"size must be square and a multiple of this model's {native}x{native} up to 1024, "
+                                    f"e.g. '{native}x{native}' or '{native * 8}x{native * 8}'", param="size")
+            scale = width // native
+        if not body.prompt.strip():
+            raise ApiError(400, "prompt is empty; describe the image", param="prompt")
+        params = SamplingParams(temperature=1.0, seed=body.seed)
+        try:
+            drawn = await asyncio.to_thread(model.worker.draw, body.prompt, body.n, params, body.guidance)
+        except Busy as err:
+            raise ApiError(503, str(err), "unavailable", code="server_draining", headers={"Retry-After": "5"}) from err
+        return {"created": int(time.time()), "data": [{"b64_json": png_base64(upscale(image, scale))} for image in drawn]}
 
     return app

@@ -98,9 +98,13 @@ class ChatRequest(SamplingFields):
 
 
 class ImageRequest(BaseModel):
+    """OpenAI's image generation body; ``seed`` and ``guidance`` (classifier-free guidance) are extensions."""
+
     model_config = ConfigDict(extra="allow")
     prompt: str
     model: str | None = None
     n: int = Field(1, ge=1)
     size: str | None = None
     response_format: Literal["b64_json"] = "b64_json"
+    seed: int | None = None
+    guidance: float = Field(1.0, ge=0, le=20)

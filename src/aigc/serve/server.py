@@ -15,10 +15,12 @@ from pathlib import Path
 import uvicorn
 
 from aigc.errors import AigcError
+from aigc.checkpoint import load_checkpoint
 from aigc.generate.text import TextGenerator
+from aigc.images.generator import ImageGenerator
 from aigc.serve.app import ServeSettings, create_app
 from aigc.serve.scheduler import Scheduler
-from aigc.serve.workers import ServedModel, TranslationWorker
+from aigc.serve.workers import ImageWorker, ServedModel, TranslationWorker
 
 log = logging.getLogger("aigc.serve")
 
@@ -31,6 +33,10 @@ def load_models(paths: list[Path], max_running: int = 32, max_waiting: int = 256
         name = path.resolve().name
         seen[name] += 1
         model_id = name if names[name] == 1 else f"{name}-{seen[name]}"
+        if load_checkpoint(path).config.model.image_size:
+            images = ImageGenerator.from_checkpoint(path, device=device)
+            models.append(ServedModel(model_id, images, ImageWorker(images), int(time.time())))
+            continue
         generator = TextGenerator.from_checkpoint(path, device=device)
         if generator.is_seq2seq:
             worker = TranslationWorker(generator, max_waiting)

@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from aigc.generate.text import TextGenerator
+from aigc.images.generator import ImageGenerator
 from aigc.serve.scheduler import Busy, Event, Request, Scheduler
 
 
@@ -81,13 +82,40 @@ class TranslationWorker:
                 self.active = None
 
 
+class ImageWorker:
+    """Image runs: one drawing at a time (a lock), with the counters the metrics read."""
+
+    def __init__(self, generator):
+        self.generator = generator
+        self.draining, self.running, self.queued, self.cancelled = False, 0, 0, 0
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Nothing runs in the background: requests draw on the server's thread pool."""
+
+    def stop(self) -> None:
+        """Nothing to stop."""
+
+    def draw(self, prompt: str, n: int, params, guidance: float) -> list:
+        if self.draining:
+            raise Busy("the server is shutting down; retry on another replica", draining=True, retry_after=5)
+        self.queued += 1
+        with self._lock:
+            self.queued -= 1
+            self.running += 1
+            try:
+                return self.generator.generate([prompt], n, params, guidance)[0]
+            finally:
+                self.running -= 1
+
+
 @dataclass
 class ServedModel:
-    """One run behind the API: its id, text generator and worker."""
+    """One run behind the API: its id, generator (text or images) and worker."""
 
     id: str
-    generator: TextGenerator
-    worker: Scheduler | TranslationWorker
+    generator: TextGenerator | ImageGenerator
+    worker: Scheduler | TranslationWorker | ImageWorker
     created: int
 
     @property
@@ -96,4 +124,6 @@ class ServedModel:
 
     @property
     def kind(self) -> str:
+        if isinstance(self.generator, ImageGenerator):
+            return "image"
         return "seq2seq" if self.generator.is_seq2seq else "gpt"

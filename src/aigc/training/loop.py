@@ -30,6 +30,7 @@ from aigc.checkpoint import latest_valid, point, prune, save_checkpoint, step_na
 from aigc.config import Config
 from aigc.data.loader import WindowSampler
 from aigc.data.pairs import PairSampler, read_sequences
+from aigc.images.sampler import PrefixSampler
 from aigc.data.shards import open_split, read_manifest
 from aigc.errors import TrainingError
 from aigc.files import file_hash
@@ -125,12 +126,20 @@ def _check_resumable(config: Config, saved: Config, checkpoint: Path) -> None:
 def _samplers(config: Config, manifest: dict, env: distributed.Distributed):
     """Train and val samplers for the shards' kind; val is None when it cannot fill one batch."""
     tc, data_dir, block = config.train, config.run_dir / "data", config.model.block_size
-    if manifest.get("kind") == "pairs":
+    if manifest.get("kind") in ("pairs", "images"):
         eot = manifest["tokenizer"]["eot_id"]
 
         def pairs(split):
             return read_sequences(open_split(data_dir, f"{split}.src", manifest), open_split(data_dir, f"{split}.tgt", manifest), eot)
 
+        if manifest["kind"] == "images":
+            prefix = manifest["image"]["prefix"]
+            train = PrefixSampler(pairs("train"), eot, prefix, tc.batch_size, tc.grad_accum, config.seed, env.rank,
+                                  env.world, condition_dropout=tc.condition_dropout)
+            val_pairs = pairs("val")
+            val = (PrefixSampler(val_pairs, eot, prefix, tc.batch_size, env.world, config.seed, env.rank, env.world, "val")
+                   if len(val_pairs) >= tc.batch_size else None)
+            return train, val
         train = PairSampler(pairs("train"), eot, block, tc.batch_size, tc.grad_accum, config.seed, env.rank, env.world)
         val_pairs = pairs("val")
         val = (PairSampler(val_pairs, eot, block, tc.batch_size, env.world, config.seed, env.rank, env.world, "val")
@@ -192,20 +201,30 @@ def _train(config: Config, resume: bool, log: Callable[[str], None], env: distri
         torch.set_num_threads(tc.threads)
     manifest = read_manifest(run_dir / "data")
     hashes = _data_hashes(run_dir, manifest)
-    vocab = manifest["tokenizer"]["vocab_size"]
+    image = manifest.get("image")
+    vocab = image["vocab_size"] if image else manifest["tokenizer"]["vocab_size"]
     if config.model.vocab_size is None:
         config = config.model_copy(update={"model": config.model.model_copy(update={"vocab_size": vocab})})
     elif config.model.vocab_size < vocab:
-        raise TrainingError(f"model.vocab_size={config.model.vocab_size} is below the tokenizer's {vocab} tokens")
+        raise TrainingError(f"model.vocab_size={config.model.vocab_size} is below the data's {vocab} tokens")
+    if image:  # pixel positions, caption length and palette come from the data, like the vocabulary
+        update = {"image_size": image["size"], "image_colors": len(image["palette"]), "image_prefix": image["prefix"]}
+        config = config.model_copy(update={"model": config.model.model_copy(update=update)})
+        needed = image["prefix"] + image["size"] ** 2 - 1
+        if config.model.block_size < needed:
+            raise TrainingError(f"model.block_size={config.model.block_size} is too short for a {image['prefix']}-token "
+                                f"caption and {image['size']}x{image['size']} pixels; set model.block_size={needed} or more")
     if (manifest.get("kind") == "pairs") != (config.model.kind == "seq2seq"):
         raise TrainingError(f"model.kind={config.model.kind} cannot train on data.kind={manifest.get('kind', 'text')} "
-                            "shards; use model.kind=seq2seq with data.kind=pairs, or gpt with text")
+                            "shards; use model.kind=seq2seq with data.kind=pairs, or gpt with text or images")
     train_data, val_data = _samplers(config, manifest, env)
     if val_data is None:
         log("the val split is too small for one evaluation batch: no evaluation")
 
     torch.manual_seed(config.seed)
     model = build_model(config.model).to(env.device)
+    if image:
+        model.palette.copy_(torch.tensor(image["palette"], dtype=torch.uint8))
     optimizer = build_optimizer(model, tc, env.device)
     start_step, elapsed_before, best_val, resumed_tokens = 0, 0.0, math.inf, 0
     checkpoint = latest_valid(run_dir, warn=log) if resume else None

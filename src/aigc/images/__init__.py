@@ -1,0 +1,1 @@
+"""Images as token sequences: pixels, data sets (digits, shapes, folders) and their evaluation."""

@@ -1,0 +1,60 @@
+"""Batches for the caption-prefix image model: [caption, left-padded to P] + [pixels], loss on pixels only.
+
+Like the other samplers, the batch of a step depends only on (seed, step), so resume is exact and
+ranks take their share of the micro-batches. With ``condition_dropout`` a share of the captions is
+replaced by padding only (the empty caption): the model also learns the caption-free distribution,
+which classifier-free guidance needs at sampling time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from aigc.errors import TrainingError
+
+
+def prefix_sequences(pairs, prefix: int, pad: int) -> np.ndarray:
+    """(N, P + S*S) int64: each caption (ids + end token) left-padded with ``pad`` to ``prefix``, then its pixels."""
+    rows = []
+    for caption, pixels in pairs:
+        caption = np.asarray(caption[-prefix:], dtype=np.int64)
+        rows.append(np.concatenate([np.full(prefix - len(caption), pad, dtype=np.int64), caption,
+                                    np.asarray(pixels[:-1], dtype=np.int64)]))
+    return np.stack(rows)
+
+
+class PrefixSampler:
+    def __init__(self, pairs, pad: int, prefix: int, batch_size: int, grad_accum: int, seed: int, rank: int = 0,
+                 world: int = 1, split: str = "train", condition_dropout: float = 0.0):
+        if len(pairs) < batch_size:
+            raise TrainingError(f"the {split} split has {len(pairs)} images, fewer than train.batch_size={batch_size}; "
+                                "add data or lower train.batch_size")
+        if grad_accum % world:
+            raise TrainingError(f"train.grad_accum ({grad_accum}) must be a multiple of the number of processes ({world})")
+        self.sequences = torch.from_numpy(prefix_sequences(pairs, prefix, pad))
+        self.pad, self.prefix, self.batch_size, self.grad_accum = pad, prefix, batch_size, grad_accum
+        self.seed, self.rank, self.world, self.condition_dropout = seed, rank, world, condition_dropout
+
+    @property
+    def micro_steps(self) -> int:
+        return self.grad_accum // self.world
+
+    def collate(self, rows: torch.Tensor, generator: torch.Generator | None = None):
+        """((inputs (B, L-1),), targets (B, L-1)) with targets -1 on caption positions."""
+        sequences = self.sequences[rows].clone()
+        if generator is not None and self.condition_dropout:
+            dropped = torch.rand(len(rows), generator=generator) < self.condition_dropout
+            sequences[dropped, : self.prefix] = self.pad
+        targets = sequences[:, 1:].clone()
+        targets[:, : self.prefix - 1] = -1
+        return (sequences[:, :-1],), targets
+
+    def step_batches(self, step: int):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        rows = torch.randint(0, len(self.sequences), (self.grad_accum, self.batch_size), generator=generator)
+        return [self.collate(rows[i], generator) for i in range(self.rank, self.grad_accum, self.world)]
+
+    def eval_batches(self, count: int):
+        starts = np.linspace(0, len(self.sequences) - self.batch_size, count).astype(int)
+        return [self.collate(torch.arange(s, s + self.batch_size)) for s in starts[self.rank :: self.world]]
