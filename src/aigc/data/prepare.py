@@ -189,6 +189,19 @@ def _finish(writers: dict[str, ShardWriter], data_dir: Path) -> dict:
     return splits
 
 
+def save_tokenizer(config: Config, tokenizer: Tokenizer) -> Path:
+    """Write the run's ``tokenizer.json`` atomically (a copy of ``tokenizer.path`` when one is given)."""
+    tokenizer_path = config.run_dir / TOKENIZER_FILE
+    if config.tokenizer.path is None or config.tokenizer.path.resolve() != tokenizer_path.resolve():
+        tmp = tokenizer_path.with_name(f".{TOKENIZER_FILE}.tmp")
+        if config.tokenizer.path is not None:
+            shutil.copyfile(config.tokenizer.path, tmp)
+        else:
+            tokenizer.save(str(tmp))
+        tmp.replace(tokenizer_path)
+    return tokenizer_path
+
+
 def prepare(config: Config) -> PrepareResult:
     """Clean, tokenize and shard the sources of ``config`` into ``<run>/data``; write ``<run>/tokenizer.json``.
 
@@ -217,14 +230,7 @@ def prepare(config: Config) -> PrepareResult:
             (data_dir / info["file"]).unlink()
         raise _empty_corpus_error(report, sources, config.data.kind)
 
-    tokenizer_path = run_dir / TOKENIZER_FILE
-    if config.tokenizer.path is None or config.tokenizer.path.resolve() != tokenizer_path.resolve():
-        tmp = tokenizer_path.with_name(f".{TOKENIZER_FILE}.tmp")
-        if config.tokenizer.path is not None:
-            shutil.copyfile(config.tokenizer.path, tmp)
-        else:
-            tokenizer.save(str(tmp))
-        tmp.replace(tokenizer_path)
+    tokenizer_path = save_tokenizer(config, tokenizer)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     manifest = {
         "format": FORMAT_VERSION,

@@ -13,14 +13,13 @@ keyed hash of each image's identity into train / val / test.
 from __future__ import annotations
 
 import hashlib
-import shutil
 
 import numpy as np
 
 from aigc.config import Config
 from aigc.data.clean import CleaningReport
 from aigc.data.collect import fingerprint
-from aigc.data.prepare import TOKENIZER_FILE, PrepareResult, _finish
+from aigc.data.prepare import TOKENIZER_FILE, PrepareResult, _finish, save_tokenizer
 from aigc.data.shards import FORMAT_VERSION, MANIFEST, ShardWriter, token_dtype
 from aigc.data.sources import resolve_sources
 from aigc.errors import DataError
@@ -80,13 +79,7 @@ def prepare_images(config: Config) -> PrepareResult:
     if not shard_info["train.src"]["documents"]:
         raise DataError("every image landed outside the train split; lower data.val_fraction / data.test_fraction")
 
-    tokenizer_path = run_dir / TOKENIZER_FILE
-    tmp = tokenizer_path.with_name(f".{TOKENIZER_FILE}.tmp")
-    if config.tokenizer.path is not None:
-        shutil.copyfile(config.tokenizer.path, tmp)
-    else:
-        tokenizer.save(str(tmp))
-    tmp.replace(tokenizer_path)
+    tokenizer_path = save_tokenizer(config, tokenizer)
     labels = {split: [r.label for r, s in zip(records, splits) if s == split] for split in IMAGE_SPLITS}
     manifest = {
         "format": FORMAT_VERSION,

@@ -354,6 +354,16 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
     def sse(payload: dict | str) -> bytes:
         return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n".encode()
 
+    async def stream_events(model, requests, queue, choices: int) -> AsyncIterator[Event | bytes]:
+        """A stream's events; keep-alive pings and errors come already as SSE bytes (an error chunk, then on)."""
+        async for event in events(model, requests, queue, choices, ping=True):
+            if event is None:
+                yield b": ping\n\n"
+            elif event.error:
+                yield sse({"error": {"message": event.error, "type": "server_error", "param": None, "code": None}})
+            else:
+                yield event
+
     def streaming(body_iter: AsyncIterator[bytes]) -> StreamingResponse:
         return StreamingResponse(body_iter, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -378,12 +388,9 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
 
         async def stream() -> AsyncIterator[bytes]:
             offsets = [0] * choices
-            async for event in events(model, requests, queue, choices, ping=True):
-                if event is None:
-                    yield b": ping\n\n"
-                    continue
-                if event.error:
-                    yield sse({"error": {"message": event.error, "type": "server_error", "param": None, "code": None}})
+            async for event in stream_events(model, requests, queue, choices):
+                if isinstance(event, bytes):
+                    yield event
                     continue
                 logprobs = None
                 if want_logprobs and event.token is not None:
@@ -426,12 +433,9 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
             for i in range(body.n):
                 yield sse({**chunk_head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                       "logprobs": None, "finish_reason": None}]})
-            async for event in events(model, requests, queue, body.n, ping=True):
-                if event is None:
-                    yield b": ping\n\n"
-                    continue
-                if event.error:
-                    yield sse({"error": {"message": event.error, "type": "server_error", "param": None, "code": None}})
+            async for event in stream_events(model, requests, queue, body.n):
+                if isinstance(event, bytes):
+                    yield event
                     continue
                 logprobs = None
                 if body.logprobs and event.token is not None:

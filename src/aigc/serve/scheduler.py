@@ -90,25 +90,22 @@ class _Sequence:
     done: bool = False  # leaves the batch at the next _retire
 
 
-class Scheduler:
-    """Owns a :class:`TextGenerator`'s GPT on one thread and serves many requests from it."""
+class QueueWorker:
+    """A thread that serves a bounded queue of requests: submit, cancel, start, stop, and the counters.
 
-    def __init__(self, generator: TextGenerator, max_running: int = 32, max_waiting: int = 256,
-                 max_waiting_tokens: int = 1_000_000):
-        self.generator, self.model = generator, generator.model
-        self.max_running, self.max_waiting, self.max_waiting_tokens = max_running, max_waiting, max_waiting_tokens
-        self.batch = SlotBatch(self.model, max_running)
-        self.rows: list[_Sequence] = []  # rows[slot] is the sequence in that slot
+    Subclasses run ``_loop`` on the thread, taking requests from ``waiting`` under ``_lock``.
+    """
+
+    thread_name = "aigc-worker"
+
+    def __init__(self, max_waiting: int):
+        self.max_waiting = max_waiting
         self.waiting: deque[Request] = deque()
         self.draining = False
+        self.cancelled = 0  # sequences dropped because their client went away
         self._lock = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="aigc-scheduler", daemon=True)
-        self._eot = generator.eot
-        self.cancelled = 0  # sequences dropped because their client went away
-        self._vocab = self.model.config.vocab_size
-
-    # ---- the API side (any thread) ----
+        self._thread = threading.Thread(target=self._loop, name=self.thread_name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -124,13 +121,14 @@ class Scheduler:
         with self._lock:
             if self.draining:
                 raise Busy("the server is shutting down; retry on another replica", draining=True, retry_after=5)
-            if request.n > self.max_running:
-                raise AigcError(f"n={request.n} is more than the {self.max_running} sequences this server runs at once")
-            queued_tokens = sum(r.cost for r in self.waiting)
-            if len(self.waiting) >= self.max_waiting or queued_tokens + request.cost > self.max_waiting_tokens:
-                raise Busy(f"the queue is full ({len(self.waiting)} requests, {queued_tokens:,} tokens waiting); retry later")
+            self._check(request)
+            if len(self.waiting) >= self.max_waiting:
+                raise Busy(f"the queue is full ({len(self.waiting)} requests waiting); retry later")
             self.waiting.append(request)
             self._lock.notify()
+
+    def _check(self, request: Request) -> None:
+        """Refuse a request this worker can never or not now take (called under the lock)."""
 
     def cancel(self, request: Request) -> None:
         """Stop ``request`` (its client went away); its slots are freed before the next step."""
@@ -139,12 +137,38 @@ class Scheduler:
             self._lock.notify()
 
     @property
-    def running(self) -> int:
-        return len({id(s.request) for s in self.rows})
-
-    @property
     def queued(self) -> int:
         return len(self.waiting)
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class Scheduler(QueueWorker):
+    """Owns a :class:`TextGenerator`'s GPT on one thread and serves many requests from it."""
+
+    thread_name = "aigc-scheduler"
+
+    def __init__(self, generator: TextGenerator, max_running: int = 32, max_waiting: int = 256,
+                 max_waiting_tokens: int = 1_000_000):
+        super().__init__(max_waiting)
+        self.generator, self.model = generator, generator.model
+        self.max_running, self.max_waiting_tokens = max_running, max_waiting_tokens
+        self.batch = SlotBatch(self.model, max_running)
+        self.rows: list[_Sequence] = []  # rows[slot] is the sequence in that slot
+        self._eot = generator.eot
+        self._vocab = self.model.config.vocab_size
+
+    def _check(self, request: Request) -> None:
+        if request.n > self.max_running:
+            raise AigcError(f"n={request.n} is more than the {self.max_running} sequences this server runs at once")
+        queued_tokens = sum(r.cost for r in self.waiting)
+        if queued_tokens + request.cost > self.max_waiting_tokens:
+            raise Busy(f"the queue is full ({len(self.waiting)} requests, {queued_tokens:,} tokens waiting); retry later")
+
+    @property
+    def running(self) -> int:
+        return len({id(s.request) for s in self.rows})
 
     # ---- the scheduler thread ----
 

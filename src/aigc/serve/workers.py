@@ -7,53 +7,25 @@ the HTTP layer treats every model alike.
 from __future__ import annotations
 
 import threading
-from collections import deque
 from dataclasses import dataclass
 
 from aigc.generate.text import TextGenerator
 from aigc.images.generator import ImageGenerator
-from aigc.serve.scheduler import Busy, Event, Request, Scheduler
+from aigc.serve.scheduler import Busy, Event, QueueWorker, Scheduler
 
 
-class TranslationWorker:
+class TranslationWorker(QueueWorker):
     """Encoder-decoder runs: a request's source ids are translated ``n`` times on one thread, in order."""
 
+    thread_name = "aigc-translate"
+
     def __init__(self, generator: TextGenerator, max_waiting: int = 256):
-        self.generator, self.max_waiting = generator, max_waiting
-        self.waiting: deque[Request] = deque()
-        self.draining, self.active, self.cancelled = False, None, 0
-        self._lock = threading.Condition()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="aigc-translate", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._lock:
-            self._stopping = True
-            self._lock.notify()
-        self._thread.join(timeout=10)
-
-    def submit(self, request: Request) -> None:
-        with self._lock:
-            if self.draining:
-                raise Busy("the server is shutting down; retry on another replica", draining=True, retry_after=5)
-            if len(self.waiting) >= self.max_waiting:
-                raise Busy(f"the queue is full ({len(self.waiting)} requests waiting); retry later")
-            self.waiting.append(request)
-            self._lock.notify()
-
-    def cancel(self, request: Request) -> None:
-        request.cancelled = True
+        super().__init__(max_waiting)
+        self.generator, self.active = generator, None
 
     @property
     def running(self) -> int:
         return int(self.active is not None)
-
-    @property
-    def queued(self) -> int:
-        return len(self.waiting)
 
     def _loop(self) -> None:
         eot = self.generator.eot
