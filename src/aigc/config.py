@@ -93,6 +93,7 @@ class ModelConfig(Section):
     bias: bool = Field(True, description="bias in linear layers and LayerNorm")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability in training")
     tie_embeddings: bool = Field(True, description="share the token embedding with the output projection")
+    share_embeddings: bool = Field(True, description="seq2seq: one embedding table for encoder and decoder")
     norm_eps: float = Field(1e-5, gt=0, description="epsilon of the norm layers")
     image_size: int | None = Field(None, ge=1, description="images: set from the data (row/column positions)")
     image_colors: int | None = Field(None, ge=2, description="images: set from the data (palette size)")

@@ -39,6 +39,14 @@ def test_source_padding_is_never_attended_to(style):
     assert torch.allclose(logits[0], unpadded[0], atol=1e-5)
 
 
+def test_separate_embeddings():
+    shared, separate = tiny(), tiny(share_embeddings=False)
+    assert separate.source_wte is not None and shared.source_wte is None
+    assert separate.num_params() - shared.num_params() == 40 * 32
+    src, mask = torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.bool)
+    assert separate(src, mask, torch.tensor([[1, 2]])).shape == (1, 2, 40)
+
+
 @pytest.mark.parametrize("style", STYLES)
 def test_decoder_never_sees_the_future(style):
     model = tiny(style)

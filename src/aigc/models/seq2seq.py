@@ -3,8 +3,9 @@
 The encoder reads the whole source at once (self-attention that sees every non-padding source token)
 and returns one vector per source token, the *memory*. The decoder writes the target one token at a
 time: causal self-attention over what it wrote so far, then cross-attention whose queries come from
-the decoder and whose keys and values come from the memory, then the MLP. Embeddings are shared
-between encoder, decoder and the output projection (one joint vocabulary).
+the decoder and whose keys and values come from the memory, then the MLP. One joint vocabulary; the
+encoder and decoder share one embedding table unless ``model.share_embeddings`` is false, and the
+output projection is tied to the decoder's when ``model.tie_embeddings``.
 
 Shapes: S = source tokens, T = target tokens, C = width, V = vocabulary.
 """
@@ -52,7 +53,8 @@ class Seq2Seq(nn.Module):
         if config.vocab_size is None:
             raise ValueError("ModelConfig.vocab_size is unset; it comes from the tokenizer")
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # the decoder's (and the encoder's when shared)
+        self.source_wte = None if config.share_embeddings else nn.Embedding(config.vocab_size, config.n_embd)
         learned = config.position == "learned"
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if learned else None
         self.rope = None if learned else RotaryEmbedding(config.head_dim, config.block_size, config.rope_theta)
@@ -66,12 +68,12 @@ class Seq2Seq(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
 
-    def _embed(self, ids: torch.Tensor, start: int = 0):
+    def _embed(self, ids: torch.Tensor, start: int = 0, table: nn.Embedding | None = None):
         T = ids.shape[1]
         if start + T > self.config.block_size:
             raise ValueError(f"cannot attend to {start + T} positions; the model's block_size is {self.config.block_size}")
         positions = torch.arange(start, start + T, device=ids.device)
-        x = self.wte(ids)
+        x = (table or self.wte)(ids)
         if self.wpe is not None:
             x = x + self.wpe(positions)
         return self.drop(x), (self.rope(positions) if self.rope is not None else None)
@@ -83,7 +85,7 @@ class Seq2Seq(nn.Module):
         decoding step only projects its query.
         """
         mask = src_mask[:, None, None, :]
-        x, rope = self._embed(src)
+        x, rope = self._embed(src, table=self.source_wte)
         for block in self.encoder:
             x = block(x, rope, mask)
         memory = self.encoder_norm(x)  # (B, S, C)
