@@ -32,6 +32,7 @@ from aigc import __version__
 from aigc.config import Config, validate_config
 from aigc.errors import CheckpointError
 from aigc.files import file_hash, read_json, write_json
+from aigc.tokenizer import TARGET_TOKENIZER
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
@@ -80,6 +81,10 @@ def save_checkpoint(
     torch.save(train_state, tmp / "train_state.pt")
     write_json(tmp / "config.json", config.model_dump(mode="json"))
     shutil.copyfile(run_dir / "tokenizer.json", tmp / "tokenizer.json")
+    files = list(FILES)
+    if (run_dir / TARGET_TOKENIZER).is_file():  # pairs with a tokenizer per side
+        shutil.copyfile(run_dir / TARGET_TOKENIZER, tmp / TARGET_TOKENIZER)
+        files.append(TARGET_TOKENIZER)
     meta = {
         "format": FORMAT_VERSION,
         "aigc_version": __version__,
@@ -87,10 +92,10 @@ def save_checkpoint(
         "step": step,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **hashes,
-        "files": {name: file_hash(tmp / name) for name in FILES},
+        "files": {name: file_hash(tmp / name) for name in files},
     }
     write_json(tmp / "meta.json", meta)
-    for name in (*FILES, "meta.json"):
+    for name in (*files, "meta.json"):
         with (tmp / name).open("rb") as handle:
             os.fsync(handle.fileno())
     if final.exists():

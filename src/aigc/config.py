@@ -70,6 +70,7 @@ class TokenizerConfig(Section):
     vocab_size: int = Field(4096, ge=2, le=1 << 20, description="vocabulary size (a maximum for char)")
     path: Path | None = Field(None, description="use this existing tokenizer.json instead of training one")
     train_max_mb: float = Field(64.0, gt=0, description="train the tokenizer on at most this many MB of text")
+    separate: bool = Field(False, description="pairs: one tokenizer per side (source, target) instead of a joint one")
 
 
 class ModelConfig(Section):

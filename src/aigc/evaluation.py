@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from aigc.checkpoint import CHECKPOINTS, load_checkpoint
-from aigc.data.pairs import PairSampler, read_sequences
+from aigc.data.pairs import PairSampler, split_pairs, target_start
 from aigc.data.shards import open_split, read_manifest
 from aigc.errors import DataError
 from aigc.files import write_json
@@ -234,11 +234,11 @@ def _evaluate_pairs(generator: TextGenerator, run_dir: Path, manifest: dict, con
     """Val loss of the seq2seq model, and BLEU / chrF of its translations of the test split (val if no test)."""
     import sacrebleu
 
-    eot = manifest["tokenizer"]["eot_id"]
+    eot = target_start(manifest)
     data_dir = run_dir / "data"
 
     def pairs(split: str):
-        return read_sequences(open_split(data_dir, f"{split}.src", manifest), open_split(data_dir, f"{split}.tgt", manifest), eot)
+        return split_pairs(data_dir, manifest, split)
 
     val = pairs("val")
     sampler = PairSampler(val, eot, config.model.block_size, min(16, len(val)), 1, config.seed, split="val")
@@ -252,7 +252,7 @@ def _evaluate_pairs(generator: TextGenerator, run_dir: Path, manifest: dict, con
     split = "test" if manifest["splits"].get("test.src", {}).get("documents") else "val"
     chosen = pairs(split)[: config.eval.max_pairs]
     sources = [generator.decode(s[:-1].tolist()) for s, _ in chosen]
-    references = [generator.decode(t[:-1].tolist()) for _, t in chosen]
+    references = [generator.decode_target(t[:-1].tolist()) for _, t in chosen]
     beam = BeamParams(beams=config.eval.beams, max_new_tokens=config.model.block_size) if config.eval.beams > 1 else None
     params = SamplingParams(max_new_tokens=config.model.block_size, temperature=0)
     started = time.perf_counter()

@@ -22,6 +22,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from aigc.errors import DataError
 
 EOT = "<|endoftext|>"
+TARGET_TOKENIZER = "target_tokenizer.json"  # the second tokenizer of pairs prepared with tokenizer.separate
 UNK = "<|unk|>"
 
 

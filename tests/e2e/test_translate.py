@@ -53,3 +53,16 @@ def test_generate_translates_prompt_and_stdin_lines(translate_run):
     assert nbest.returncode == 0 and len(nbest.stdout.rstrip("\n").split("\t")) == 2
     bad = aigc("generate", str(run_dir), "--prompt", "Thank you.", "--beams", "2", "--n", "3")
     assert bad.returncode == 2 and "n-best" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_tokenizer_per_side(translate_run, tmp_path):
+    corpus = translate_run[1]
+    run_dir = tmp_path / "separate"
+    done = aigc("run", "translate", f"data.paths=[{corpus}]", f"run.dir={run_dir}", "tokenizer.separate=true",
+                *TINY_SEQ2SEQ[:-2], "train.max_steps=20", "eval.max_pairs=10")
+    assert done.returncode == 0, done.stderr
+    assert (run_dir / "checkpoints" / "latest" / "target_tokenizer.json").is_file()
+    report = json.loads((run_dir / "eval" / "report.json").read_text())
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in report["samples"][0]["reference"])  # decoded by the target side
+    translated = aigc("generate", str(run_dir), "--prompt", "I love you.", "--temperature", "0")
+    assert translated.returncode == 0 and translated.stdout.count("\n") == 1

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from aigc.data.clean import CleaningReport
-from aigc.data.pairs import PairSampler, clean_pairs, read_sequences
+from aigc.data.pairs import PairSampler, clean_pairs, read_sequences, split_pairs
 from aigc.data.prepare import prepare
 from aigc.data.shards import open_split, read_manifest
 from aigc.data.sources import resolve_sources
@@ -86,3 +86,19 @@ def test_prepare_writes_deterministic_splits_and_batches_by_length(make_config, 
 
 def torch_equal(a, b) -> bool:
     return bool((a == b).all())
+
+
+def test_separate_tokenizers_share_one_id_space(make_config, tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_text("\n".join(ROWS), encoding="utf-8")
+    config = pairs_config(make_config, path, "tokenizer.separate=true")
+    manifest = prepare(config).manifest
+    source_vocab, target = manifest["tokenizer"]["vocab_size"], manifest["target_tokenizer"]
+    assert target["offset"] == source_vocab and manifest["model_vocab_size"] == source_vocab + target["vocab_size"]
+    target_tokenizer = load_tokenizer(config.run_dir / "target_tokenizer.json")
+    assert "第" in target_tokenizer.get_vocab() and "第" not in load_tokenizer(config.run_dir / "tokenizer.json").get_vocab()
+    pairs = split_pairs(config.run_dir / "data", manifest, "train")
+    assert all(t.min() >= source_vocab and t[-1] == target["eot_id"] for _, t in pairs)
+    assert all(s.max() < source_vocab for s, _ in pairs)
+    with pytest.raises(DataError, match="tokenizer.separate"):
+        prepare(pairs_config(make_config, path, "tokenizer.separate=true", f"tokenizer.path={config.run_dir / 'tokenizer.json'}"))

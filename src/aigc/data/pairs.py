@@ -25,6 +25,7 @@ import torch
 from aigc.config import DataConfig
 from aigc.data.clean import CleaningReport, normalize
 from aigc.data.sources import SourceFile, _decoded_lines
+from aigc.data.shards import open_split
 from aigc.errors import DataError, TrainingError
 
 PAIR_SPLITS = ("train", "val", "test")
@@ -134,12 +135,27 @@ def pair_split(source: str, config: DataConfig, seed: int) -> str:
     return "val" if value < config.test_fraction + config.val_fraction else "train"
 
 
-def read_sequences(src: np.ndarray, tgt: np.ndarray, eot: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Split the flat shards back into (source ids, target ids) pairs, each ending with ``eot``."""
-    src_ends, tgt_ends = np.flatnonzero(src == eot) + 1, np.flatnonzero(tgt == eot) + 1
+def read_sequences(src: np.ndarray, tgt: np.ndarray, eot: int, target_eot: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Split the flat shards back into (source ids, target ids) pairs, each ending with its side's end token."""
+    target_eot = eot if target_eot is None else target_eot
+    src_ends, tgt_ends = np.flatnonzero(src == eot) + 1, np.flatnonzero(tgt == target_eot) + 1
     if len(src_ends) != len(tgt_ends):
         raise DataError("source and target shards hold different numbers of sequences; re-run `aigc prepare`")
     return list(zip(np.split(src, src_ends[:-1]), np.split(tgt, tgt_ends[:-1])))
+
+
+def target_start(manifest: dict) -> int:
+    """The id the decoder starts from and ends with: the target tokenizer's end token (offset), else the joint one."""
+    target = manifest.get("target_tokenizer")
+    return target["eot_id"] if target else manifest["tokenizer"]["eot_id"]
+
+
+def split_pairs(data_dir, manifest: dict, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (source ids, target ids) pairs of one split of prepared pairs or images; [] when it is empty."""
+    if not manifest["splits"].get(f"{split}.src", {}).get("documents"):
+        return []
+    src, tgt = open_split(data_dir, f"{split}.src", manifest), open_split(data_dir, f"{split}.tgt", manifest)
+    return read_sequences(src, tgt, manifest["tokenizer"]["eot_id"], target_start(manifest))
 
 
 class PairSampler:

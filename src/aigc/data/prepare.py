@@ -27,7 +27,7 @@ from aigc.data.shards import FORMAT_VERSION, MANIFEST, ShardWriter, is_validatio
 from aigc.data.sources import SourceFile, iter_records, resolve_sources
 from aigc.errors import DataError
 from aigc.files import file_hash, write_json
-from aigc.tokenizer import eot_id, load_tokenizer, train_bpe, train_char
+from aigc.tokenizer import TARGET_TOKENIZER, eot_id, load_tokenizer, train_bpe, train_char
 
 TOKENIZER_FILE = "tokenizer.json"
 _BATCH_CHARS = 1 << 20  # documents are encoded in batches of about this many characters
@@ -46,6 +46,8 @@ class PrepareResult:
             [
                 self.report.table(),
                 f"tokenizer: {tok['kind']}, {tok['vocab_size']:,} tokens",
+                *([f"target tokenizer: {t['kind']}, {t['vocab_size']:,} tokens (ids from {t['offset']:,})"]
+                  if (t := self.manifest.get("target_tokenizer")) else []),
                 *(f"{name}: {s['documents']:,} documents, {s['tokens']:,} tokens" for name, s in splits.items()),
                 f"wrote {self.data_dir / MANIFEST}",
             ]
@@ -66,21 +68,29 @@ def _capped(texts: Iterator[str], max_chars: float) -> Iterator[str]:
             return
 
 
-def _texts(sources: list[SourceFile], config: Config, report: CleaningReport) -> Iterator[str]:
-    """Every cleaned text the tokenizer should learn from: documents, or both sides of each pair."""
+def _texts(sources: list[SourceFile], config: Config, report: CleaningReport, side: str | None = None) -> Iterator[str]:
+    """Every cleaned text the tokenizer should learn from: documents, or each pair's ``side`` (both when None)."""
     if config.data.kind == "pairs":
         for pair in clean_pairs(sources, config.data, report):
-            yield pair.source
-            yield pair.target
+            if side in (None, "source"):
+                yield pair.source
+            if side in (None, "target"):
+                yield pair.target
     else:
         yield from (record.text for record in _cleaned(sources, config, report))
 
 
-def _tokenizer_for(sources: list[SourceFile], config: Config) -> Tokenizer | None:
-    """The tokenizer named by ``tokenizer.path``, or one trained on the cleaned corpus (None if it is empty)."""
+def _tokenizer_for(sources: list[SourceFile], config: Config, side: str | None = None) -> Tokenizer | None:
+    """The tokenizer named by ``tokenizer.path``, or one trained on the cleaned corpus (None if it is empty).
+
+    ``side`` (pairs with ``tokenizer.separate``): train on the sources or on the targets only.
+    """
     if config.tokenizer.path is not None:
+        if side is not None:
+            raise DataError("tokenizer.path names one tokenizer; with tokenizer.separate=true both sides' tokenizers "
+                            "are trained, so leave tokenizer.path unset (or set tokenizer.separate=false)")
         return load_tokenizer(config.tokenizer.path)
-    texts = _capped(_texts(sources, config, CleaningReport()), config.tokenizer.train_max_mb * 1e6)
+    texts = _capped(_texts(sources, config, CleaningReport(), side), config.tokenizer.train_max_mb * 1e6)
     first = next(texts, None)
     if first is None:
         return None  # nothing usable: the encoding pass reports why
@@ -156,16 +166,24 @@ def _shard_documents(sources, config: Config, tokenizer: Tokenizer, data_dir: Pa
     return _finish(writers, data_dir)
 
 
-def _shard_pairs(sources, config: Config, tokenizer: Tokenizer, data_dir: Path, report: CleaningReport) -> dict:
-    """Encode cleaned pairs into {split}.src.bin / {split}.tgt.bin; return the manifest's ``splits``."""
-    dtype = token_dtype(tokenizer.get_vocab_size(with_added_tokens=True))
+def _shard_pairs(sources, config: Config, tokenizer: Tokenizer, data_dir: Path, report: CleaningReport,
+                 target_tokenizer: Tokenizer | None = None) -> dict:
+    """Encode cleaned pairs into {split}.src.bin / {split}.tgt.bin; return the manifest's ``splits``.
+
+    With a ``target_tokenizer`` the targets are its ids shifted past the source vocabulary, so both
+    sides live in one id space and one model vocabulary.
+    """
+    offset = tokenizer.get_vocab_size(with_added_tokens=True) if target_tokenizer else 0
+    target = target_tokenizer or tokenizer
+    dtype = token_dtype(offset + target.get_vocab_size(with_added_tokens=True))
     eot = eot_id(tokenizer)
     writers = {f"{split}.{side}": ShardWriter(data_dir / f".{split}.{side}.bin.tmp", dtype)
                for split in PAIR_SPLITS for side in ("src", "tgt")}
     pairs = clean_pairs(sources, config.data, report)
     while batch := list(itertools.islice(pairs, 4096)):
         src_ids, src_lengths = _encode(tokenizer, [p.source for p in batch], eot, dtype)
-        tgt_ids, tgt_lengths = _encode(tokenizer, [p.target for p in batch], eot, dtype)
+        tgt_ids, tgt_lengths = _encode(target, [p.target for p in batch], eot_id(target), np.dtype(np.int64))
+        tgt_ids = (tgt_ids + offset).astype(dtype)
         src_offsets, tgt_offsets = np.cumsum([0, *src_lengths]), np.cumsum([0, *tgt_lengths])
         splits = [pair_split(p.source, config.data, config.seed) for p in batch]
         for split in PAIR_SPLITS:
@@ -218,13 +236,17 @@ def prepare(config: Config) -> PrepareResult:
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / MANIFEST).unlink(missing_ok=True)  # until the new one is complete, the folder is not prepared
 
-    tokenizer = _tokenizer_for(sources, config)
+    separate = config.data.kind == "pairs" and config.tokenizer.separate
+    tokenizer = _tokenizer_for(sources, config, "source" if separate else None)
+    target_tokenizer = _tokenizer_for(sources, config, "target") if separate and tokenizer is not None else None
     report = CleaningReport()
     if tokenizer is None:
         list(_texts(sources, config, report))  # fill the report for the message
         raise _empty_corpus_error(report, sources, config.data.kind)
-    shard = _shard_pairs if config.data.kind == "pairs" else _shard_documents
-    splits = shard(sources, config, tokenizer, data_dir, report)
+    if config.data.kind == "pairs":
+        splits = _shard_pairs(sources, config, tokenizer, data_dir, report, target_tokenizer)
+    else:
+        splits = _shard_documents(sources, config, tokenizer, data_dir, report)
     if report.kept == 0:
         for info in splits.values():
             (data_dir / info["file"]).unlink()
@@ -232,10 +254,17 @@ def prepare(config: Config) -> PrepareResult:
 
     tokenizer_path = save_tokenizer(config, tokenizer)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    model_vocab = vocab_size
+    (run_dir / TARGET_TOKENIZER).unlink(missing_ok=True)
+    if target_tokenizer is not None:
+        target_tokenizer.save(str(run_dir / TARGET_TOKENIZER))
+        target_vocab = target_tokenizer.get_vocab_size(with_added_tokens=True)
+        model_vocab = vocab_size + target_vocab
     manifest = {
         "format": FORMAT_VERSION,
         "kind": config.data.kind,
-        "dtype": token_dtype(vocab_size).name,
+        "model_vocab_size": model_vocab,
+        "dtype": token_dtype(model_vocab).name,
         "tokenizer": {
             "kind": config.tokenizer.kind,
             "vocab_size": vocab_size,
@@ -250,6 +279,10 @@ def prepare(config: Config) -> PrepareResult:
         "config": {"data": config.data.model_dump(mode="json"), "tokenizer": config.tokenizer.model_dump(mode="json")},
         "seed": config.seed,
     }
+    if target_tokenizer is not None:
+        manifest["target_tokenizer"] = {"kind": config.tokenizer.kind, "vocab_size": target_vocab, "offset": vocab_size,
+                                        "eot_id": vocab_size + eot_id(target_tokenizer), "file": TARGET_TOKENIZER,
+                                        "sha256": file_hash(run_dir / TARGET_TOKENIZER)}
     write_json(data_dir / "cleaning_report.json", report.to_dict())
     write_json(data_dir / MANIFEST, manifest)
     return PrepareResult(manifest, report, data_dir)

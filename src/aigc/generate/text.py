@@ -25,7 +25,7 @@ from aigc.generate.beam import BeamParams
 from aigc.models import build_model
 from aigc.models.gpt import GPT
 from aigc.models.seq2seq import Seq2Seq
-from aigc.tokenizer import eot_id
+from aigc.tokenizer import TARGET_TOKENIZER, eot_id
 
 log = logging.getLogger(__name__)
 REPLACEMENT = "\ufffd"
@@ -102,10 +102,13 @@ class Completion:
 class TextGenerator:
     """Prompts in, text out: a tokenizer and the one engine."""
 
-    def __init__(self, model: GPT | Seq2Seq, tokenizer: Tokenizer):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model: GPT | Seq2Seq, tokenizer: Tokenizer, target_tokenizer: Tokenizer | None = None):
+        """``target_tokenizer``: an encoder-decoder with a tokenizer per side; its ids follow the source's."""
+        self.model, self.tokenizer, self.target_tokenizer = model, tokenizer, target_tokenizer
         self.engine = Engine(model)
         self.eot = eot_id(tokenizer)
+        self.target_offset = tokenizer.get_vocab_size(with_added_tokens=True) if target_tokenizer else 0
+        self.target_eot = self.target_offset + eot_id(target_tokenizer) if target_tokenizer else self.eot
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: str = "cpu") -> TextGenerator:
@@ -114,10 +117,17 @@ class TextGenerator:
         model = build_model(checkpoint.config.model)
         model.load_state_dict(checkpoint.model_state())
         tokenizer = Tokenizer.from_file(str(checkpoint.path / "tokenizer.json"))
-        return cls(model.to(device).eval(), tokenizer)
+        target = checkpoint.path / TARGET_TOKENIZER
+        return cls(model.to(device).eval(), tokenizer, Tokenizer.from_file(str(target)) if target.is_file() else None)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def decode_target(self, ids: list[int]) -> str:
+        """Text of an encoder-decoder's output ids (the target tokenizer's, when the sides have their own)."""
+        if self.target_tokenizer is None:
+            return self.decode(ids)
+        return self.target_tokenizer.decode([i - self.target_offset for i in ids], skip_special_tokens=False)
 
     def encode_prompt(self, prompt: str, params: SamplingParams) -> list[int]:
         """Token ids of ``prompt``, cut from the left to leave room for one new token if asked to."""
@@ -171,11 +181,15 @@ class TextGenerator:
         encoded = [self.tokenizer.encode(s, add_special_tokens=False).ids[:room] + [self.eot] for s in sources]
         if beam is None:
             encoded = [ids for ids in encoded for _ in range(n)]
-        results = self.engine.translate(encoded, self.eot, self.eot, params, beam)
-        texts = [[self.decode(h.tokens) for h in hypotheses] for hypotheses in results]
+        results = self.translate_ids(encoded, params, beam)
+        texts = [[self.decode_target(h.tokens) for h in hypotheses] for hypotheses in results]
         if beam is None:
             texts = [sum(texts[i * n : (i + 1) * n], []) for i in range(len(sources))]
         return texts
+
+    def translate_ids(self, sources: list[list[int]], params: SamplingParams, beam: BeamParams | None = None):
+        """Engine translation of source ids (ending with the end token): hypotheses per source."""
+        return self.engine.translate(sources, self.target_eot, self.target_eot, params, beam)
 
     def complete(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
         """Whole completions of every prompt (the concatenation of :meth:`stream`)."""

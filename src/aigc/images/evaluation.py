@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aigc.data.pairs import read_sequences
-from aigc.data.shards import open_split
+from aigc.data.pairs import split_pairs
 from aigc.generate.sampling import SamplingParams
 from aigc.images import shapes
 from aigc.images.generator import ImageGenerator
@@ -35,10 +34,7 @@ NOVEL_PROMPT = "a purple hexagon drawn in chalk"  # words the captions never use
 
 
 def _pairs(data_dir: Path, manifest: dict, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    if not manifest["splits"].get(f"{split}.src", {}).get("documents"):
-        return []
-    eot = manifest["tokenizer"]["eot_id"]
-    return read_sequences(open_split(data_dir, f"{split}.src", manifest), open_split(data_dir, f"{split}.tgt", manifest), eot)
+    return split_pairs(data_dir, manifest, split)
 
 
 @torch.inference_mode()

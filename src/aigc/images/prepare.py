@@ -84,6 +84,7 @@ def prepare_images(config: Config) -> PrepareResult:
     manifest = {
         "format": FORMAT_VERSION,
         "kind": "images",
+        "model_vocab_size": vocab,
         "dtype": dtype.name,
         "tokenizer": {"kind": config.tokenizer.kind, "vocab_size": offset, "eot_id": eot, "file": TOKENIZER_FILE,
                       "sha256": file_hash(tokenizer_path)},

@@ -41,12 +41,12 @@ class TranslationWorker(QueueWorker):
                     self.cancelled += request.n
                     continue
                 sources = [request.prompt + [eot]] * request.n
-                results = self.generator.engine.translate(sources, eot, eot, request.params)
+                results = self.generator.translate_ids(sources, request.params)
                 for index, hypotheses in enumerate(results):
                     tokens = hypotheses[0].tokens
                     request.completion_tokens += len(tokens)
                     finish = "length" if len(tokens) >= request.params.max_new_tokens else "stop"
-                    request.sink(Event(index, text=self.generator.decode(tokens), finish_reason=finish))
+                    request.sink(Event(index, text=self.generator.decode_target(tokens), finish_reason=finish))
             except Exception as err:
                 for index in range(request.n):
                     request.sink(Event(index, error=f"translation failed: {err}"))

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from aigc.checkpoint import latest_valid, point, prune, save_checkpoint, step_name
 from aigc.config import Config
 from aigc.data.loader import WindowSampler
-from aigc.data.pairs import PairSampler, read_sequences
+from aigc.data.pairs import PairSampler, split_pairs, target_start
 from aigc.images.sampler import PrefixSampler
 from aigc.data.shards import open_split, read_manifest
 from aigc.errors import TrainingError
@@ -127,10 +127,10 @@ def _samplers(config: Config, manifest: dict, env: distributed.Distributed):
     """Train and val samplers for the shards' kind; val is None when it cannot fill one batch."""
     tc, data_dir, block = config.train, config.run_dir / "data", config.model.block_size
     if manifest.get("kind") in ("pairs", "images"):
-        eot = manifest["tokenizer"]["eot_id"]
+        eot = target_start(manifest)
 
         def pairs(split):
-            return read_sequences(open_split(data_dir, f"{split}.src", manifest), open_split(data_dir, f"{split}.tgt", manifest), eot)
+            return split_pairs(data_dir, manifest, split)
 
         if manifest["kind"] == "images":
             prefix = manifest["image"]["prefix"]
@@ -202,7 +202,7 @@ def _train(config: Config, resume: bool, log: Callable[[str], None], env: distri
     manifest = read_manifest(run_dir / "data")
     hashes = _data_hashes(run_dir, manifest)
     image = manifest.get("image")
-    vocab = image["vocab_size"] if image else manifest["tokenizer"]["vocab_size"]
+    vocab = manifest.get("model_vocab_size") or manifest["tokenizer"]["vocab_size"]
     if config.model.vocab_size is None:
         config = config.model_copy(update={"model": config.model.model_copy(update={"vocab_size": vocab})})
     elif config.model.vocab_size < vocab:
