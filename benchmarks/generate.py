@@ -6,7 +6,9 @@ and a GPT-2-small size. Reported: time to first token (prefill of a 64-token pro
 decode tokens/s after it, the ratio to Hugging Face, and, at batch 1, the memory-bandwidth floor:
 the time to read every weight once per token at this machine's measured read rate.
 
-    python benchmarks/generate.py [--new-tokens 200] [--threads N]
+    python benchmarks/generate.py [--new-tokens 200] [--threads N] [--dtype fp32|bf16]
+
+``--dtype bf16`` holds both models' weights in bfloat16 (half the bytes to read per token).
 """
 
 from __future__ import annotations
@@ -68,10 +70,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=200)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights of both models")
     args = parser.parse_args()
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     torch.set_num_threads(args.threads)
     bandwidth = read_bandwidth()
-    print(f"memory read rate: {bandwidth / 1e9:.1f} GB/s; {args.threads} threads; greedy, {args.new_tokens} new tokens,"
+    print(f"memory read rate: {bandwidth / 1e9:.1f} GB/s; {args.threads} threads; {args.dtype} weights; greedy, "
+          f"{args.new_tokens} new tokens,"
           f" {PROMPT_TOKENS}-token prompts\n")
     header = (f"| {'model':<31} | {'batch':>5} | {'ours TTFT ms':>12} | {'HF TTFT ms':>10} | {'ours tok/s':>10} | "
               f"{'HF tok/s':>8} | {'ratio':>5} | {'floor tok/s':>11} |")
@@ -80,7 +85,8 @@ def main() -> None:
     for name, shape in SIZES.items():
         torch.manual_seed(0)
         model = GPT(ModelConfig(**shape, mlp="gelu_tanh")).eval()
-        hf = to_transformers(model)
+        hf = to_transformers(model).to(dtype)
+        model = model.to(dtype)
         engine = Engine(model)
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         for batch in (1, 8):

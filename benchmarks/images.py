@@ -159,7 +159,7 @@ def main() -> None:
         rows[3] += (f"{np.mean(scores[half:]):.1%}",)
         rows[4] += (f"{rate:.1f}",)
 
-    print(f"\n| {'':<28} | {'aigc (enc-dec)':>14} | {'note':>16} | {'HF ImageGPT':>12} |")
+    print(f"\n| {'':<28} | {'aigc':>14} | {'note':>16} | {'HF ImageGPT':>12} |")
     print(f"|{'-' * 30}|{'-' * 16}|{'-' * 18}|{'-' * 14}|")
     for row in rows:
         print(f"| {row[0]:<28} | {row[1]:>14} | {row[2]:>16} | {row[3] if len(row) > 3 else '-':>12} |")

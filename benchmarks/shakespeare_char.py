@@ -28,9 +28,9 @@ SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinysha
 NANOGPT_CPU = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, bias=False, dropout=0.0, vocab_size=65)
 RECIPE = [
     "tokenizer.kind=char", "data.document=file",
-    "model.n_layer=4", "model.n_head=4", "model.n_embd=192", "model.block_size=128",
+    "model.n_layer=3", "model.n_head=4", "model.n_embd=128", "model.block_size=64",
     "model.norm=rmsnorm", "model.mlp=swiglu", "model.position=rope", "model.bias=false", "model.dropout=0.0",
-    "train.batch_size=16", "train.lr=4e-3", "train.min_lr=2e-4", "train.warmup_steps=50", "train.beta2=0.99",
+    "train.batch_size=32", "train.lr=5e-3", "train.min_lr=2e-4", "train.warmup_steps=50", "train.beta2=0.99",
     "train.weight_decay=0.1", "train.schedule=time", "train.max_steps=1000000", "train.eval_every=1000000",
     "train.eval_batches=50", "train.checkpoint_every=1000000", "train.log_every=50",
 ]
