@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import torch
 
 from aigc.config import DataConfig
 from aigc.data.clean import CleaningReport, normalize
-from aigc.data.sources import SourceFile, _decoded_lines
+from aigc.data.sources import SourceFile, json_objects
 from aigc.data.shards import open_split
 from aigc.errors import DataError, TrainingError
 
@@ -77,18 +76,10 @@ def _delimited_pairs(source: SourceFile, config: DataConfig, report: CleaningRep
 
 
 def _jsonl_pairs(source: SourceFile, config: DataConfig, report: CleaningReport) -> Iterator[Pair]:
-    for number, line in _decoded_lines(source, report):
-        if not line.strip():
-            continue
-        where = f"{source.label}:{number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            report.drop("bad_json", where, len(line), err.msg)
-            continue
+    for obj, where, size in json_objects(source, report):
         values = [obj.get(k) if isinstance(obj, dict) else None for k in (config.source_field, config.target_field)]
         if not all(isinstance(v, str) for v in values):
-            report.drop("missing_side", where, len(line), f"needs string fields '{config.source_field}' and '{config.target_field}'")
+            report.drop("missing_side", where, size, f"needs string fields '{config.source_field}' and '{config.target_field}'")
             continue
         yield Pair(values[0], values[1], where)
 

@@ -16,6 +16,7 @@ import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aigc.config import DataConfig
 from aigc.data.clean import CleaningReport, Record
@@ -158,19 +159,23 @@ def _read_paragraphs(source: SourceFile, report: CleaningReport) -> Iterator[Rec
         yield Record("".join(lines).rstrip("\r\n"), f"{source.label}:{start}", source.split)
 
 
-def _read_jsonl(source: SourceFile, config: DataConfig, report: CleaningReport) -> Iterator[Record]:
+def json_objects(source: SourceFile, report: CleaningReport) -> Iterator[tuple[Any, str, int]]:
+    """(parsed object, "file:line", line length) of each non-blank JSONL line; bad JSON tallied in ``report``."""
     for number, line in _decoded_lines(source, report):
         if not line.strip():
             continue
         where = f"{source.label}:{number}"
         try:
-            obj = json.loads(line)
+            yield json.loads(line), where, len(line)
         except json.JSONDecodeError as err:
             report.drop("bad_json", where, len(line), err.msg)
-            continue
+
+
+def _read_jsonl(source: SourceFile, config: DataConfig, report: CleaningReport) -> Iterator[Record]:
+    for obj, where, size in json_objects(source, report):
         value = obj.get(config.field) if isinstance(obj, dict) else None
         if not isinstance(value, str):
-            report.drop("missing_field", where, len(line), f"no string field '{config.field}' (data.field)")
+            report.drop("missing_field", where, size, f"no string field '{config.field}' (data.field)")
             continue
         yield Record(value, where, source.split)
 
