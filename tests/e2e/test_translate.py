@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import openai
 import pytest
 
 from tests.conftest import shared
 from tests.e2e.test_run import aigc
+from tests.e2e.test_serve import Server
 
 TINY_SEQ2SEQ = ["model.n_layer=2", "model.n_encoder_layer=2", "model.n_head=2", "model.n_embd=64",
                 "tokenizer.vocab_size=1500", "train.max_steps=60", "train.batch_size=32", "train.eval_every=30",
@@ -66,3 +68,19 @@ def test_a_tokenizer_per_side(translate_run, tmp_path):
     assert any("\u4e00" <= ch <= "\u9fff" for ch in report["samples"][0]["reference"])  # decoded by the target side
     translated = aigc("generate", str(run_dir), "--prompt", "I love you.", "--temperature", "0")
     assert translated.returncode == 0 and translated.stdout.count("\n") == 1
+
+
+def test_serving_a_translation_run(translate_run):
+    server = Server([translate_run[0]])
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        assert client.models.list().data[0].kind == "seq2seq"
+        done = client.completions.create(model="run", prompt="I love you.", max_tokens=20, temperature=0)
+        expected = aigc("generate", str(translate_run[0]), "--prompt", "I love you.", "--temperature", "0",
+                        "--max-new-tokens", "20").stdout
+        assert done.choices[0].text == expected.rstrip("\n") and done.usage.completion_tokens > 0
+        chat = client.chat.completions.create(model="run", messages=[{"role": "user", "content": "I love you."}],
+                                              max_tokens=20, temperature=0, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in chat if c.choices) == done.choices[0].text
+    finally:
+        server.stop()
