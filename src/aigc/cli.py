@@ -241,9 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_command(sub, "prepare", cmd_prepare, "clean, tokenize and shard the data")
     train = _add_config_command(sub, "train", cmd_train, "train the model on the prepared shards")
     train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    evaluate = sub.add_parser("eval", help="score a run on its val split and write eval/report.md",
-                              description="Loss, perplexity, bits per byte, sample diversity (and code validity "
-                              "for code runs) of the run's best checkpoint; writes RUN_DIR/eval/.")
+    evaluate = sub.add_parser("eval", help="score a run on its held-out data and write eval/report.md",
+                              description="The run's best checkpoint on its held-out data: loss, perplexity, bits "
+                              "per byte and sample diversity (text), code validity (code), BLEU and chrF (translation), "
+                              "bits per pixel, prompt adherence and memorisation (images); writes RUN_DIR/eval/.")
     evaluate.add_argument("run", metavar="RUN_DIR")
     evaluate.set_defaults(handler=cmd_eval)
     generate = sub.add_parser(
