@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from aigc.checkpoint import CHECKPOINTS, load_checkpoint
+from aigc.config import EvalConfig
 from aigc.data.pairs import PairSampler, split_pairs, target_start
 from aigc.data.shards import open_split, read_manifest
 from aigc.errors import DataError
@@ -270,11 +271,15 @@ def _evaluate_pairs(generator: TextGenerator, run_dir: Path, manifest: dict, con
     return report
 
 
-def evaluate(run_dir: Path, log=print) -> EvalResult:
-    """Score the run's best (else latest) checkpoint on its held-out data and write the report."""
+def evaluate(run_dir: Path, log=print, settings: EvalConfig | None = None) -> EvalResult:
+    """Score the run's best (else latest) checkpoint on its held-out data and write the report.
+
+    ``settings``: the eval section to use (``aigc run`` passes the current recipe's); default the one
+    saved with the checkpoint.
+    """
     best = run_dir / CHECKPOINTS / "best"
     checkpoint = load_checkpoint(best if best.exists() else run_dir)
-    config = checkpoint.config
+    config = checkpoint.config if settings is None else checkpoint.config.model_copy(update={"eval": settings})
     manifest = read_manifest(run_dir / "data")
     if manifest.get("kind") == "images":
         from aigc.images.evaluation import evaluate_images  # images build on this layer

@@ -102,13 +102,14 @@ def run_pipeline(config: Config, log: Callable[[str], None] = print) -> Pipeline
         return result
     latest = (run_dir / CHECKPOINTS / "latest").resolve()
     eval_key = _key(config.eval.model_dump(mode="json"), config.seed, str(latest), latest.stat().st_mtime_ns)
-    stage("eval", eval_key, (run_dir / "eval" / "report.json").is_file(), lambda: _evaluate_and_sample(run_dir, log))
+    stage("eval", eval_key, (run_dir / "eval" / "report.json").is_file(),
+          lambda: _evaluate_and_sample(run_dir, config, log))
     return result
 
 
-def _evaluate_and_sample(run_dir: Path, log: Callable[[str], None]) -> str:
-    """Evaluate, write the samples to ``samples/samples.txt``, and show a few of them."""
-    outcome = evaluate(run_dir, log=log)
+def _evaluate_and_sample(run_dir: Path, config: Config, log: Callable[[str], None]) -> str:
+    """Evaluate with the recipe's eval settings, write the samples to ``samples/samples.txt``, show a few."""
+    outcome = evaluate(run_dir, log=log, settings=config.eval)
     samples = outcome.report["samples"]
     folder = run_dir / "samples"
     folder.mkdir(exist_ok=True)

@@ -57,6 +57,10 @@ def test_rerun_skips_unchanged_stages(text_run):
     assert changed.returncode == 0, changed.stderr
     assert "ran:     train, eval" in changed.stdout and "skipped: collect, prepare" in changed.stdout
     assert list(run_dir.glob("checkpoints-before-*"))  # the earlier model is kept, not overwritten
+    fewer = aigc("run", "text", f"data.paths=[{corpus}]", f"run.dir={run_dir}", "train.max_steps=110", *TINY_MODEL,
+                 "eval.samples=2")
+    assert "ran:     eval" in fewer.stdout  # the recipe's eval settings are the ones used
+    assert len(json.loads((run_dir / "eval" / "report.json").read_text())["samples"]) == 2
 
 
 def test_generate_prints_only_the_text(text_run):
