@@ -130,25 +130,31 @@ def main() -> None:
     references = [generator.decode(t[:-1].tolist()) for _, t in test]
     greedy = SamplingParams(max_new_tokens=config.model.block_size, temperature=0)
     started = time.perf_counter()
-    ours_out = [out[0] for i in range(0, len(sources), BATCH) for out in generator.translate(sources[i : i + BATCH], greedy)]
-    ours_decode = len(sources) / (time.perf_counter() - started)
+    test_ids = [s.tolist() for s, _ in test]  # both models decode from the same source ids
+    ours_ids = [h[0].tokens for i in range(0, len(test_ids), BATCH)
+                for h in generator.translate_ids(test_ids[i : i + BATCH], greedy)]
+    ours_seconds = time.perf_counter() - started
+    ours_decode = len(sources) / ours_seconds
+    ours_out = [generator.decode_target(ids) for ids in ours_ids]
     ours_bleu, ours_chrf = scores(ours_out, references)
     ours_params = generator.model.num_params()
     print(f"ours done: {outcome.summary()}", flush=True)
 
     model = marian(config, vocab)
     steps, hf_rate, hf_loss = train_marian(model, config, split("train"), eot, vocab, args.minutes * 60)
-    test_ids = [s.tolist() for s, _ in test]
     started = time.perf_counter()
     hf_ids = decode_marian(model, test_ids, eot, vocab, config.model.block_size)
-    hf_decode = len(sources) / (time.perf_counter() - started)
+    hf_seconds = time.perf_counter() - started
+    hf_decode = len(sources) / hf_seconds
     hf_bleu, hf_chrf = scores([generator.decode(ids) for ids in hf_ids], references)
     hf_params = sum(p.numel() for p in model.parameters() if p.requires_grad)  # sinusoidal positions are frozen
     print(f"marian done: {steps} steps, last loss {hf_loss:.3f}", flush=True)
 
     rows = [("parameters", ours_params, hf_params, "{:,.0f}"), ("test BLEU (zh)", ours_bleu, hf_bleu, "{:.2f}"),
             ("test chrF", ours_chrf, hf_chrf, "{:.2f}"), ("train target tokens/s", outcome.tokens_per_s, hf_rate, "{:,.0f}"),
-            ("greedy decode sentences/s", ours_decode, hf_decode, "{:.1f}")]
+            ("greedy decode sentences/s", ours_decode, hf_decode, "{:.1f}"),
+            ("greedy output tokens/s", sum(map(len, ours_ids)) / ours_seconds, sum(map(len, hf_ids)) / hf_seconds,
+             "{:,.0f}")]
     print(f"\n| {'':<26} | {'aigc Seq2Seq':>13} | {'HF Marian':>13} | {'ratio':>6} |")
     print(f"|{'-' * 28}|{'-' * 15}|{'-' * 15}|{'-' * 8}|")
     for name, ours, theirs, fmt in rows:

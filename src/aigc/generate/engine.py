@@ -151,25 +151,24 @@ class Engine:
             return beam_search(next_logprobs, len(sources), start, end, dataclasses.replace(beam, max_new_tokens=limit))
         generators = _generators(params, rows)
         tokens = torch.full((rows,), start, dtype=torch.long)
-        outputs: list[list[int]] = [[] for _ in range(rows)]
-        scores = [0.0] * rows
-        finished = [False] * rows
+        written = torch.full((rows, limit), end, dtype=torch.long)  # each row's tokens, until its end token
+        lengths = torch.full((rows,), limit, dtype=torch.long)
+        scores = torch.zeros(rows)
+        finished = torch.zeros(rows, dtype=torch.bool)
         seen = torch.zeros(rows, self.vocab_size)
-        for _ in range(limit):
+        for step in range(limit):
             logprobs = next_logprobs(tokens, None)
             tokens = choose(apply_penalties(logprobs, seen, seen, params), params, generators)
-            for row, token in enumerate(tokens.tolist()):
-                if finished[row]:
-                    continue
-                if token == end:
-                    finished[row] = True
-                else:
-                    outputs[row].append(token)
-                    scores[row] += logprobs[row, token].item()
+            ended = (tokens == end) & ~finished
+            lengths[ended] = step
+            finished |= ended
+            scores += torch.where(finished, 0.0, logprobs.gather(1, tokens[:, None])[:, 0])
+            written[:, step] = tokens
             seen.scatter_add_(1, tokens[:, None], torch.ones(rows, 1))
-            if all(finished):
+            if bool(finished.all()):
                 break
-        return [[Hypothesis(out, score / max(len(out), 1))] for out, score in zip(outputs, scores)]
+        return [[Hypothesis(row[:length].tolist(), score / max(length, 1))]
+                for row, length, score in zip(written, lengths.tolist(), scores.tolist())]
 
 
     @torch.inference_mode()
