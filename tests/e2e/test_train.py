@@ -99,6 +99,15 @@ def _train_process(config_args: list[str], **popen) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
+def _wait_for_step(run_dir: Path, step: int, timeout: float = 60) -> None:
+    """Until the run's latest checkpoint is at ``step`` or later (older ones are pruned as it goes)."""
+    deadline = time.monotonic() + timeout
+    latest = run_dir / "checkpoints" / "latest"
+    while not (latest.exists() and int(latest.resolve().name.split("_")[-1]) >= step):
+        assert time.monotonic() < deadline, f"no checkpoint at step {step} or later in {run_dir}"
+        time.sleep(0.02)
+
+
 def _wait_for(path: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -118,7 +127,7 @@ def test_sigkill_then_resume_gives_same_final_weights(tmp_path, corpus):
 
     assert _train_process(args(straight)).wait() == 0
     process = _train_process(args(killed))
-    _wait_for(killed.run_dir / "checkpoints" / "step_000010")
+    _wait_for_step(killed.run_dir, 10)
     time.sleep(np.random.default_rng().uniform(0, 0.5))
     process.send_signal(signal.SIGKILL)
     process.wait()
