@@ -56,8 +56,8 @@ def collect(config: Config) -> CollectResult:
 
         total_records = sum(1 for _ in image_records(sources, config.data, report))
         sources = []
+    reader = read_pairs if config.data.kind == "pairs" else read_source
     for source in sources:
-        reader = read_pairs if config.data.kind == "pairs" else read_source
         records = sum(1 for _ in reader(source, config.data, report))
         size = source.path.stat().st_size
         listing.append({"source": source.label, "path": str(source.path), "bytes": size, "records": records})

@@ -33,10 +33,6 @@ from aigc.images.sources import DIGIT_WORDS, digits
 NOVEL_PROMPT = "a purple hexagon drawn in chalk"  # words the captions never use: the report shows what happens
 
 
-def _pairs(data_dir: Path, manifest: dict, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    return split_pairs(data_dir, manifest, split)
-
-
 @torch.inference_mode()
 def bits_per_pixel(model, pairs, eot: int, prefix: int, batch: int = 64) -> tuple[float, int]:
     """Mean negative log2-likelihood of each pixel token given the caption and the pixels before it."""
@@ -81,9 +77,9 @@ def digit_classifier(side: int):
 def evaluate_images(generator: ImageGenerator, run_dir: Path, manifest: dict, config, log=print) -> dict[str, Any]:
     data_dir, image = run_dir / "data", manifest["image"]
     palette, side, offset, eot = np.array(image["palette"], dtype=np.uint8), image["size"], image["pixel_offset"], generator.eot
-    test = _pairs(data_dir, manifest, "test") or _pairs(data_dir, manifest, "val")
+    test = split_pairs(data_dir, manifest, "test") or split_pairs(data_dir, manifest, "val")
     bpp, scored = bits_per_pixel(generator.model, test, eot, generator.prefix) if test else (float("nan"), 0)
-    train_pairs = _pairs(data_dir, manifest, "train")
+    train_pairs = split_pairs(data_dir, manifest, "train")
     training = np.stack([dequantise(t[:-1] - offset, palette, side) for _, t in train_pairs])
     train_keys = {(t[:-1].astype(np.int64) - offset).tobytes() for _, t in train_pairs}
     decode = generator.tokenizer.decode
@@ -95,8 +91,8 @@ def evaluate_images(generator: ImageGenerator, run_dir: Path, manifest: dict, co
     if kind == "digits":
         prompts = [f"the digit {word}" for word in DIGIT_WORDS]
     elif kind == "shapes":
-        seen = sorted({decode(s[:-1].tolist()) for s, _ in _pairs(data_dir, manifest, "test")})[:: 7][:12]
-        held = sorted({decode(s[:-1].tolist()) for s, _ in _pairs(data_dir, manifest, "heldout")})[:: 29][:12]
+        seen = sorted({decode(s[:-1].tolist()) for s, _ in test})[:: 7][:12]
+        held = sorted({decode(s[:-1].tolist()) for s, _ in split_pairs(data_dir, manifest, "heldout")})[:: 29][:12]
         prompts = seen + held
     else:
         prompts = sorted({decode(s[:-1].tolist()) for s, _ in test})[:8]

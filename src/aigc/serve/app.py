@@ -20,7 +20,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
@@ -324,8 +323,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
         results = [Choice() for _ in range(choices)]
         async for event in events(model, requests, queue, choices):
             if event.error:
-                raise ApiError(504 if "deadline" in event.error else 500, event.error,
-                               "timeout" if "deadline" in event.error else "server_error")
+                raise ApiError(504 if event.timed_out else 500, event.error, "timeout" if event.timed_out else "server_error")
             choice = results[event.index]
             choice.text.append(event.text)
             if event.token is not None and event.logprob is not None:
@@ -335,7 +333,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
             choice.finish_reason = event.finish_reason or choice.finish_reason
         return results
 
-    def completion_logprobs(model: ServedModel, choice: Choice | Event, tokens, logprobs, tops, offset: int) -> dict:
+    def completion_logprobs(model: ServedModel, tokens, logprobs, tops, offset: int) -> dict:
         texts = [token_text(model, t) for t in tokens]
         offsets, at = [], offset
         for text in texts:
@@ -383,7 +381,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
             results = await collect(model, requests, queue, choices)
             return {**head, "choices": [
                 {"index": i, "text": "".join(c.text), "finish_reason": c.finish_reason,
-                 "logprobs": completion_logprobs(model, c, c.tokens, c.logprobs, c.top, 0) if want_logprobs else None}
+                 "logprobs": completion_logprobs(model, c.tokens, c.logprobs, c.top, 0) if want_logprobs else None}
                 for i, c in enumerate(results)], "usage": usage(prompts, requests)}
 
         async def stream() -> AsyncIterator[bytes]:
@@ -394,7 +392,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
                     continue
                 logprobs = None
                 if want_logprobs and event.token is not None:
-                    logprobs = completion_logprobs(model, event, [event.token], [event.logprob],
+                    logprobs = completion_logprobs(model, [event.token], [event.logprob],
                                                    [event.top_logprobs or []], offsets[event.index])
                 offsets[event.index] += len(event.text)
                 if event.text or logprobs or event.finish_reason:

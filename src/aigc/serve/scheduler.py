@@ -50,6 +50,7 @@ class Event:
     top_logprobs: list[tuple[int, float]] | None = None
     finish_reason: str | None = None
     error: str | None = None
+    timed_out: bool = False  # the error is the request's deadline, not a failure
 
 
 @dataclass
@@ -65,7 +66,6 @@ class Request:
     created: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     completion_tokens: int = 0
-    open_choices: int = 0
 
     @property
     def cost(self) -> int:
@@ -214,7 +214,6 @@ class Scheduler(QueueWorker):
         logits = self.model(ids, caches=caches, last_only=True)[:, -1].float()  # (1, V)
         seen = torch.zeros(1, self._vocab, device=device).scatter_add_(1, ids, torch.ones_like(ids, dtype=torch.float))
         base = request.params.seed if request.params.seed is not None else int(torch.randint(0, 2**62, (1,)))
-        request.open_choices = request.n
         for index in range(request.n):
             sequence = _Sequence(request, index, self.batch.add(caches), TextStream(self.generator.decode, request.params.stop),
                                  torch.Generator(device=device).manual_seed(base + index), seen.clone(),
@@ -271,7 +270,7 @@ class Scheduler(QueueWorker):
                     self.cancelled += 1
                 else:
                     request.sink(Event(sequence.index, error=f"the request passed its deadline of {request.timeout_s:g} s",
-                                       finish_reason="length"))
+                                       finish_reason="length", timed_out=True))
                 sequence.done = True
         self._retire()
 
@@ -284,4 +283,3 @@ class Scheduler(QueueWorker):
                 self.rows[slot] = self.rows[moved]
                 self.rows[slot].slot = slot
             self.rows.pop()
-            sequence.request.open_choices -= 1
