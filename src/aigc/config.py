@@ -162,17 +162,40 @@ class TrainConfig(Section):
         return self
 
 
+class GenerateConfig(Section):
+    """How the run's model samples: what its evaluation uses, and the defaults of ``aigc generate``,
+    ``aigc serve`` and the playground (as a Hugging Face model's ``generation_config.json``)."""
+
+    max_new_tokens: int = Field(128, ge=1, description="tokens to generate per sample")
+    temperature: float = Field(0.8, ge=0, description="sampling temperature; 0 = greedy (the most likely token)")
+    top_k: int | None = Field(40, ge=1, description="sample among the k most likely tokens (null = all)")
+    top_p: float = Field(1.0, gt=0, le=1, description="sample within the smallest set of tokens with this total probability")
+    min_p: float = Field(0.0, ge=0, lt=1, description="drop tokens less likely than min_p times the most likely one")
+    repetition_penalty: float = Field(1.0, gt=0, description="divide the logits of tokens already seen (1 = off)")
+    presence_penalty: float = Field(0.0, ge=-2, le=2, description="subtract once from the logits of generated tokens")
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="subtract per occurrence from generated tokens' logits")
+    stop: list[str] = Field(default_factory=list, description="stop before any of these strings (\\n = newline)")
+    beams: int = Field(1, ge=1, description="seq2seq: beam size (1 = greedy or sampling)")
+    length_penalty: float = Field(1.0, description="seq2seq beam search: score / length^alpha")
+    no_repeat_ngram: int = Field(0, ge=0, description="seq2seq beam search: forbid repeated n-grams of this size")
+    guidance: float = Field(1.0, ge=0, le=20, description="images: classifier-free guidance scale (1 = none)")
+
+    @model_validator(mode="after")
+    def _stops_not_empty(self) -> GenerateConfig:
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must not be empty")
+        return self
+
+
 class EvalConfig(Section):
     task: Literal["text", "code"] = Field("text", description="code: also check that completions are valid Python")
     max_tokens: int = Field(100_000, ge=1, description="val tokens scored for loss, perplexity and bits per byte")
-    samples: int = Field(8, ge=0, description="samples generated for the report (and code checks)")
-    max_new_tokens: int = Field(128, ge=1, description="tokens per sample")
-    temperature: float = Field(0.8, ge=0, description="sampling temperature of the report's samples")
-    top_k: int | None = Field(40, ge=1, description="top-k of the report's samples")
+    samples: int = Field(8, ge=0, description="samples generated for the report (and code checks), with generate.*")
     max_pairs: int = Field(1000, ge=1, description="seq2seq: test pairs translated for BLEU and chrF")
-    beams: int = Field(1, ge=1, description="seq2seq: beam size when translating the test split (1 = greedy)")
-    guidance: float = Field(1.0, ge=0, description="images: classifier-free guidance scale (1 = none)")
     samples_per_prompt: int = Field(16, ge=2, description="images: samples drawn for each evaluated prompt")
+
+
+_MOVED_TO_GENERATE = ("max_new_tokens", "temperature", "top_k", "beams", "guidance")
 
 
 class Config(Section):
@@ -186,6 +209,18 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sampling_moved_to_generate(cls, raw: Any) -> Any:
+        """Runs saved before the ``generate`` section kept their sampling settings under ``eval``."""
+        if isinstance(raw, dict) and isinstance(raw.get("eval"), dict):
+            moved = {k: raw["eval"][k] for k in _MOVED_TO_GENERATE if k in raw["eval"]}
+            if moved:
+                raw = {**raw, "eval": {k: v for k, v in raw["eval"].items() if k not in moved},
+                       "generate": {**moved, **(raw.get("generate") or {})}}
+        return raw
 
     @property
     def run_dir(self) -> Path:
@@ -297,7 +332,7 @@ def validate_config(raw: dict[str, Any]) -> Config:
 def describe_keys() -> list[tuple[str, str, str]]:
     """(dotted key, default, meaning) for every setting, for ``--help``."""
     rows = [("seed", str(Config.model_fields["seed"].default), Config.model_fields["seed"].description or "")]
-    for section_name in ("run", "data", "tokenizer", "model", "train", "eval"):
+    for section_name in ("run", "data", "tokenizer", "model", "train", "eval", "generate"):
         section = Config.model_fields[section_name].annotation
         for name, field in section.model_fields.items():
             default = field.default_factory() if field.default_factory else field.default

@@ -35,7 +35,7 @@ from aigc.data.shards import open_split, read_manifest
 from aigc.errors import DataError
 from aigc.files import write_json
 from aigc.generate.beam import BeamParams
-from aigc.generate.sampling import SamplingParams
+from aigc.generate.sampling import SamplingParams, sampling_params
 from aigc.generate.text import TextGenerator
 
 CODE_STOPS = ("\ndef ", "\nclass ", "\n@", "\nif __name__")
@@ -254,7 +254,7 @@ def _evaluate_pairs(generator: TextGenerator, run_dir: Path, manifest: dict, con
     chosen = pairs(split)[: config.eval.max_pairs]
     sources = [generator.decode(s[:-1].tolist()) for s, _ in chosen]
     references = [generator.decode_target(t[:-1].tolist()) for _, t in chosen]
-    beam = BeamParams(beams=config.eval.beams, max_new_tokens=config.model.block_size) if config.eval.beams > 1 else None
+    beam = BeamParams(beams=config.generate.beams, max_new_tokens=config.model.block_size) if config.generate.beams > 1 else None
     params = SamplingParams(max_new_tokens=config.model.block_size, temperature=0)
     started = time.perf_counter()
     hypotheses = [out[0] for i in range(0, len(sources), 64) for out in generator.translate(sources[i : i + 64], params, beam)]
@@ -304,8 +304,8 @@ def evaluate(run_dir: Path, log=print, settings: EvalConfig | None = None) -> Ev
         "tokens_scored": count, "bytes_scored": scored_bytes,
     }
     ec = config.eval
-    params = SamplingParams(max_new_tokens=ec.max_new_tokens, temperature=ec.temperature, top_k=ec.top_k,
-                            seed=config.seed, stop=CODE_STOPS if ec.task == "code" else ())
+    params = sampling_params(config.generate, seed=config.seed,
+                             stop=CODE_STOPS if ec.task == "code" else tuple(config.generate.stop))
     eot = manifest["tokenizer"]["eot_id"]
     documents = _documents(np.asarray(val), eot, generator.decode, limit=200)
     if ec.task == "code":

@@ -2,7 +2,8 @@
 
 Three tiny runs (text, translation pairs, digits) are trained from data made here, then driven through
 ``aigc generate`` and ``aigc serve`` with fixed seeds. Every observable result is compared with
-``tests/golden/behaviour.json``, recorded at commit 11afe60 (before the architecture issue's refactor).
+``tests/golden/behaviour.json``, recorded at commit 11afe60 (before the architecture issue's refactor). Sampling settings are given
+explicitly everywhere, since the defaults now travel with each run.
 Regenerate only for an intended change of behaviour: ``AIGC_WRITE_GOLDEN=1 pytest tests/e2e/test_behaviour_unchanged.py``.
 """
 
@@ -89,11 +90,14 @@ def _observe(root: Path) -> dict:
             return answer
 
         seen["http_completion"] = post("/v1/completions", {"model": "text", "prompt": ["the queen", "why"], "seed": 3,
-                                                           "max_tokens": 20, "n": 2, "logprobs": 2, "top_k": 8})
+                                                           "max_tokens": 20, "n": 2, "logprobs": 2, "top_k": 8,
+                                                           "temperature": 1.0})
         seen["http_chat"] = post("/v1/chat/completions", {"model": "text", "seed": 4, "max_tokens": 16,
+                                                          "temperature": 1.0, "top_k": None,
                                                           "messages": [{"role": "user", "content": "good day"}]})
         stream = httpx.post(f"{server.url}/v1/completions", timeout=60, json={
-            "model": "text", "prompt": "come", "seed": 9, "max_tokens": 20, "stream": True, "temperature": 0.7})
+            "model": "text", "prompt": "come", "seed": 9, "max_tokens": 20, "stream": True, "temperature": 0.7,
+            "top_k": None})
         chunks = [json.loads(line[6:]) for line in stream.text.splitlines() if line.startswith("data: {")]
         seen["http_stream"] = [[c["choices"][0]["text"], c["choices"][0]["finish_reason"]] for c in chunks]
         seen["http_translate"] = post("/v1/chat/completions", {"model": "pairs", "seed": 2, "temperature": 0,

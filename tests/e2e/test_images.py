@@ -17,7 +17,7 @@ from tests.e2e.test_serve import Server
 
 TINY_DIGITS = ["model.n_layer=2", "model.n_embd=64", "model.dropout=0", "train.max_steps=250",
                "train.batch_size=32", "train.eval_every=250", "train.checkpoint_every=250", "eval.samples_per_prompt=10",
-               "eval.guidance=3"]
+               "generate.guidance=3"]
 
 
 @pytest.fixture(scope="module")

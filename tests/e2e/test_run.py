@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import shared
 
 TINY_MODEL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.block_size=64", "train.batch_size=8",
-              "train.eval_every=50", "train.checkpoint_every=50", "eval.samples=4", "eval.max_new_tokens=40"]
+              "train.eval_every=50", "train.checkpoint_every=50", "eval.samples=4", "generate.max_new_tokens=40"]
 
 
 def aigc(*args: str, input_text: str | None = None) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ from tests.e2e.test_serve import Server
 
 TINY_SEQ2SEQ = ["model.n_layer=2", "model.n_encoder_layer=2", "model.n_head=2", "model.n_embd=64",
                 "tokenizer.vocab_size=1500", "train.max_steps=60", "train.batch_size=32", "train.eval_every=30",
-                "train.checkpoint_every=30", "eval.max_pairs=40", "eval.beams=2"]
+                "train.checkpoint_every=30", "eval.max_pairs=40", "generate.beams=2"]
 
 
 @pytest.fixture(scope="module")

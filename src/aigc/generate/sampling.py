@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from aigc.config import GenerateConfig
 from aigc.errors import GenerationError
+
+GREEDY_BELOW = 1e-5  # a temperature this small is greedy decoding (dividing by it overflows float32)
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,22 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
+
+
+def sampling_params(settings: GenerateConfig, **request: object) -> SamplingParams:
+    """The one mapping from a run's ``generate`` settings (plus per-request values) to :class:`SamplingParams`.
+
+    ``request`` holds what a caller sets beyond the settings (``seed``, ``logprobs``, ``ignore_eos``,
+    ``stop_token_ids``, ``truncate_prompt``) or overrides (``max_new_tokens``, ``stop``).
+    """
+    fields = {name: getattr(settings, name) for name in SAMPLING_SETTINGS}
+    fields["stop"] = tuple(settings.stop)
+    return SamplingParams(**(fields | request))
+
+
+SAMPLING_SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                     "presence_penalty", "frequency_penalty")
 
 
 def apply_penalties(logits: torch.Tensor, seen: torch.Tensor, generated: torch.Tensor, params: SamplingParams) -> torch.Tensor:

@@ -84,8 +84,9 @@ def evaluate_images(generator: ImageGenerator, run_dir: Path, manifest: dict, co
     train_keys = {(t[:-1].astype(np.int64) - offset).tobytes() for _, t in train_pairs}
     decode = generator.tokenizer.decode
     ec = config.eval
-    params = SamplingParams(temperature=ec.temperature or 1.0, top_k=ec.top_k, seed=config.seed)
-    report: dict[str, Any] = {"bits_per_pixel": bpp, "pixels_scored": scored, "guidance": ec.guidance}
+    gc = config.generate
+    params = SamplingParams(temperature=gc.temperature or 1.0, top_k=gc.top_k, seed=config.seed)
+    report: dict[str, Any] = {"bits_per_pixel": bpp, "pixels_scored": scored, "guidance": gc.guidance}
 
     kind = "digits" if image.get("builtin") == ["digits"] else "shapes" if image.get("builtin") == ["shapes"] else "folder"
     if kind == "digits":
@@ -97,7 +98,7 @@ def evaluate_images(generator: ImageGenerator, run_dir: Path, manifest: dict, co
     else:
         prompts = sorted({decode(s[:-1].tolist()) for s, _ in test})[:8]
     started = time.perf_counter()
-    samples = generator.generate(prompts + [NOVEL_PROMPT], ec.samples_per_prompt, params, ec.guidance)
+    samples = generator.generate(prompts + [NOVEL_PROMPT], ec.samples_per_prompt, params, gc.guidance)
     report["samples_per_s"] = len(samples) * ec.samples_per_prompt / (time.perf_counter() - started)
     novel = samples.pop()
     flat = [img for group in samples for img in group]
