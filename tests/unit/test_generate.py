@@ -5,7 +5,8 @@ from aigc.config import ModelConfig
 from aigc.errors import GenerationError
 from aigc.generate.engine import Engine
 from aigc.generate.sampling import SamplingParams, apply_penalties, filter_logits
-from aigc.generate.text import TextGenerator, TextStream
+from aigc.generate.stream import TextStream
+from aigc.generate.text import TextGenerator
 from aigc.models import GPT
 from aigc.tokenizer import train_bpe
 

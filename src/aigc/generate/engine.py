@@ -1,48 +1,32 @@
-"""The decoding engine: prefill, then one token per step with the KV cache, for a batch of prompts.
+"""The decoding engine: token ids in, token ids out, for the decoder-only GPT and the encoder-decoder.
 
-For the decoder-only GPT, :meth:`Engine.steps` continues prompts. For the encoder-decoder,
-:meth:`Engine.translate` encodes the sources once (cross-attention keys/values precomputed) and
-decodes from ``<|endoftext|>`` by sampling or by beam search.
+For the decoder-only GPT, :meth:`Engine.steps` runs the decode core (:mod:`aigc.generate.decode`) over
+a left-padded batch. For the encoder-decoder, :meth:`Engine.translate` encodes the sources once
+(cross-attention keys/values precomputed) and decodes from ``<|endoftext|>`` by sampling or by beam
+search. :meth:`Engine.draw` samples the pixels of the caption-prefix image model.
 
-
-It knows nothing about text: prompts are lists of token ids and it yields token ids (and their
-log-probabilities). Prompts of different lengths are left-padded; each row gets its own positions
-(counted from its first real token) and a mask that hides the padding, so a row decodes exactly as it
-would alone. Callers mark rows finished (stop strings, stop ids) through :class:`DecodeState`.
+It knows nothing about text: tokenizers turn text into ids at the edges (:mod:`aigc.generate.text`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import torch
 
 from aigc.errors import GenerationError
-from aigc.generate.sampling import SamplingParams, apply_penalties, choose
 from aigc.generate.beam import BeamParams, Hypothesis, beam_search
+from aigc.generate.decode import Event, PaddedBatch, Row, next_logits, seed_base
+from aigc.generate.sampling import SamplingParams, apply_penalties, choose
 from aigc.models.gpt import GPT
 from aigc.models.seq2seq import Seq2Seq
 
 
-@dataclass(frozen=True)
-class TokenStep:
-    token: int
-    logprob: float | None
-
-
-@dataclass
-class DecodeState:
-    """Which rows are finished; the caller sets entries to True and the engine stops feeding them."""
-
-    finished: list[bool] = field(default_factory=list)
-
-
-def _generators(params: SamplingParams, rows: int) -> list[torch.Generator]:
-    """One generator per row: seed + row when seeded (reproducible), else fresh entropy."""
-    base = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
-    return [torch.Generator().manual_seed(base + row) for row in range(rows)]
+def _generators(params: SamplingParams, rows: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per row on ``device`` (where the logits are), seeded ``base + row``."""
+    base = seed_base(params)
+    return [torch.Generator(device=device).manual_seed(base + row) for row in range(rows)]
 
 
 class Engine:
@@ -53,65 +37,42 @@ class Engine:
         self.block_size = model.config.block_size
         self.vocab_size = model.config.vocab_size
 
-    def _forward(self, idx, caches, positions, mask) -> torch.Tensor:
-        """Logits of each row's last position, float32 (B, V)."""
-        return self.model(idx, caches=caches, positions=positions, mask=mask, last_only=True)[:, -1].float()
+    @property
+    def device(self) -> torch.device:
+        return self.model.wte.weight.device
 
-    @torch.inference_mode()
-    def steps(
-        self, prompts: list[list[int]], params: SamplingParams, state: DecodeState | None = None, use_cache: bool = True
-    ) -> Iterator[list[TokenStep | None]]:
-        """Yield, per decoding step, one :class:`TokenStep` per row (None for rows already finished).
-
-        Stops after ``params.max_new_tokens`` steps, when every row is finished, or when the longest row
-        fills the model's context.
-        """
+    def steps_for(self, prompts: list[list[int]], params: SamplingParams) -> int:
+        """How many tokens a batch of ``prompts`` may produce: ``max_new_tokens``, or what the context leaves."""
         if not prompts or any(not p for p in prompts):
             raise GenerationError("every prompt needs at least one token")
         longest = max(map(len, prompts))
         if longest > self.block_size:
             raise GenerationError(f"a prompt has {longest} tokens; the model's context is {self.block_size}")
-        device = self.model.wte.weight.device
-        rows = len(prompts)
-        state = state or DecodeState()
-        state.finished = [False] * rows
-        pads = torch.tensor([longest - len(p) for p in prompts], device=device)
-        idx = torch.tensor([[0] * (longest - len(p)) + p for p in prompts], device=device)  # (B, L)
-        valid = torch.arange(longest, device=device)[None, :] >= pads[:, None]  # (B, L) real tokens
-        padded = bool(pads.any())
-        steps = min(params.max_new_tokens, self.block_size - longest + 1)
-        generators = _generators(params, rows)
-        seen = torch.zeros(rows, self.vocab_size, device=device)
-        seen.scatter_add_(1, idx, valid.float())
-        generated = torch.zeros_like(seen)
+        return min(params.max_new_tokens, self.block_size - longest + 1)
 
-        caches = self.model.new_caches(rows, longest + steps) if use_cache else None
-        positions = (torch.arange(longest, device=device)[None, :] - pads[:, None]).clamp(min=0)
-        logits = self._forward(idx, caches, positions if padded else None, _prefill_mask(valid) if padded else None)
-        for step in range(steps):
-            processed = apply_penalties(logits, seen, generated, params)
-            tokens = choose(processed, params, generators)  # (B,)
-            logprobs = logits.log_softmax(-1).gather(1, tokens[:, None])[:, 0] if params.logprobs else None
-            yield [
-                None if state.finished[r] else TokenStep(int(tokens[r]), float(logprobs[r]) if logprobs is not None else None)
-                for r in range(rows)
-            ]
-            if all(state.finished) or step == steps - 1:
+    @torch.inference_mode()
+    def steps(self, prompts: list[list[int]], params: SamplingParams, use_cache: bool = True,
+              rows: list[Row] | None = None) -> Iterator[list[Event | None]]:
+        """Yield, per decoding step, one :class:`Event` per row (None for rows already finished).
+
+        ``rows`` (one per prompt, from :meth:`rows`) carry text streams and stop ids; by default the
+        rows produce tokens only. Stops when every row has finished (each ends at its limit at the latest).
+        """
+        limit = self.steps_for(prompts, params)
+        batch = PaddedBatch(self.model, prompts, limit, use_cache)
+        rows = rows if rows is not None else self.rows(prompts, params, limit)
+        logits = batch.prefill()
+        while True:
+            yield [None if row.done else row.accept(row_logits) for row, row_logits in zip(rows, logits)]
+            if all(row.done for row in rows):
                 return
-            ones = torch.ones(rows, 1, device=device)
-            seen.scatter_add_(1, tokens[:, None], ones)
-            generated.scatter_add_(1, tokens[:, None], ones)
-            valid = torch.cat([valid, torch.ones(rows, 1, dtype=torch.bool, device=device)], dim=1)
-            idx = torch.cat([idx, tokens[:, None]], dim=1)
-            if use_cache:
-                next_positions = positions[:, -1:] + 1
-                positions = torch.cat([positions, next_positions], dim=1)
-                mask = valid[:, None, None, :] if padded else None  # (B, 1, 1, S)
-                logits = self._forward(tokens[:, None], caches, next_positions if padded else None, mask)
-            else:
-                positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
-                logits = self._forward(idx, None, positions if padded else None, _prefill_mask(valid) if padded else None)
+            logits = batch.decode_step(torch.tensor([row.last for row in rows], device=self.device))
 
+    def rows(self, prompts: list[list[int]], params: SamplingParams, limit: int, **options) -> list[Row]:
+        """One :class:`Row` per prompt, seeded ``base + i``; ``options`` go to every row (decode, stop_ids, ...)."""
+        base = seed_base(params)
+        return [Row(i, torch.tensor(p, device=self.device), params, self.vocab_size, limit, base + i, **options)
+                for i, p in enumerate(prompts)]
 
     def _encode(self, sources: list[list[int]], repeat: int = 1):
         """Right-padded sources -> per-layer cross K/V and mask, each row repeated ``repeat`` times (beams)."""
@@ -149,7 +110,7 @@ class Engine:
 
         if beam is not None:
             return beam_search(next_logprobs, len(sources), start, end, dataclasses.replace(beam, max_new_tokens=limit))
-        generators = _generators(params, rows)
+        generators = _generators(params, rows, torch.device("cpu"))  # log-probs come back on the CPU
         tokens = torch.full((rows,), start, dtype=torch.long)
         written = torch.full((rows, limit), end, dtype=torch.long)  # each row's tokens, until its end token
         lengths = torch.full((rows,), limit, dtype=torch.long)
@@ -185,9 +146,9 @@ class Engine:
         device = self.model.wte.weight.device
         idx = torch.tensor(prefixes + ([blank] * batch if guided else []), device=device)
         caches = self.model.new_caches(len(idx), idx.shape[1] + length)
-        generators = _generators(params, batch)
+        generators = _generators(params, batch, torch.device("cpu"))  # the guided logits are moved to the CPU
         out = torch.empty(batch, length, dtype=torch.long)
-        logits = self._forward(idx, caches, None, None)
+        logits = next_logits(self.model, idx, caches)
         for i in range(length):
             logits = logits[:, first_id:].cpu()
             if guided:
@@ -195,13 +156,5 @@ class Engine:
             out[:, i] = choose(logits, params, generators)
             if i < length - 1:
                 tokens = (out[:, i] + first_id).repeat(2 if guided else 1)[:, None].to(device)
-                logits = self._forward(tokens, caches, None, None)
+                logits = next_logits(self.model, tokens, caches)
         return out
-
-
-def _prefill_mask(valid: torch.Tensor) -> torch.Tensor:
-    """(B, 1, T, T) bool: causal, padding hidden; a padding query sees itself so no softmax row is empty."""
-    T = valid.shape[1]
-    causal = torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()
-    mask = causal[None] & valid[:, None, :]
-    return (mask | torch.eye(T, dtype=torch.bool, device=valid.device)[None])[:, None]

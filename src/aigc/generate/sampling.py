@@ -51,6 +51,8 @@ class SamplingParams:
             raise GenerationError(f"repetition_penalty must be above 0 (got {self.repetition_penalty})")
         if any(not s for s in self.stop):
             raise GenerationError("stop strings must not be empty")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise GenerationError(f"seed must be in [0, 2**63) (got {self.seed})")
 
     @property
     def greedy(self) -> bool:
@@ -80,7 +82,9 @@ def apply_penalties(logits: torch.Tensor, seen: torch.Tensor, generated: torch.T
     """
     if params.repetition_penalty != 1.0:
         penalised = torch.where(logits > 0, logits / params.repetition_penalty, logits * params.repetition_penalty)
-        logits = torch.where(seen > 0, penalised, logits)
+        # a tiny penalty overflows to inf, and inf - inf in the softmax is NaN: keep the values finite
+        limit = torch.finfo(logits.dtype).max
+        logits = torch.where(seen > 0, penalised.clamp(-limit, limit), logits)
     if params.presence_penalty or params.frequency_penalty:
         logits = logits - params.presence_penalty * (generated > 0) - params.frequency_penalty * generated
     return logits

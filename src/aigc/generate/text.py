@@ -1,17 +1,13 @@
-"""Text on top of the engine: encode prompts, stream decoded text safely, stop strings, completions.
+"""Text on top of the engine: encode prompts, stream final text with stop strings, whole completions.
 
-Streaming decodes each row's generated ids and emits only text that is final:
-
-- never half a character: byte-level BPE can end a step in the middle of a multi-byte UTF-8 character,
-  which decodes to U+FFFD; such a tail is held until the next token completes it;
-- never part of a stop string: a tail that could still grow into a stop string is held until it
-  either does (then it is cut, and the stop text is never emitted) or cannot any more.
+Streaming rows come from the decode core (:class:`~aigc.generate.decode.Row`), which holds text back
+until it is final (:class:`~aigc.generate.stream.TextStream`), so streamed and whole outputs agree.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +15,8 @@ from tokenizers import Tokenizer
 
 from aigc.checkpoint import load_checkpoint
 from aigc.errors import GenerationError
-from aigc.generate.engine import DecodeState, Engine
+from aigc.generate.decode import Event
+from aigc.generate.engine import Engine
 from aigc.generate.sampling import SamplingParams
 from aigc.generate.beam import BeamParams
 from aigc.models import build_model
@@ -28,66 +25,6 @@ from aigc.models.seq2seq import Seq2Seq
 from aigc.tokenizer import TARGET_TOKENIZER, eot_id
 
 log = logging.getLogger(__name__)
-REPLACEMENT = "\ufffd"
-
-
-def _held_length(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest tail of ``text`` that is a proper prefix of some stop string."""
-    longest = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:size]):
-                longest = size
-                break
-    return longest
-
-
-class TextStream:
-    """Incremental detokenizer for one sequence, with stop strings."""
-
-    def __init__(self, decode: Callable[[list[int]], str], stops: tuple[str, ...] = ()):
-        self.decode, self.stops = decode, stops
-        self.ids: list[int] = []
-        self.emitted = 0  # characters of the final text already handed out
-        self.text = ""
-        self.stopped = False
-
-    def add(self, token: int) -> str:
-        """Take one generated id; return the text that became final (possibly empty)."""
-        self.ids.append(token)
-        text = self.decode(self.ids)
-        if text.endswith(REPLACEMENT):
-            return ""
-        self.text = text
-        start = max(0, self.emitted - max((len(s) for s in self.stops), default=0))
-        cuts = [i for i in (text.find(s, start) for s in self.stops) if i >= 0]
-        if cuts:
-            self.stopped = True
-            self.text = text[: min(cuts)]
-            return self._emit(len(self.text))
-        return self._emit(len(text) - _held_length(text, self.stops))
-
-    def finish(self) -> str:
-        """The generation ended: release whatever is still held."""
-        if not self.stopped:
-            self.text = self.decode(self.ids)
-        return self._emit(len(self.text))
-
-    def _emit(self, end: int) -> str:
-        piece = self.text[self.emitted : end]
-        self.emitted = max(self.emitted, end)
-        return piece
-
-
-@dataclass
-class Piece:
-    """One streamed increment of row ``index``; the last one of a row carries its ``finish_reason``."""
-
-    index: int
-    text: str
-    token: int | None = None
-    logprob: float | None = None
-    finish_reason: str | None = None
 
 
 @dataclass
@@ -142,29 +79,14 @@ class TextGenerator:
             ids = ids[-room:]
         return ids
 
-    def stream(self, prompts: list[str], params: SamplingParams) -> Iterator[Piece]:
+    def stream(self, prompts: list[str], params: SamplingParams) -> Iterator[Event]:
         """Text increments of every prompt as they are decoded, batched; each row ends with a finish reason."""
         encoded = [self.encode_prompt(p, params) for p in prompts]
-        streams = [TextStream(self.decode, params.stop) for _ in prompts]
-        stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else {self.eot})
-        state = DecodeState()
-        for step in self.engine.steps(encoded, params, state):
-            for row, item in enumerate(step):
-                if item is None:
-                    continue
-                if item.token in stop_ids:
-                    state.finished[row] = True
-                    yield Piece(row, streams[row].finish(), item.token, item.logprob, "stop")
-                    continue
-                text = streams[row].add(item.token)
-                if streams[row].stopped:
-                    state.finished[row] = True
-                    yield Piece(row, text, item.token, item.logprob, "stop")
-                else:
-                    yield Piece(row, text, item.token, item.logprob)
-        for row, finished in enumerate(state.finished):
-            if not finished:
-                yield Piece(row, streams[row].finish(), finish_reason="length")
+        limit = self.engine.steps_for(encoded, params)
+        stop_ids = frozenset() if params.ignore_eos else frozenset({self.eot})
+        rows = self.engine.rows(encoded, params, limit, decode=self.decode, stop_ids=stop_ids)
+        for step in self.engine.steps(encoded, params, rows=rows):
+            yield from (event for event in step if event is not None)
 
     @property
     def is_seq2seq(self) -> bool:
@@ -194,15 +116,15 @@ class TextGenerator:
     def complete(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
         """Whole completions of every prompt (the concatenation of :meth:`stream`)."""
         results = [Completion("", "length", 0, [], [] if params.logprobs else None) for _ in prompts]
-        for piece in self.stream(prompts, params):
-            result = results[piece.index]
-            result.text += piece.text
-            if piece.token is not None and piece.finish_reason is None:
-                result.token_ids.append(piece.token)
-                if result.logprobs is not None and piece.logprob is not None:
-                    result.logprobs.append(piece.logprob)
-            if piece.finish_reason:
-                result.finish_reason = piece.finish_reason
+        for event in self.stream(prompts, params):
+            result = results[event.index]
+            result.text += event.text
+            if event.finish_reason != "stop":  # the token that stops is not part of the output
+                result.token_ids.append(event.token)
+                if result.logprobs is not None and event.logprob is not None:
+                    result.logprobs.append(event.logprob)
+            if event.finish_reason:
+                result.finish_reason = event.finish_reason
         for prompt, result in zip(prompts, results):
             result.prompt_tokens = len(self.encode_prompt(prompt, params))
         return results

@@ -7,7 +7,7 @@ stop string, token limit, full context), is cancelled (the client went away) or 
 and its slot is free for the next request in the same turn.
 
 Requests talk to the thread through a ``sink`` callback that receives :class:`Event` objects (text
-increments that are final, see :class:`~aigc.generate.text.TextStream`); the HTTP layer forwards them
+increments that are final, made by the decode core's :class:`~aigc.generate.decode.Row`); the HTTP layer forwards them
 onto its event loop. The queue is bounded by requests and by tokens, so overload is refused early
 (:class:`Busy`) instead of growing latency without limit.
 """
@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 import torch
 
 from aigc.errors import AigcError
-from aigc.generate.sampling import SamplingParams, apply_penalties, choose
+from aigc.generate.decode import Event, Row, next_logits, seed_base
+from aigc.generate.sampling import SamplingParams
 from aigc.generate.slots import SlotBatch
-from aigc.generate.text import TextGenerator, TextStream
+from aigc.generate.text import TextGenerator
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +38,6 @@ class Busy(AigcError):
     def __init__(self, message: str, draining: bool = False, retry_after: int = 1):
         super().__init__(message)
         self.draining, self.retry_after = draining, retry_after
-
-
-@dataclass
-class Event:
-    """One increment of choice ``index``; the last one of a choice has ``finish_reason`` (or ``error``)."""
-
-    index: int
-    text: str = ""
-    token: int | None = None
-    logprob: float | None = None
-    top_logprobs: list[tuple[int, float]] | None = None
-    finish_reason: str | None = None
-    error: str | None = None
-    timed_out: bool = False  # the error is the request's deadline, not a failure
 
 
 @dataclass
@@ -78,16 +65,11 @@ class Request:
 
 @dataclass
 class _Sequence:
+    """A decode-core :class:`Row` of ``request`` in batch slot ``slot``."""
+
     request: Request
-    index: int
+    row: Row
     slot: int
-    stream: TextStream
-    generator: torch.Generator
-    seen: torch.Tensor  # (1, V) token counts in prompt + output, for the repetition penalty
-    generated: torch.Tensor  # (1, V) counts in the output, for presence / frequency penalties
-    pending: int = -1  # the last sampled token, fed to the model in the next step
-    produced: int = 0
-    done: bool = False  # leaves the batch at the next _retire
 
 
 class QueueWorker:
@@ -186,97 +168,107 @@ class Scheduler(QueueWorker):
                 self._drop_cancelled_and_expired()
                 if self.rows:
                     self._step()
-            except Exception as err:  # a failure must reach every client, not kill the thread silently
-                log.exception("generation failed")
-                for sequence in list(self.rows):
-                    sequence.request.sink(Event(sequence.index, error=f"generation failed: {err}"))
+            except Exception as err:  # a bug here must reach every client, not kill the thread silently
+                log.exception("the scheduler failed")
+                for sequence in self.rows:
+                    if not sequence.row.done:
+                        sequence.request.sink(Event(sequence.row.index, error=f"generation failed: {err}"))
                 self.rows.clear()
                 self.batch.active = 0
         for sequence in self.rows:
-            sequence.request.sink(Event(sequence.index, error="the server stopped"))
+            sequence.request.sink(Event(sequence.row.index, error="the server stopped"))
 
     def _admit(self) -> list[Request]:
         admitted, free = [], self.max_running - self.batch.active
         while self.waiting and (self.waiting[0].cancelled or self.waiting[0].n <= free):
             request = self.waiting.popleft()
-            if not request.cancelled:
+            if request.cancelled:
+                self.cancelled += request.n  # its client went away while it was queued
+            else:
                 admitted.append(request)
                 free -= request.n
         return admitted
 
     @torch.inference_mode()
     def _prefill(self, request: Request) -> None:
-        if request.cancelled:
+        """Run the prompt alone, copy its keys/values into ``n`` slots and choose each row's first token.
+
+        A failure here (a bad request that passed validation) ends this request only.
+        """
+        try:
+            ids = torch.tensor(request.prompt, device=self.model.wte.weight.device)
+            caches = self.model.new_caches(1, len(ids))
+            logits = next_logits(self.model, ids[None], caches)[0]  # (V,)
+            base, limit = seed_base(request.params), min(request.params.max_new_tokens, self.batch.capacity - len(ids) + 1)
+            for index in range(request.n):
+                row = Row(index, ids, request.params, self._vocab, limit, base + index, self.generator.decode,
+                          self._stop_ids(request.params), request.top_logprobs)
+                self.rows.append(_Sequence(request, row, self.batch.add(caches)))
+        except Exception as err:  # noqa: BLE001 - reported to the request's client
+            self._fail(request, err, range(request.n))
+            self._retire()
             return
-        device = self.model.wte.weight.device
-        ids = torch.tensor([request.prompt], device=device)
-        caches = self.model.new_caches(1, len(request.prompt))
-        logits = self.model(ids, caches=caches, last_only=True)[:, -1].float()  # (1, V)
-        seen = torch.zeros(1, self._vocab, device=device).scatter_add_(1, ids, torch.ones_like(ids, dtype=torch.float))
-        base = request.params.seed if request.params.seed is not None else int(torch.randint(0, 2**62, (1,)))
-        for index in range(request.n):
-            sequence = _Sequence(request, index, self.batch.add(caches), TextStream(self.generator.decode, request.params.stop),
-                                 torch.Generator(device=device).manual_seed(base + index), seen.clone(),
-                                 torch.zeros(1, self._vocab, device=device))
-            self.rows.append(sequence)
+        for sequence in self.rows[len(self.rows) - request.n :]:
             self._accept(sequence, logits)
         self._retire()
 
     @torch.inference_mode()
     def _step(self) -> None:
-        tokens = torch.tensor([[s.pending] for s in self.rows], device=self.model.wte.weight.device)  # (B, 1)
+        """One token for every running row; a failure of the batch's forward pass reaches every running request."""
+        tokens = torch.tensor([[s.row.last] for s in self.rows], device=self.model.wte.weight.device)  # (B, 1)
         positions, mask = self.batch.step_inputs()
-        logits = self.model(tokens, caches=self.batch.caches, positions=positions, mask=mask, last_only=True)[:, -1].float()
+        try:
+            logits = next_logits(self.model, tokens, self.batch.caches, positions, mask)  # (B, V)
+        except Exception as err:  # noqa: BLE001 - reported to every client in the batch
+            for request in {id(s.request): s.request for s in self.rows}.values():
+                self._fail(request, err)
+            self._retire()
+            return
         self.batch.advance()
         for sequence, row_logits in zip(list(self.rows), logits):
-            self._accept(sequence, row_logits[None])
+            self._accept(sequence, row_logits)
         self._retire()
 
+    def _stop_ids(self, params: SamplingParams) -> frozenset[int]:
+        return frozenset() if params.ignore_eos else frozenset({self._eot})
+
     def _accept(self, sequence: _Sequence, logits: torch.Tensor) -> None:
-        """Sample the next token of ``sequence`` from its logits (1, V) and tell the client what became final."""
-        request, params = sequence.request, sequence.request.params
-        token = int(choose(apply_penalties(logits, sequence.seen, sequence.generated, params), params, [sequence.generator]))
-        sequence.seen[0, token] += 1
-        sequence.generated[0, token] += 1
-        sequence.produced += 1
-        request.completion_tokens += 1
-        logprob = top = None
-        if params.logprobs:
-            logprobs = logits[0].log_softmax(-1)
-            logprob = float(logprobs[token])
-            if request.top_logprobs:
-                values, ids = logprobs.topk(request.top_logprobs)
-                top = list(zip(ids.tolist(), values.tolist()))
-        event = Event(sequence.index, token=token, logprob=logprob, top_logprobs=top)
-        if (token == self._eot and not params.ignore_eos) or token in params.stop_token_ids:
-            event.text, event.finish_reason = sequence.stream.finish(), "stop"
-        else:
-            event.text = sequence.stream.add(token)
-            if sequence.stream.stopped:
-                event.finish_reason = "stop"
-            elif sequence.produced >= params.max_new_tokens or int(self.batch.lengths[sequence.slot]) >= self.batch.capacity:
-                event.text += sequence.stream.finish()
-                event.finish_reason = "length"
-        sequence.pending = token
-        request.sink(event)
-        sequence.done = event.finish_reason is not None
+        """The decode core's next token for ``sequence``; a failure ends its request only."""
+        if sequence.row.done:  # its request failed earlier in this step
+            return
+        try:
+            event = sequence.row.accept(logits)
+        except Exception as err:  # noqa: BLE001 - reported to the request's client
+            self._fail(sequence.request, err)
+            return
+        sequence.request.completion_tokens += 1
+        sequence.request.sink(event)
+
+    def _fail(self, request: Request, err: Exception, indices: range | None = None) -> None:
+        """End ``request``'s open rows (or the choices ``indices``) with an error; its slots free at the next retire."""
+        log.error("request failed: %s", err, exc_info=err)
+        open_rows = [s.row for s in self.rows if s.request is request and not s.row.done]
+        for row in open_rows:
+            row.done = True
+        for index in indices if indices is not None else [row.index for row in open_rows]:
+            request.sink(Event(index, error=f"generation failed: {err}"))
 
     def _drop_cancelled_and_expired(self) -> None:
         now = time.monotonic()
         for sequence in self.rows:
-            request = sequence.request
-            if not sequence.done and (request.cancelled or request.expired(now)):
+            request, row = sequence.request, sequence.row
+            if not row.done and (request.cancelled or request.expired(now)):
                 if request.cancelled:
                     self.cancelled += 1
                 else:
-                    request.sink(Event(sequence.index, error=f"the request passed its deadline of {request.timeout_s:g} s",
+                    request.sink(Event(row.index, error=f"the request passed its deadline of {request.timeout_s:g} s",
                                        finish_reason="length", timed_out=True))
-                sequence.done = True
+                row.done = True
         self._retire()
 
     def _retire(self) -> None:
-        """Free the slots of finished sequences (highest slot first, so each move takes a row that stays)."""
-        for sequence in sorted((s for s in self.rows if s.done), key=lambda s: -s.slot):
+        """Free the slots of finished rows (highest slot first, so each move takes a row that stays)."""
+        for sequence in sorted((s for s in self.rows if s.row.done), key=lambda s: -s.slot):
             slot = sequence.slot
             moved = self.batch.remove(slot)
             if moved is not None:

@@ -1,0 +1,144 @@
+"""The one decode core of the decoder-only GPT: prefill, decode_step, and a per-row ``accept``.
+
+Two batch layouts feed it: :class:`PaddedBatch` (left-padded prompts decoded together, for
+``aigc generate`` and the evaluation) and :class:`~aigc.generate.slots.SlotBatch` (rows that join and
+leave between steps, for the server's continuous batching). Both turn token ids into next-token
+logits; everything that happens to a row's logits after that is :meth:`Row.accept`: penalties,
+sampling with the row's own generator (on the logits' device), log-probabilities, stop ids, stop
+strings, end of text and the token limit. A row that fails raises from ``accept``; the caller ends
+that row (and its request) alone.
+
+Shapes: B = rows, L = longest prompt, V = vocabulary, S = keys after this step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from aigc.generate.sampling import SamplingParams, apply_penalties, choose
+from aigc.generate.stream import TextStream
+
+
+@dataclass
+class Event:
+    """One increment of row (choice) ``index``; its last event has ``finish_reason`` or ``error``."""
+
+    index: int
+    text: str = ""
+    token: int | None = None
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+    timed_out: bool = False  # the error is the request's deadline, not a failure
+
+
+def seed_base(params: SamplingParams) -> int:
+    """Row ``i`` of a call is seeded ``base + i``: ``base`` is the request's seed, else fresh entropy."""
+    return params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+
+
+class Row:
+    """One sequence being decoded: its generator, token counts, text stream and limits.
+
+    ``prompt`` (L,) ids on the model's device; ``limit`` is the most tokens this row may produce (its
+    ``max_new_tokens`` or what the context leaves). Without ``decode`` the row yields tokens only
+    (no text, no stop strings).
+    """
+
+    def __init__(self, index: int, prompt: torch.Tensor, params: SamplingParams, vocab_size: int, limit: int,
+                 seed: int, decode: Callable[[list[int]], str] | None = None, stop_ids: frozenset[int] = frozenset(),
+                 top_logprobs: int = 0):
+        device = prompt.device
+        self.index, self.params, self.limit, self.top_logprobs = index, params, limit, top_logprobs
+        self.stop_ids = stop_ids | frozenset(params.stop_token_ids)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.seen = torch.zeros(1, vocab_size, device=device).index_add_(1, prompt, torch.ones(1, len(prompt), device=device))
+        self.generated = torch.zeros(1, vocab_size, device=device)
+        self.stream = TextStream(decode, params.stop) if decode is not None else None
+        self.produced, self.last, self.done = 0, -1, False
+
+    def accept(self, logits: torch.Tensor) -> Event:
+        """Choose the next token from this row's logits (V,) float32 and say what became final."""
+        params = self.params
+        token = int(choose(apply_penalties(logits[None], self.seen, self.generated, params), params, [self.generator]))
+        self.seen[0, token] += 1
+        self.generated[0, token] += 1
+        self.produced += 1
+        self.last = token
+        event = Event(self.index, token=token)
+        if params.logprobs:
+            logprobs = logits.log_softmax(-1)
+            event.logprob = float(logprobs[token])
+            if self.top_logprobs:
+                values, ids = logprobs.topk(self.top_logprobs)
+                event.top_logprobs = list(zip(ids.tolist(), values.tolist()))
+        if token in self.stop_ids:
+            event.text, event.finish_reason = self.stream.finish() if self.stream else "", "stop"
+        else:
+            event.text = self.stream.add(token) if self.stream else ""
+            if self.stream is not None and self.stream.stopped:
+                event.finish_reason = "stop"
+            elif self.produced >= self.limit:
+                event.text += self.stream.finish() if self.stream else ""
+                event.finish_reason = "length"
+        self.done = event.finish_reason is not None
+        return event
+
+
+def next_logits(model, ids: torch.Tensor, caches, positions: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits of each row's last position, float32 (B, V): the forward pass of prefill and of a decode step."""
+    return model(ids, caches=caches, positions=positions, mask=mask, last_only=True)[:, -1].float()
+
+
+class PaddedBatch:
+    """Left-padded prompts decoded together with a KV cache sized for ``steps`` new tokens.
+
+    Each row gets its own positions (counted from its first real token) and a mask that hides the
+    padding, so a row decodes exactly as it would alone. ``use_cache=False`` recomputes the whole
+    sequence every step (the reference the cached path is tested against).
+    """
+
+    def __init__(self, model, prompts: list[list[int]], steps: int, use_cache: bool = True):
+        device = model.wte.weight.device
+        self.model, self.use_cache = model, use_cache
+        longest = max(map(len, prompts))
+        pads = torch.tensor([longest - len(p) for p in prompts], device=device)
+        self.idx = torch.tensor([[0] * (longest - len(p)) + p for p in prompts], device=device)  # (B, L)
+        self.valid = torch.arange(longest, device=device)[None, :] >= pads[:, None]  # (B, L) real tokens
+        self.padded = bool(pads.any())
+        self.positions = (torch.arange(longest, device=device)[None, :] - pads[:, None]).clamp(min=0)
+        self.caches = model.new_caches(len(prompts), longest + steps) if use_cache else None
+
+    def prefill(self) -> torch.Tensor:
+        """Logits after every prompt, (B, V)."""
+        return self._forward(self.idx, self.positions, self.valid)
+
+    def decode_step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append one token per row, (B,); logits after it, (B, V)."""
+        rows = len(tokens)
+        self.valid = torch.cat([self.valid, torch.ones(rows, 1, dtype=torch.bool, device=tokens.device)], dim=1)
+        self.idx = torch.cat([self.idx, tokens[:, None]], dim=1)
+        next_positions = self.positions[:, -1:] + 1
+        self.positions = torch.cat([self.positions, next_positions], dim=1)
+        if not self.use_cache:
+            return self._forward(self.idx, self.positions, self.valid)
+        mask = self.valid[:, None, None, :] if self.padded else None  # (B, 1, 1, S)
+        return next_logits(self.model, tokens[:, None], self.caches, next_positions if self.padded else None, mask)
+
+    def _forward(self, idx: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        if not self.padded:
+            return next_logits(self.model, idx, self.caches)
+        return next_logits(self.model, idx, self.caches, positions, _prefill_mask(valid))
+
+
+def _prefill_mask(valid: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T) bool: causal, padding hidden; a padding query sees itself so no softmax row is empty."""
+    T = valid.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()
+    mask = causal[None] & valid[:, None, :]
+    return (mask | torch.eye(T, dtype=torch.bool, device=valid.device)[None])[:, None]
