@@ -19,10 +19,10 @@ _EXPORTS = {
     "AigcError": "aigc.errors",
     "Config": "aigc.config",
     "load_config": "aigc.config",
-    "collect": "aigc.data.collect",
-    "prepare": "aigc.data.prepare",
+    "collect": "aigc.tasks",
+    "prepare": "aigc.tasks",
     "train": "aigc.training.loop",
-    "evaluate": "aigc.evaluation",
+    "evaluate": "aigc.tasks",
     "run_pipeline": "aigc.pipeline",
 }
 

@@ -29,8 +29,9 @@ class RunConfig(Section):
 
 
 class DataConfig(Section):
-    kind: Literal["text", "pairs", "images"] = Field(
-        "text", description="documents for a GPT, source/target pairs for seq2seq, or captioned images"
+    kind: str = Field(
+        "text", description="the kind of run (aigc.tasks.registry): text = documents for a GPT, pairs = "
+        "source/target pairs for seq2seq, images = captioned images"
     )
     paths: list[str] = Field(default_factory=list, description="files, folders (recursive) and glob patterns to read")
     builtin: list[Literal["stdlib", "digits", "shapes"]] = Field(
@@ -168,7 +169,7 @@ class GenerateConfig(Section):
 
     max_new_tokens: int = Field(128, ge=1, description="tokens to generate per sample")
     temperature: float = Field(0.8, ge=0, description="sampling temperature; 0 = greedy (the most likely token)")
-    top_k: int | None = Field(40, ge=1, description="sample among the k most likely tokens (null = all)")
+    top_k: int | None = Field(40, ge=1, description="sample among the k most likely tokens (none or null = all)")
     top_p: float = Field(1.0, gt=0, le=1, description="sample within the smallest set of tokens with this total probability")
     min_p: float = Field(0.0, ge=0, lt=1, description="drop tokens less likely than min_p times the most likely one")
     repetition_penalty: float = Field(1.0, gt=0, description="divide the logits of tokens already seen (1 = off)")

@@ -1,4 +1,6 @@
-"""The evaluate stage: how well the model predicts held-out text, and what its samples look like.
+"""Evaluation building blocks: how well a model predicts held-out data, and what its samples look like.
+
+Each task (:mod:`aigc.tasks`) picks what to measure; this module holds the shared metrics and the report.
 
 Metrics (all on the val split, which training never saw):
 
@@ -28,10 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from aigc.checkpoint import CHECKPOINTS, load_checkpoint
-from aigc.config import EvalConfig
+from aigc.config import Config
 from aigc.data.pairs import PairSampler, split_pairs, target_start
-from aigc.data.shards import open_split, read_manifest
+from aigc.data.shards import open_split
 from aigc.errors import DataError
 from aigc.files import write_json
 from aigc.generate.beam import BeamParams
@@ -231,7 +232,7 @@ def bleu_tokenizer(references: list[str]) -> str:
     return "zh" if text and cjk / len(text) > 0.3 else "13a"
 
 
-def _evaluate_pairs(generator: TextGenerator, run_dir: Path, manifest: dict, config) -> dict[str, Any]:
+def evaluate_pairs(generator: TextGenerator, run_dir: Path, manifest: dict, config: Config) -> dict[str, Any]:
     """Val loss of the seq2seq model, and BLEU / chrF of its translations of the test split (val if no test)."""
     import sacrebleu
 
@@ -271,35 +272,14 @@ def _evaluate_pairs(generator: TextGenerator, run_dir: Path, manifest: dict, con
     return report
 
 
-def evaluate(run_dir: Path, log=print, settings: EvalConfig | None = None) -> EvalResult:
-    """Score the run's best (else latest) checkpoint on its held-out data and write the report.
-
-    ``settings``: the eval section to use (``aigc run`` passes the current recipe's); default the one
-    saved with the checkpoint.
-    """
-    best = run_dir / CHECKPOINTS / "best"
-    checkpoint = load_checkpoint(best if best.exists() else run_dir)
-    config = checkpoint.config if settings is None else checkpoint.config.model_copy(update={"eval": settings})
-    manifest = read_manifest(run_dir / "data")
-    if manifest.get("kind") == "images":
-        from aigc.images.evaluation import evaluate_images  # images build on this layer
-        from aigc.images.generator import ImageGenerator
-
-        images = ImageGenerator.from_checkpoint(checkpoint.path)
-        report = {"checkpoint": str(checkpoint.path), "step": checkpoint.meta["step"],
-                  **evaluate_images(images, run_dir, manifest, config, log)}
-        return _write(run_dir, report)
-    generator = TextGenerator.from_checkpoint(checkpoint.path)
-    if manifest.get("kind") == "pairs":
-        report = {"checkpoint": str(checkpoint.path), "step": checkpoint.meta["step"],
-                  **_evaluate_pairs(generator, run_dir, manifest, config)}
-        return _write(run_dir, report)
+def evaluate_documents(generator: TextGenerator, run_dir: Path, manifest: dict, config: Config) -> dict[str, Any]:
+    """Loss, perplexity and bits per byte on the val split; samples (and code validity for ``eval.task=code``)."""
     val = open_split(run_dir / "data", "val", manifest)
     nll, count, targets = score(generator.model, val, config.model.block_size, config.eval.max_tokens)
     scored_bytes = len(generator.decode(targets.tolist()).encode("utf-8"))
     loss = nll / count
     report: dict[str, Any] = {
-        "checkpoint": str(checkpoint.path), "step": checkpoint.meta["step"], "loss": loss,
+        "loss": loss,
         "perplexity": math.exp(loss), "bits_per_byte": nll / math.log(2) / max(scored_bytes, 1),
         "tokens_scored": count, "bytes_scored": scored_bytes,
     }
@@ -321,10 +301,13 @@ def evaluate(run_dir: Path, log=print, settings: EvalConfig | None = None) -> Ev
             texts = [c.text if c.finish_reason == "stop" else c.text[: c.text.rfind("\n") + 1] for c in completions]
             report["code"] = code_validity(prompts, texts)
     report["samples"] = [{"prompt": p, "completion": c} for p, c in samples]
-    return _write(run_dir, report)
+    return report
 
 
-def _write(run_dir: Path, report: dict[str, Any]) -> EvalResult:
+
+
+def write_report(run_dir: Path, report: dict[str, Any]) -> EvalResult:
+    """Write ``eval/report.json``, ``eval/report.md`` and the loss curve ``eval/loss.png``."""
     folder = run_dir / "eval"
     folder.mkdir(parents=True, exist_ok=True)
     plotted = plot_losses(run_dir / "metrics.jsonl", folder / "loss.png")

@@ -4,6 +4,7 @@ Each stage has a key: the hash of the config sections it reads plus the fingerpr
 (source files for collect and prepare, the data manifest for train). Keys of finished stages are kept
 in ``<run>/stages.json``; a stage runs again only when its key changes or its outputs are gone, so
 changing ``train.*`` retrains without re-tokenizing. A training run that was interrupted resumes.
+``aigc train`` runs the data stages the same way (:func:`prepare_if_needed`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ from pathlib import Path
 
 from aigc.checkpoint import CHECKPOINTS, latest_valid
 from aigc.config import Config
-from aigc.data.collect import collect, fingerprint
-from aigc.data.prepare import prepare
 from aigc.data.shards import MANIFEST
-from aigc.data.sources import resolve_sources
-from aigc.evaluation import evaluate
+from aigc.data.sources import fingerprint, resolve_sources
 from aigc.files import file_hash, read_json, write_json
+from aigc.tasks import collect, evaluate, prepare
 from aigc.training.loop import METRICS, train
 
 STAGES_FILE = "stages.json"
@@ -47,36 +46,57 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def run_pipeline(config: Config, log: Callable[[str], None] = print) -> PipelineResult:
-    """Run collect -> prepare -> train -> eval (+ samples); return what ran, what was skipped and the outputs."""
-    run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    stamps_path = run_dir / STAGES_FILE
-    stamps = read_json(stamps_path) if stamps_path.is_file() else {}
-    result = PipelineResult(run_dir)
-    sources = fingerprint(resolve_sources(config.data))
+class _Stages:
+    """Runs named stages into ``result``, skipping those whose key is recorded in ``stages.json`` and whose outputs exist."""
 
-    def stage(name: str, key: str, outputs_exist: bool, work: Callable[[], str | None]) -> None:
-        if stamps.get(name) == key and outputs_exist:
-            result.skipped.append(name)
+    def __init__(self, run_dir: Path, log: Callable[[str], None]):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path, self.log = run_dir / STAGES_FILE, log
+        self.stamps = read_json(self.path) if self.path.is_file() else {}
+        self.result = PipelineResult(run_dir)
+
+    def run(self, name: str, key: str, outputs_exist: bool, work: Callable[[], str | None]) -> None:
+        if self.stamps.get(name) == key and outputs_exist:
+            self.result.skipped.append(name)
             return
-        log(f"== {name}")
+        self.log(f"== {name}")
         started = time.perf_counter()
         output = work()
         if output:
-            result.outputs.append(output)
-        if not result.interrupted:
-            stamps[name] = key
-            write_json(stamps_path, stamps)
-        result.ran.append(name)
-        log(f"== {name} done in {time.perf_counter() - started:.1f}s")
+            self.result.outputs.append(output)
+        if not self.result.interrupted:
+            self.stamps[name] = key
+            write_json(self.path, self.stamps)
+        self.result.ran.append(name)
+        self.log(f"== {name} done in {time.perf_counter() - started:.1f}s")
 
+
+def _data_stages(config: Config, stages: _Stages) -> None:
+    """collect and prepare, each skipped when the data settings and the source files are unchanged."""
+    data_dir = config.run_dir / "data"
+    sources = fingerprint(resolve_sources(config.data))
     data = config.data.model_dump(mode="json")
-    stage("collect", _key(data, sources), (run_dir / "data" / "sources.json").is_file(),
-          lambda: collect(config).summary())
-    stage("prepare", _key(data, config.tokenizer.model_dump(mode="json"), config.seed, sources),
-          (run_dir / "data" / MANIFEST).is_file(), lambda: prepare(config).summary())
+    stages.run("collect", _key(data, sources), (data_dir / "sources.json").is_file(), lambda: collect(config).summary())
+    stages.run("prepare", _key(data, config.tokenizer.model_dump(mode="json"), config.seed, sources),
+               (data_dir / MANIFEST).is_file(), lambda: prepare(config).summary())
 
+
+def prepare_if_needed(config: Config, log: Callable[[str], None] = print) -> str | None:
+    """Collect and prepare the run's data unless it is prepared with the same settings and files (as ``aigc run``).
+
+    Returns the stages' summaries when something ran, else None.
+    """
+    stages = _Stages(config.run_dir, log)
+    _data_stages(config, stages)
+    return "\n".join(stages.result.outputs) or None
+
+
+def run_pipeline(config: Config, log: Callable[[str], None] = print) -> PipelineResult:
+    """Run collect -> prepare -> train -> eval (+ samples); return what ran, what was skipped and the outputs."""
+    run_dir = config.run_dir
+    stages = _Stages(run_dir, log)
+    result = stages.result
+    _data_stages(config, stages)
     manifest_hash = file_hash(run_dir / "data" / MANIFEST)
     train_key = _key(config.model.model_dump(mode="json"), config.train.model_dump(mode="json"), config.seed, manifest_hash)
 
@@ -96,20 +116,20 @@ def run_pipeline(config: Config, log: Callable[[str], None] = print) -> Pipeline
         result.interrupted = outcome.interrupted
         return outcome.summary()
 
-    checkpoint_done = (run_dir / CHECKPOINTS / "latest").exists()
-    stage("train", train_key, checkpoint_done, run_training)
+    stages.run("train", train_key, (run_dir / CHECKPOINTS / "latest").exists(), run_training)
     if result.interrupted:
         return result
     latest = (run_dir / CHECKPOINTS / "latest").resolve()
-    eval_key = _key(config.eval.model_dump(mode="json"), config.seed, str(latest), latest.stat().st_mtime_ns)
-    stage("eval", eval_key, (run_dir / "eval" / "report.json").is_file(),
-          lambda: _evaluate_and_sample(run_dir, config, log))
+    eval_key = _key(config.eval.model_dump(mode="json"), config.generate.model_dump(mode="json"), config.seed,
+                    str(latest), latest.stat().st_mtime_ns)
+    stages.run("eval", eval_key, (run_dir / "eval" / "report.json").is_file(),
+               lambda: _evaluate_and_sample(run_dir, config, log))
     return result
 
 
 def _evaluate_and_sample(run_dir: Path, config: Config, log: Callable[[str], None]) -> str:
-    """Evaluate with the recipe's eval settings, write the samples to ``samples/samples.txt``, show a few."""
-    outcome = evaluate(run_dir, log=log, settings=config.eval)
+    """Evaluate with the recipe's eval and generate settings, write ``samples/samples.txt``, show a few."""
+    outcome = evaluate(run_dir, log=log, recipe=config)
     samples = outcome.report["samples"]
     folder = run_dir / "samples"
     folder.mkdir(exist_ok=True)

@@ -13,12 +13,14 @@ Both reserve ``<|endoftext|>``, which separates documents in the shards.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from aigc.config import TokenizerConfig
 from aigc.errors import DataError
 
 EOT = "<|endoftext|>"
@@ -55,6 +57,33 @@ def train_char(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     tokenizer.decoder = decoders.Fuse()
     tokenizer.add_special_tokens([EOT, UNK])
     return tokenizer
+
+
+def _capped(texts: Iterable[str], max_chars: float) -> Iterator[str]:
+    """``texts`` until about ``max_chars`` characters have been given."""
+    total = 0
+    for text in texts:
+        yield text
+        total += len(text)
+        if total >= max_chars:
+            return
+
+
+def tokenizer_for(settings: TokenizerConfig, texts: Iterable[str]) -> Tokenizer | None:
+    """The tokenizer ``tokenizer.path`` names, or one trained on at most ``train_max_mb`` of ``texts``.
+
+    None when a tokenizer is to be trained and ``texts`` is empty (the caller says why the data is empty).
+    """
+    if settings.path is not None:
+        return load_tokenizer(settings.path)
+    texts = _capped(texts, settings.train_max_mb * 1e6)
+    first = next(texts, None)
+    if first is None:
+        return None
+    texts = itertools.chain([first], texts)
+    if settings.kind == "bpe":
+        return train_bpe(texts, settings.vocab_size)
+    return train_char(texts, settings.vocab_size)
 
 
 def load_tokenizer(path: Path) -> Tokenizer:

@@ -73,9 +73,12 @@ def _observe(root: Path) -> dict:
     seen["generate_text_penalties"] = _run("generate", str(runs["text"]), "--prompt", "good", "--repetition-penalty",
                                            "1.3", "--presence-penalty", "0.5", "--frequency-penalty", "0.4",
                                            "--top-p", "0.9", *SAMPLED)
-    seen["translate_greedy"] = _run("generate", str(runs["pairs"]), "--prompt", "the king of night", "--temperature", "0")
-    seen["translate_sampled"] = _run("generate", str(runs["pairs"]), "--prompt", "sweet love come", "--n", "2", *SAMPLED)
-    seen["translate_beam"] = _run("generate", str(runs["pairs"]), "--prompt", "go here now", "--beams", "3", "--n", "2")
+    seen["translate_greedy"] = _run("generate", str(runs["pairs"]), "--prompt", "the king of night", "--temperature", "0",
+                                    "--beams", "1", "--max-new-tokens", "200")
+    seen["translate_sampled"] = _run("generate", str(runs["pairs"]), "--prompt", "sweet love come", "--n", "2", "--beams",
+                                     "1", *SAMPLED)
+    seen["translate_beam"] = _run("generate", str(runs["pairs"]), "--prompt", "go here now", "--beams", "3", "--n", "2",
+                                  "--max-new-tokens", "200")
     folder = root / "drawn"
     _run("generate", str(runs["digits"]), "--prompt", "the digit three", "--n", "3", "--seed", "1", "--guidance", "2",
          "--temperature", "1", "--out", f"{folder}/")

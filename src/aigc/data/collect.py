@@ -7,17 +7,17 @@ fingerprint (paths, sizes, modification times) tells the pipeline whether prepar
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from aigc.config import Config
+from aigc.config import Config, DataConfig
 from aigc.data.clean import CleaningReport
-from aigc.data.pairs import read_pairs
-from aigc.data.sources import SourceFile, read_source, resolve_sources
+from aigc.data.sources import SourceFile, fingerprint, resolve_sources
 from aigc.files import write_json
 
 SOURCES = "sources.json"
+Reader = Callable[[SourceFile, DataConfig, CleaningReport], Iterator[object]]
 
 
 @dataclass
@@ -36,33 +36,22 @@ class CollectResult:
         return "\n".join(lines)
 
 
-def fingerprint(sources: list[SourceFile]) -> str:
-    """A hash of every file's path, size and modification time: changes when the inputs change."""
-    digest = hashlib.sha256()
-    for source in sources:
-        stat = source.path.stat()
-        digest.update(f"{source.path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
-def collect(config: Config) -> CollectResult:
-    """Resolve the sources of ``config.data``, count their records, write ``<run>/data/sources.json``."""
+def collect_files(config: Config, read: Reader) -> CollectResult:
+    """Resolve the sources of ``config.data``, count the records ``read`` finds in each, write ``data/sources.json``."""
     sources = resolve_sources(config.data)
     report = CleaningReport()
     listing = []
-    total_records = total_bytes = 0
-    if config.data.kind == "images":
-        from aigc.images.sources import image_records  # images build on the data layer
-
-        total_records = sum(1 for _ in image_records(sources, config.data, report))
-        sources = []
-    reader = read_pairs if config.data.kind == "pairs" else read_source
     for source in sources:
-        records = sum(1 for _ in reader(source, config.data, report))
-        size = source.path.stat().st_size
-        listing.append({"source": source.label, "path": str(source.path), "bytes": size, "records": records})
-        total_records += records
-        total_bytes += size
+        records = sum(1 for _ in read(source, config.data, report))
+        listing.append({"source": source.label, "path": str(source.path), "bytes": source.path.stat().st_size,
+                        "records": records})
+    return write_sources(config, sources, listing, report)
+
+
+def write_sources(config: Config, sources: list[SourceFile], listing: list[dict], report: CleaningReport,
+                  records: int | None = None) -> CollectResult:
+    """Write ``data/sources.json``: the files, their record counts and what could not be read."""
     path = config.run_dir / "data" / SOURCES
     write_json(path, {"fingerprint": fingerprint(sources), "files": listing, "unreadable": report.to_dict()["dropped"]})
-    return CollectResult(len(sources), total_records, total_bytes, report, path)
+    total = records if records is not None else sum(item["records"] for item in listing)
+    return CollectResult(len(listing), total, sum(item["bytes"] for item in listing), report, path)

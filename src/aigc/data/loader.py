@@ -44,11 +44,6 @@ class WindowSampler:
         self.block_size, self.batch_size, self.grad_accum = block_size, batch_size, grad_accum
         self.seed, self.rank, self.world = seed, rank, world
 
-    @property
-    def micro_steps(self) -> int:
-        """Micro-batches this rank runs per optimizer step."""
-        return self.grad_accum // self.world
-
     def _windows(self, offsets: np.ndarray) -> tuple[tuple[torch.Tensor], torch.Tensor]:
         rows = np.stack([self.tokens[o : o + self.block_size + 1] for o in offsets]).astype(np.int64)
         data = torch.from_numpy(rows)

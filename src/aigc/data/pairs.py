@@ -117,15 +117,6 @@ def clean_pairs(sources: list[SourceFile], config: DataConfig, report: CleaningR
                 yield Pair(tgt, src, pair.origin) if config.reverse else Pair(src, tgt, pair.origin)
 
 
-def pair_split(source: str, config: DataConfig, seed: int) -> str:
-    """train, val or test, from a keyed hash of the source side."""
-    digest = hashlib.blake2b(source.encode(), digest_size=8, key=seed.to_bytes(8, "little", signed=True)).digest()
-    value = int.from_bytes(digest, "little") / 2**64
-    if value < config.test_fraction:
-        return "test"
-    return "val" if value < config.test_fraction + config.val_fraction else "train"
-
-
 def read_sequences(src: np.ndarray, tgt: np.ndarray, eot: int, target_eot: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Split the flat shards back into (source ids, target ids) pairs, each ending with its side's end token."""
     target_eot = eot if target_eot is None else target_eot
@@ -168,10 +159,6 @@ class PairSampler:
         self.pairs = [pairs[i] for i in np.argsort(lengths, kind="stable")]
         self.eot, self.block_size, self.batch_size, self.grad_accum = eot, block_size, batch_size, grad_accum
         self.seed, self.rank, self.world = seed, rank, world
-
-    @property
-    def micro_steps(self) -> int:
-        return self.grad_accum // self.world
 
     def collate(self, chosen) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         src = [s[: self.block_size] for s, _ in chosen]

@@ -1,9 +1,11 @@
-"""The prepare stage: clean, train (or load) a tokenizer, tokenize and shard.
+"""The prepare stage's building blocks: encode cleaned text into shards, save the tokenizer, write the manifest.
 
-Two streaming passes over the sources when a tokenizer is trained (one to learn the vocabulary on at
-most ``tokenizer.train_max_mb`` of cleaned text, one to encode everything), one pass when
-``tokenizer.path`` names an existing tokenizer. Memory holds one batch of documents at a time.
-Tokenization runs in ``tokenizers``' Rust thread pool (every core) through its batch API.
+Documents (:func:`prepare_documents`) and pairs (:func:`prepare_pairs`) are two ways to fill shards;
+which one a run uses is its task's choice (:mod:`aigc.tasks`). Two streaming passes over the sources
+when a tokenizer is trained (one to learn the vocabulary on at most ``tokenizer.train_max_mb`` of
+cleaned text, one to encode everything), one pass when ``tokenizer.path`` names an existing tokenizer.
+Memory holds one batch of documents at a time; tokenization runs in ``tokenizers``' Rust thread pool
+(every core) through its batch API.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -21,13 +24,13 @@ from tqdm import tqdm
 
 from aigc.config import Config
 from aigc.data.clean import CleaningReport, Record, clean_records
-from aigc.data.collect import fingerprint
-from aigc.data.pairs import PAIR_SPLITS, clean_pairs, pair_split
-from aigc.data.shards import FORMAT_VERSION, MANIFEST, ShardWriter, is_validation, token_dtype
-from aigc.data.sources import SourceFile, iter_records, resolve_sources
+from aigc.data.pairs import PAIR_SPLITS, Pair, clean_pairs
+from aigc.data.shards import FORMAT_VERSION, MANIFEST, ShardWriter, token_dtype
+from aigc.data.sources import SourceFile, fingerprint, iter_records, resolve_sources
+from aigc.data.split import assign_split
 from aigc.errors import DataError
 from aigc.files import file_hash, write_json
-from aigc.tokenizer import TARGET_TOKENIZER, eot_id, load_tokenizer, train_bpe, train_char
+from aigc.tokenizer import TARGET_TOKENIZER, eot_id, tokenizer_for
 
 TOKENIZER_FILE = "tokenizer.json"
 _BATCH_CHARS = 1 << 20  # documents are encoded in batches of about this many characters
@@ -54,50 +57,12 @@ class PrepareResult:
         )
 
 
-def _cleaned(sources: list[SourceFile], config: Config, report: CleaningReport) -> Iterator[Record]:
-    return clean_records(iter_records(sources, config.data, report), config.data, report)
-
-
-def _capped(texts: Iterator[str], max_chars: float) -> Iterator[str]:
-    """``texts`` until about ``max_chars`` characters have been given."""
-    total = 0
-    for text in texts:
-        yield text
-        total += len(text)
-        if total >= max_chars:
-            return
-
-
-def _texts(sources: list[SourceFile], config: Config, report: CleaningReport, side: str | None = None) -> Iterator[str]:
-    """Every cleaned text the tokenizer should learn from: documents, or each pair's ``side`` (both when None)."""
-    if config.data.kind == "pairs":
-        for pair in clean_pairs(sources, config.data, report):
-            if side in (None, "source"):
-                yield pair.source
-            if side in (None, "target"):
-                yield pair.target
-    else:
-        yield from (record.text for record in _cleaned(sources, config, report))
-
-
-def _tokenizer_for(sources: list[SourceFile], config: Config, side: str | None = None) -> Tokenizer | None:
-    """The tokenizer named by ``tokenizer.path``, or one trained on the cleaned corpus (None if it is empty).
-
-    ``side`` (pairs with ``tokenizer.separate``): train on the sources or on the targets only.
-    """
-    if config.tokenizer.path is not None:
-        if side is not None:
-            raise DataError("tokenizer.path names one tokenizer; with tokenizer.separate=true both sides' tokenizers "
-                            "are trained, so leave tokenizer.path unset (or set tokenizer.separate=false)")
-        return load_tokenizer(config.tokenizer.path)
-    texts = _capped(_texts(sources, config, CleaningReport(), side), config.tokenizer.train_max_mb * 1e6)
-    first = next(texts, None)
-    if first is None:
-        return None  # nothing usable: the encoding pass reports why
-    texts = itertools.chain([first], texts)
-    if config.tokenizer.kind == "bpe":
-        return train_bpe(texts, config.tokenizer.vocab_size)
-    return train_char(texts, config.tokenizer.vocab_size)
+def data_folder(config: Config) -> Path:
+    """``<run>/data``, created, with any old manifest removed: until the new one is written, it is not prepared."""
+    data_dir = config.run_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / MANIFEST).unlink(missing_ok=True)
+    return data_dir
 
 
 def _batches(records: Iterator[Record]) -> Iterator[list[Record]]:
@@ -113,10 +78,10 @@ def _batches(records: Iterator[Record]) -> Iterator[list[Record]]:
         yield batch
 
 
-def _encode(tokenizer: Tokenizer, texts: list[str], eot: int, dtype: np.dtype) -> tuple[np.ndarray, list[int]]:
+def encode(tokenizer: Tokenizer, texts: list[str], eot: int, dtype: np.dtype) -> tuple[np.ndarray, list[int]]:
     """Ids of ``texts`` each followed by ``eot``, concatenated, and the length of each document."""
-    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
-    encodings = encode(texts, add_special_tokens=False)
+    encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    encodings = encode_batch(texts, add_special_tokens=False)
     pieces, lengths = [], []
     separator = np.array([eot], dtype=dtype)
     for encoding in encodings:
@@ -126,78 +91,22 @@ def _encode(tokenizer: Tokenizer, texts: list[str], eot: int, dtype: np.dtype) -
     return (np.concatenate(pieces) if pieces else np.zeros(0, dtype)), lengths
 
 
-def _empty_corpus_error(report: CleaningReport, sources: list[SourceFile], kind: str) -> DataError:
+def empty_corpus_error(report: CleaningReport, count: int, keys: str) -> DataError:
+    """Why nothing usable was found, with the drop table and the settings (``keys``) to check."""
     reasons = ", ".join(f"{t.count:,} {r}" for r, t in sorted(report.dropped.items())) or "no records at all"
-    keys = ("data.source_column / data.target_column (data.source_field / data.target_field for JSONL)"
-            if kind == "pairs" else "data.field / data.column")
     return DataError(
-        f"nothing usable in {len(sources)} input file(s) after cleaning ({reasons}).\n{report.table()}\n"
+        f"nothing usable in {count} input file(s) after cleaning ({reasons}).\n{report.table()}\n"
         f"Check data.paths, {keys}, and data.min_chars / data.max_chars."
     )
 
 
-def _shard_documents(sources, config: Config, tokenizer: Tokenizer, data_dir: Path, report: CleaningReport) -> dict:
-    """Encode cleaned documents into train.bin / val.bin; return the manifest's ``splits``."""
-    dtype = token_dtype(tokenizer.get_vocab_size(with_added_tokens=True))
-    eot = eot_id(tokenizer)
-    fraction = 0.0 if config.data.val_paths else config.data.val_fraction
-    writers = {split: ShardWriter(data_dir / f".{split}.bin.tmp", dtype) for split in ("train", "val")}
-    total_bytes = sum(s.path.stat().st_size for s in sources)
-    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", delay=2.0, file=sys.stderr,
-              disable=not sys.stderr.isatty()) as bar:
-        seen_bytes = 0
-        for batch in _batches(_cleaned(sources, config, report)):
-            ids, lengths = _encode(tokenizer, [r.text for r in batch], eot, dtype)
-            offsets = np.concatenate([[0], np.cumsum(lengths)])
-            to_val = [
-                r.split == "val" if r.split else is_validation(r.text, fraction, config.seed) for r in batch
-            ]
-            for split, wanted in (("train", False), ("val", True)):
-                chosen = [i for i, v in enumerate(to_val) if v == wanted]
-                if chosen:
-                    parts = [ids[offsets[i] : offsets[i + 1]] for i in chosen]
-                    writers[split].write(np.concatenate(parts), len(chosen), lengths[chosen[-1]])
-            done = report.kept_bytes + sum(t.bytes for t in report.dropped.values())
-            bar.update(max(0, min(done, total_bytes) - seen_bytes))
-            seen_bytes = max(seen_bytes, min(done, total_bytes))
-    if report.kept and writers["val"].documents == 0 and writers["train"].documents > 1 and fraction > 0:
-        moved = writers["train"].pop_last()
-        writers["val"].write(moved, 1, len(moved))
-    return _finish(writers, data_dir)
+def shard_writers(data_dir: Path, names: list[str], dtype: np.dtype) -> dict[str, ShardWriter]:
+    """One writer per shard name, each writing a hidden temporary file until :func:`finish_shards`."""
+    return {name: ShardWriter(data_dir / f".{name}.bin.tmp", dtype) for name in names}
 
 
-def _shard_pairs(sources, config: Config, tokenizer: Tokenizer, data_dir: Path, report: CleaningReport,
-                 target_tokenizer: Tokenizer | None = None) -> dict:
-    """Encode cleaned pairs into {split}.src.bin / {split}.tgt.bin; return the manifest's ``splits``.
-
-    With a ``target_tokenizer`` the targets are its ids shifted past the source vocabulary, so both
-    sides live in one id space and one model vocabulary.
-    """
-    offset = tokenizer.get_vocab_size(with_added_tokens=True) if target_tokenizer else 0
-    target = target_tokenizer or tokenizer
-    dtype = token_dtype(offset + target.get_vocab_size(with_added_tokens=True))
-    eot = eot_id(tokenizer)
-    writers = {f"{split}.{side}": ShardWriter(data_dir / f".{split}.{side}.bin.tmp", dtype)
-               for split in PAIR_SPLITS for side in ("src", "tgt")}
-    pairs = clean_pairs(sources, config.data, report)
-    while batch := list(itertools.islice(pairs, 4096)):
-        src_ids, src_lengths = _encode(tokenizer, [p.source for p in batch], eot, dtype)
-        tgt_ids, tgt_lengths = _encode(target, [p.target for p in batch], eot_id(target), np.dtype(np.int64))
-        tgt_ids = (tgt_ids + offset).astype(dtype)
-        src_offsets, tgt_offsets = np.cumsum([0, *src_lengths]), np.cumsum([0, *tgt_lengths])
-        splits = [pair_split(p.source, config.data, config.seed) for p in batch]
-        for split in PAIR_SPLITS:
-            chosen = [i for i, s in enumerate(splits) if s == split]
-            if chosen:
-                for side, ids, offsets, lengths in (("src", src_ids, src_offsets, src_lengths),
-                                                    ("tgt", tgt_ids, tgt_offsets, tgt_lengths)):
-                    parts = np.concatenate([ids[offsets[i] : offsets[i + 1]] for i in chosen])
-                    writers[f"{split}.{side}"].write(parts, len(chosen), lengths[chosen[-1]])
-    return _finish(writers, data_dir)
-
-
-def _finish(writers: dict[str, ShardWriter], data_dir: Path) -> dict:
-    """Close the shard writers and move their files into place (or remove them if nothing was kept)."""
+def finish_shards(writers: dict[str, ShardWriter], data_dir: Path) -> dict:
+    """Close the shard writers and move their files into place; return the manifest's ``splits``."""
     splits = {}
     for name, writer in writers.items():
         info = writer.close()
@@ -220,46 +129,14 @@ def save_tokenizer(config: Config, tokenizer: Tokenizer) -> Path:
     return tokenizer_path
 
 
-def prepare(config: Config) -> PrepareResult:
-    """Clean, tokenize and shard the sources of ``config`` into ``<run>/data``; write ``<run>/tokenizer.json``.
+def write_manifest(config: Config, tokenizer: Tokenizer, model_vocab: int, splits: dict, sources: list[SourceFile],
+                   report: CleaningReport, **extra: Any) -> PrepareResult:
+    """Save the tokenizer, then ``manifest.json`` (written last: its presence means the folder is prepared).
 
-    Documents (``data.kind=text``) become ``train.bin`` / ``val.bin``; pairs (``data.kind=pairs``) become
-    ``{train,val,test}.{src,tgt}.bin``; captioned images (``data.kind=images``) the same plus ``heldout``.
+    ``extra`` adds kind-specific sections (``target_tokenizer``, ``image``).
     """
-    if config.data.kind == "images":
-        from aigc.images.prepare import prepare_images  # images build on this module
-
-        return prepare_images(config)
-    sources = resolve_sources(config.data)
-    run_dir = config.run_dir
-    data_dir = run_dir / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / MANIFEST).unlink(missing_ok=True)  # until the new one is complete, the folder is not prepared
-
-    separate = config.data.kind == "pairs" and config.tokenizer.separate
-    tokenizer = _tokenizer_for(sources, config, "source" if separate else None)
-    target_tokenizer = _tokenizer_for(sources, config, "target") if separate and tokenizer is not None else None
-    report = CleaningReport()
-    if tokenizer is None:
-        list(_texts(sources, config, report))  # fill the report for the message
-        raise _empty_corpus_error(report, sources, config.data.kind)
-    if config.data.kind == "pairs":
-        splits = _shard_pairs(sources, config, tokenizer, data_dir, report, target_tokenizer)
-    else:
-        splits = _shard_documents(sources, config, tokenizer, data_dir, report)
-    if report.kept == 0:
-        for info in splits.values():
-            (data_dir / info["file"]).unlink()
-        raise _empty_corpus_error(report, sources, config.data.kind)
-
+    data_dir = config.run_dir / "data"
     tokenizer_path = save_tokenizer(config, tokenizer)
-    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-    model_vocab = vocab_size
-    (run_dir / TARGET_TOKENIZER).unlink(missing_ok=True)
-    if target_tokenizer is not None:
-        target_tokenizer.save(str(run_dir / TARGET_TOKENIZER))
-        target_vocab = target_tokenizer.get_vocab_size(with_added_tokens=True)
-        model_vocab = vocab_size + target_vocab
     manifest = {
         "format": FORMAT_VERSION,
         "kind": config.data.kind,
@@ -267,7 +144,7 @@ def prepare(config: Config) -> PrepareResult:
         "dtype": token_dtype(model_vocab).name,
         "tokenizer": {
             "kind": config.tokenizer.kind,
-            "vocab_size": vocab_size,
+            "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),
             "eot_id": eot_id(tokenizer),
             "file": TOKENIZER_FILE,
             "sha256": file_hash(tokenizer_path),
@@ -278,11 +155,126 @@ def prepare(config: Config) -> PrepareResult:
         "cleaning": report.to_dict(),
         "config": {"data": config.data.model_dump(mode="json"), "tokenizer": config.tokenizer.model_dump(mode="json")},
         "seed": config.seed,
+        **extra,
     }
-    if target_tokenizer is not None:
-        manifest["target_tokenizer"] = {"kind": config.tokenizer.kind, "vocab_size": target_vocab, "offset": vocab_size,
-                                        "eot_id": vocab_size + eot_id(target_tokenizer), "file": TARGET_TOKENIZER,
-                                        "sha256": file_hash(run_dir / TARGET_TOKENIZER)}
     write_json(data_dir / "cleaning_report.json", report.to_dict())
     write_json(data_dir / MANIFEST, manifest)
     return PrepareResult(manifest, report, data_dir)
+
+
+def _documents(sources: list[SourceFile], config: Config, report: CleaningReport) -> Iterator[Record]:
+    return clean_records(iter_records(sources, config.data, report), config.data, report)
+
+
+def prepare_documents(config: Config) -> PrepareResult:
+    """Clean, tokenize and shard documents into ``train.bin`` / ``val.bin`` (each document then ``<|endoftext|>``)."""
+    sources = resolve_sources(config.data)
+    data_dir = data_folder(config)
+    keys = "data.field / data.column"
+    tokenizer = tokenizer_for(config.tokenizer, (r.text for r in _documents(sources, config, CleaningReport())))
+    report = CleaningReport()
+    if tokenizer is None:
+        list(_documents(sources, config, report))  # fill the report for the message
+        raise empty_corpus_error(report, len(sources), keys)
+    dtype = token_dtype(tokenizer.get_vocab_size(with_added_tokens=True))
+    eot = eot_id(tokenizer)
+    fraction = 0.0 if config.data.val_paths else config.data.val_fraction
+    writers = shard_writers(data_dir, ["train", "val"], dtype)
+    total_bytes = sum(s.path.stat().st_size for s in sources)
+    with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", delay=2.0, file=sys.stderr,
+              disable=not sys.stderr.isatty()) as bar:
+        seen_bytes = 0
+        for batch in _batches(_documents(sources, config, report)):
+            ids, lengths = encode(tokenizer, [r.text for r in batch], eot, dtype)
+            offsets = np.concatenate([[0], np.cumsum(lengths)])
+            splits = [r.split or assign_split(r.text, config.seed, fraction) for r in batch]
+            for split in ("train", "val"):
+                chosen = [i for i, s in enumerate(splits) if s == split]
+                if chosen:
+                    parts = [ids[offsets[i] : offsets[i + 1]] for i in chosen]
+                    writers[split].write(np.concatenate(parts), len(chosen), lengths[chosen[-1]])
+            done = report.kept_bytes + sum(t.bytes for t in report.dropped.values())
+            bar.update(max(0, min(done, total_bytes) - seen_bytes))
+            seen_bytes = max(seen_bytes, min(done, total_bytes))
+    if report.kept and writers["val"].documents == 0 and writers["train"].documents > 1 and fraction > 0:
+        moved = writers["train"].pop_last()
+        writers["val"].write(moved, 1, len(moved))
+    splits = finish_shards(writers, data_dir)
+    if report.kept == 0:
+        _remove(splits, data_dir)
+        raise empty_corpus_error(report, len(sources), keys)
+    return write_manifest(config, tokenizer, tokenizer.get_vocab_size(with_added_tokens=True), splits, sources, report)
+
+
+def _remove(splits: dict, data_dir: Path) -> None:
+    for info in splits.values():
+        (data_dir / info["file"]).unlink()
+
+
+def _sides(pairs: Iterator[Pair], side: str | None) -> Iterator[str]:
+    """Each pair's ``side`` ("source" or "target"), or both when None: what a pair tokenizer learns from."""
+    for pair in pairs:
+        if side in (None, "source"):
+            yield pair.source
+        if side in (None, "target"):
+            yield pair.target
+
+
+def prepare_pairs(config: Config) -> PrepareResult:
+    """Clean, tokenize and shard source/target pairs into ``{train,val,test}.{src,tgt}.bin``.
+
+    With ``tokenizer.separate`` each side has its own tokenizer, and the targets are the target
+    tokenizer's ids shifted past the source vocabulary, so both sides live in one id space and one
+    model vocabulary.
+    """
+    sources = resolve_sources(config.data)
+    data_dir = data_folder(config)
+    keys = "data.source_column / data.target_column (data.source_field / data.target_field for JSONL)"
+    separate = config.tokenizer.separate
+    if separate and config.tokenizer.path is not None:
+        raise DataError("tokenizer.path names one tokenizer; with tokenizer.separate=true both sides' tokenizers "
+                        "are trained, so leave tokenizer.path unset (or set tokenizer.separate=false)")
+
+    def texts(side: str | None) -> Iterator[str]:
+        return _sides(clean_pairs(sources, config.data, CleaningReport()), side)
+
+    tokenizer = tokenizer_for(config.tokenizer, texts("source" if separate else None))
+    target_tokenizer = tokenizer_for(config.tokenizer, texts("target")) if separate and tokenizer else None
+    report = CleaningReport()
+    if tokenizer is None:
+        list(clean_pairs(sources, config.data, report))  # fill the report for the message
+        raise empty_corpus_error(report, len(sources), keys)
+    offset = tokenizer.get_vocab_size(with_added_tokens=True) if target_tokenizer else 0
+    target = target_tokenizer or tokenizer
+    model_vocab = offset + target.get_vocab_size(with_added_tokens=True)
+    dtype = token_dtype(model_vocab)
+    eot = eot_id(tokenizer)
+    writers = shard_writers(data_dir, [f"{split}.{side}" for split in PAIR_SPLITS for side in ("src", "tgt")], dtype)
+    pairs = clean_pairs(sources, config.data, report)
+    while batch := list(itertools.islice(pairs, 4096)):
+        src_ids, src_lengths = encode(tokenizer, [p.source for p in batch], eot, dtype)
+        tgt_ids, tgt_lengths = encode(target, [p.target for p in batch], eot_id(target), np.dtype(np.int64))
+        tgt_ids = (tgt_ids + offset).astype(dtype)
+        src_offsets, tgt_offsets = np.cumsum([0, *src_lengths]), np.cumsum([0, *tgt_lengths])
+        splits = [assign_split(p.source, config.seed, config.data.val_fraction, config.data.test_fraction) for p in batch]
+        for split in PAIR_SPLITS:
+            chosen = [i for i, s in enumerate(splits) if s == split]
+            if chosen:
+                for side, ids, offsets, lengths in (("src", src_ids, src_offsets, src_lengths),
+                                                    ("tgt", tgt_ids, tgt_offsets, tgt_lengths)):
+                    parts = np.concatenate([ids[offsets[i] : offsets[i + 1]] for i in chosen])
+                    writers[f"{split}.{side}"].write(parts, len(chosen), lengths[chosen[-1]])
+    shard_info = finish_shards(writers, data_dir)
+    if report.kept == 0:
+        _remove(shard_info, data_dir)
+        raise empty_corpus_error(report, len(sources), keys)
+    target_path = config.run_dir / TARGET_TOKENIZER
+    target_path.unlink(missing_ok=True)
+    extra = {}
+    if target_tokenizer is not None:
+        target_tokenizer.save(str(target_path))
+        extra["target_tokenizer"] = {
+            "kind": config.tokenizer.kind, "vocab_size": target_tokenizer.get_vocab_size(with_added_tokens=True),
+            "offset": offset, "eot_id": offset + eot_id(target_tokenizer), "file": TARGET_TOKENIZER,
+            "sha256": file_hash(target_path)}
+    return write_manifest(config, tokenizer, model_vocab, shard_info, sources, report, **extra)

@@ -6,13 +6,11 @@ Layout of a prepared data folder::
                                      each document is followed by <|endoftext|>
     data/manifest.json               dtype, counts, tokenizer hash, sources, cleaning report
 
-Documents go to train or val by a keyed hash of their text, so the split is deterministic, needs no
-second pass, and does not move documents around when other files are added.
+Documents go to train or val by a keyed hash of their text (:mod:`aigc.data.split`).
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +21,11 @@ from aigc.files import read_json
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-SPLITS = ("train", "val")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
     """The smallest unsigned dtype that holds every id of the vocabulary."""
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
-
-
-def is_validation(text: str, fraction: float, seed: int) -> bool:
-    """Whether a document belongs to the val split: a keyed hash of its text below ``fraction``."""
-    if fraction <= 0:
-        return False
-    key = seed.to_bytes(8, "little", signed=True)
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=key).digest()
-    return int.from_bytes(digest, "little") / 2**64 < fraction
 
 
 class ShardWriter:

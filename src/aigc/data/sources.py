@@ -9,6 +9,7 @@ without the asked column, stops the stage, because those are mistakes in the req
 from __future__ import annotations
 
 import csv
+import hashlib
 import glob
 import json
 import sys
@@ -225,3 +226,12 @@ def iter_records(sources: list[SourceFile], config: DataConfig, report: Cleaning
     """Raw records of every source in order (not yet cleaned)."""
     for source in sources:
         yield from read_source(source, config, report)
+
+
+def fingerprint(sources: list[SourceFile]) -> str:
+    """A hash of every file's path, size and modification time: changes when the inputs change."""
+    digest = hashlib.sha256()
+    for source in sources:
+        stat = source.path.stat()
+        digest.update(f"{source.path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

@@ -1,0 +1,82 @@
+"""The interface every kind of run implements: data in, batches for the loop, evaluation, generation.
+
+A :class:`Task` is chosen once from ``data.kind`` (:func:`aigc.tasks.registry.task_for`); the stages,
+the training loop, ``aigc generate`` and ``aigc serve`` ask it instead of asking what kind a run is.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import nn
+
+from aigc.config import Config, GenerateConfig
+from aigc.data.collect import CollectResult
+from aigc.data.prepare import PrepareResult
+from aigc.errors import TrainingError
+
+
+@dataclass
+class GenerateRequest:
+    """What ``aigc generate`` was asked besides the sampling settings: prompt(s), count and where output goes."""
+
+    prompt: str | None
+    n: int = 1
+    seed: int | None = None
+    stream: bool = False
+    out: str | None = None
+    truncate: bool = True
+    lines: Iterable[str] = ()  # prompts, one per line, when there is no --prompt (stdin)
+
+
+class Task(ABC):
+    """One kind of run. Subclasses set ``name`` and ``model_kind`` and implement the abstract methods."""
+
+    name: ClassVar[str]
+    model_kind: ClassVar[str]  # the model.kind this task trains ("gpt" or "seq2seq")
+    describes: ClassVar[str]  # a phrase for errors: "text or code", "translation pairs", ...
+
+    @abstractmethod
+    def collect(self, config: Config) -> CollectResult:
+        """Find the inputs and count their records into ``<run>/data/sources.json``."""
+
+    @abstractmethod
+    def prepare(self, config: Config) -> PrepareResult:
+        """Clean, tokenize and shard the inputs into ``<run>/data``; write the tokenizer and the manifest."""
+
+    def model_config(self, config: Config, manifest: dict) -> Config:
+        """``config`` with the model settings the data decides (the vocabulary; tasks add their own)."""
+        if config.model.kind != self.model_kind:
+            raise TrainingError(f"model.kind={config.model.kind} cannot train on {self.describes} "
+                                f"(data.kind={self.name}); use model.kind={self.model_kind}")
+        vocab = manifest.get("model_vocab_size") or manifest["tokenizer"]["vocab_size"]
+        if config.model.vocab_size is None:
+            return config.model_copy(update={"model": config.model.model_copy(update={"vocab_size": vocab})})
+        if config.model.vocab_size < vocab:
+            raise TrainingError(f"model.vocab_size={config.model.vocab_size} is below the data's {vocab} tokens")
+        return config
+
+    @abstractmethod
+    def samplers(self, config: Config, manifest: dict, rank: int, world: int) -> tuple[Any, Any | None]:
+        """Train and val batch samplers for process ``rank`` of ``world``; val is None when it cannot fill a batch."""
+
+    def init_model(self, model: nn.Module, manifest: dict) -> None:
+        """Copy into a fresh model what the data fixes (nothing, unless a task says otherwise)."""
+
+    @abstractmethod
+    def generator(self, path: Path, device: str = "cpu") -> Any:
+        """The generator of a run directory or checkpoint: text, translations or images from prompts."""
+
+    @abstractmethod
+    def evaluate(self, generator: Any, run_dir: Path, manifest: dict, config: Config,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+        """The report's metrics and samples for the run's held-out data."""
+
+    @abstractmethod
+    def generate(self, generator: Any, request: GenerateRequest, settings: GenerateConfig,
+                 write: Callable[[str], None]) -> None:
+        """``aigc generate``: answer ``request`` with ``settings``; ``write`` prints one result line."""

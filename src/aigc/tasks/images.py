@@ -1,0 +1,93 @@
+"""Images from a description: captioned images for the caption-prefix GPT (the ``aigc.images`` package)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from aigc.config import Config, GenerateConfig
+from aigc.data.clean import CleaningReport
+from aigc.data.collect import CollectResult, write_sources
+from aigc.data.pairs import split_pairs, target_start
+from aigc.data.prepare import PrepareResult
+from aigc.data.sources import resolve_sources
+from aigc.errors import GenerationError, TrainingError
+from aigc.generate.sampling import sampling_params
+from aigc.images.evaluation import evaluate_images
+from aigc.images.generator import ImageGenerator
+from aigc.images.pixels import grid, save_png
+from aigc.images.prepare import prepare_images
+from aigc.images.sampler import PrefixSampler
+from aigc.images.sources import image_records
+from aigc.tasks.base import GenerateRequest, Task
+
+
+class ImageTask(Task):
+    name, model_kind, describes = "images", "gpt", "captioned images"
+
+    def collect(self, config: Config) -> CollectResult:
+        report = CleaningReport()
+        sources = resolve_sources(config.data) if config.data.paths else []
+        count = sum(1 for _ in image_records(sources, config.data, report))
+        return write_sources(config, [], [], report, records=count)
+
+    def prepare(self, config: Config) -> PrepareResult:
+        return prepare_images(config)
+
+    def model_config(self, config: Config, manifest: dict) -> Config:
+        """Pixel positions, caption length and palette size come from the data, like the vocabulary."""
+        config = super().model_config(config, manifest)
+        image = manifest["image"]
+        update = {"image_size": image["size"], "image_colors": len(image["palette"]), "image_prefix": image["prefix"]}
+        config = config.model_copy(update={"model": config.model.model_copy(update=update)})
+        needed = image["prefix"] + image["size"] ** 2 - 1
+        if config.model.block_size < needed:
+            raise TrainingError(f"model.block_size={config.model.block_size} is too short for a {image['prefix']}-token "
+                                f"caption and {image['size']}x{image['size']} pixels; set model.block_size={needed} or more")
+        return config
+
+    def samplers(self, config: Config, manifest: dict, rank: int, world: int) -> tuple[Any, Any | None]:
+        tc, data_dir, eot = config.train, config.run_dir / "data", target_start(manifest)
+        prefix = manifest["image"]["prefix"]
+        train = PrefixSampler(split_pairs(data_dir, manifest, "train"), eot, prefix, tc.batch_size, tc.grad_accum,
+                              config.seed, rank, world, condition_dropout=tc.condition_dropout)
+        val_pairs = split_pairs(data_dir, manifest, "val")
+        val = (PrefixSampler(val_pairs, eot, prefix, tc.batch_size, world, config.seed, rank, world, "val")
+               if len(val_pairs) >= tc.batch_size else None)
+        return train, val
+
+    def init_model(self, model: nn.Module, manifest: dict) -> None:
+        """The palette (the pixels' colours) is saved with the weights."""
+        model.palette.copy_(torch.tensor(manifest["image"]["palette"], dtype=torch.uint8))
+
+    def generator(self, path: Path, device: str = "cpu") -> ImageGenerator:
+        return ImageGenerator.from_checkpoint(path, device)
+
+    def evaluate(self, generator: ImageGenerator, run_dir: Path, manifest: dict, config: Config,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+        return evaluate_images(generator, run_dir, manifest, config, log)
+
+    def generate(self, generator: ImageGenerator, request: GenerateRequest, settings: GenerateConfig,
+                 write: Callable[[str], None]) -> None:
+        """``n`` samples of the prompt, as one grid PNG (``--out sheet.png``) or one PNG each (``--out folder/``)."""
+        if request.prompt is None:
+            raise GenerationError("an image run needs --prompt with a description, e.g. --prompt \"the digit seven\"")
+        if not request.out:
+            raise GenerationError("an image run writes PNG files: add --out grid.png (one sheet) or --out folder/ "
+                                  "(one PNG per sample)")
+        out = Path(request.out)
+        as_folder = request.out.endswith(("/", "\\")) or out.is_dir()
+        if not as_folder and out.suffix.lower() != ".png":
+            raise GenerationError(f"--out {request.out}: a grid is written as PNG; name it *.png, or end the path "
+                                  "with / for a folder")
+        params = sampling_params(settings, seed=request.seed)
+        images = generator.generate([request.prompt], request.n, params, settings.guidance)[0]
+        if as_folder:
+            paths = [save_png(image, out / f"sample_{i:03d}.png") for i, image in enumerate(images)]
+        else:
+            paths = [save_png(grid(images, columns=min(8, len(images)), scale=max(1, 128 // generator.side)), out)]
+        write("".join(f"{path}\n" for path in paths))

@@ -1,0 +1,62 @@
+"""Translation (any source/target pairs) with the encoder-decoder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aigc.config import Config, GenerateConfig
+from aigc.data.collect import CollectResult, collect_files
+from aigc.data.pairs import PairSampler, read_pairs, split_pairs, target_start
+from aigc.data.prepare import PrepareResult, prepare_pairs
+from aigc.evaluation import evaluate_pairs
+from aigc.generate.beam import BeamParams
+from aigc.generate.sampling import sampling_params
+from aigc.generate.text import TextGenerator
+from aigc.tasks.base import GenerateRequest, Task
+
+BATCH = 32  # source lines translated together by aigc generate
+
+
+class PairsTask(Task):
+    name, model_kind, describes = "pairs", "seq2seq", "source/target pairs"
+
+    def collect(self, config: Config) -> CollectResult:
+        return collect_files(config, read_pairs)
+
+    def prepare(self, config: Config) -> PrepareResult:
+        return prepare_pairs(config)
+
+    def samplers(self, config: Config, manifest: dict, rank: int, world: int) -> tuple[Any, Any | None]:
+        tc, data_dir, block, eot = config.train, config.run_dir / "data", config.model.block_size, target_start(manifest)
+        train = PairSampler(split_pairs(data_dir, manifest, "train"), eot, block, tc.batch_size, tc.grad_accum,
+                            config.seed, rank, world)
+        val_pairs = split_pairs(data_dir, manifest, "val")
+        val = (PairSampler(val_pairs, eot, block, tc.batch_size, world, config.seed, rank, world, "val")
+               if len(val_pairs) >= tc.batch_size else None)
+        return train, val
+
+    def generator(self, path: Path, device: str = "cpu") -> TextGenerator:
+        return TextGenerator.from_checkpoint(path, device)
+
+    def evaluate(self, generator: TextGenerator, run_dir: Path, manifest: dict, config: Config,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+        return evaluate_pairs(generator, run_dir, manifest, config)
+
+    def generate(self, generator: TextGenerator, request: GenerateRequest, settings: GenerateConfig,
+                 write: Callable[[str], None]) -> None:
+        """Translate ``request.prompt``, or every input line in batches: one output line per input line
+        (blank in, blank out) so the output lines up with the input; ``n`` outputs of a line are tab-separated."""
+        params = sampling_params(settings, seed=request.seed)
+        beam = None
+        if settings.beams > 1:
+            beam = BeamParams(beams=settings.beams, max_new_tokens=settings.max_new_tokens, n_best=request.n,
+                              length_penalty=settings.length_penalty, no_repeat_ngram=settings.no_repeat_ngram)
+        lines = [request.prompt] if request.prompt is not None else [line.rstrip("\n") for line in request.lines]
+        for start in range(0, len(lines), BATCH):
+            chunk = lines[start : start + BATCH]
+            wanted = [line for line in chunk if line.strip()] if request.prompt is None else chunk
+            outputs = iter(generator.translate(wanted, params, beam, n=request.n) if wanted else [])
+            for line in chunk:
+                write(("\t".join(next(outputs)) if line.strip() or request.prompt is not None else "") + "\n")

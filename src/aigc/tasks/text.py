@@ -1,0 +1,72 @@
+"""Text and code: documents for the decoder-only GPT, continued from a prompt."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aigc.config import Config, GenerateConfig
+from aigc.data.collect import CollectResult, collect_files
+from aigc.data.loader import WindowSampler
+from aigc.data.prepare import PrepareResult, prepare_documents
+from aigc.data.shards import open_split
+from aigc.data.sources import read_source
+from aigc.evaluation import evaluate_documents
+from aigc.flags import unescape
+from aigc.generate.sampling import sampling_params
+from aigc.generate.text import TextGenerator
+from aigc.tasks.base import GenerateRequest, Task
+
+
+class TextTask(Task):
+    name, model_kind, describes = "text", "gpt", "documents"
+
+    def collect(self, config: Config) -> CollectResult:
+        return collect_files(config, read_source)
+
+    def prepare(self, config: Config) -> PrepareResult:
+        return prepare_documents(config)
+
+    def samplers(self, config: Config, manifest: dict, rank: int, world: int) -> tuple[Any, Any | None]:
+        tc, data_dir, block = config.train, config.run_dir / "data", config.model.block_size
+        train = WindowSampler(open_split(data_dir, "train", manifest), block, tc.batch_size, tc.grad_accum,
+                              config.seed, rank, world, "train")
+        val_tokens = open_split(data_dir, "val", manifest)
+        val = (WindowSampler(val_tokens, block, tc.batch_size, world, config.seed, rank, world, "val")
+               if len(val_tokens) >= block + 2 else None)
+        return train, val
+
+    def generator(self, path: Path, device: str = "cpu") -> TextGenerator:
+        return TextGenerator.from_checkpoint(path, device)
+
+    def evaluate(self, generator: TextGenerator, run_dir: Path, manifest: dict, config: Config,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+        return evaluate_documents(generator, run_dir, manifest, config)
+
+    def generate(self, generator: TextGenerator, request: GenerateRequest, settings: GenerateConfig,
+                 write: Callable[[str], None]) -> None:
+        """Continue ``request.prompt``, or every prompt line (``\\n`` inside a line is a newline); samples
+        of one prompt are separated by a blank line, so only generated text reaches stdout."""
+        params = sampling_params(settings, seed=request.seed, truncate_prompt=request.truncate)
+        prompts = [request.prompt] if request.prompt is not None else _prompt_lines(request)
+        for prompt in prompts:
+            batch = [prompt] * request.n
+            if request.stream:
+                current = 0
+                for event in generator.stream(batch, params):
+                    if event.index != current:
+                        write("\n\n")
+                        current = event.index
+                    write(event.text)
+                write("\n")
+            else:
+                write("\n\n".join(c.text for c in generator.complete(batch, params)) + "\n")
+
+
+def _prompt_lines(request: GenerateRequest):
+    """The non-empty lines of ``request.lines``; ``\\n`` inside a line is a newline (:func:`~aigc.flags.unescape`)."""
+    for line in request.lines:
+        prompt = line.rstrip("\n")
+        if prompt:
+            yield unescape(prompt)
