@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from aigc.config import load_config
-from aigc.data.prepare import prepare
+from aigc.tasks import prepare
 from aigc.tokenizer import load_tokenizer
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from aigc.config import ModelConfig, TrainConfig, load_config
-from aigc.data.prepare import prepare
+from aigc.tasks import prepare
 from aigc.models import GPT
 from aigc.training.loop import train
 from aigc.training.optim import build_optimizer

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from aigc.config import load_config
 from aigc.data.pairs import PairSampler, read_sequences
-from aigc.data.prepare import prepare
+from aigc.tasks import prepare
 from aigc.data.shards import open_split, read_manifest
 from aigc.generate.sampling import SamplingParams
 from aigc.generate.text import TextGenerator

@@ -77,9 +77,10 @@ def test_generate_prints_only_the_text(text_run):
 
 @pytest.mark.parametrize("args, message", [
     (["--prompt", ""], "prompt is empty"),
-    (["--prompt", "x", "--max-new-tokens", "0"], "at least 1"),
-    (["--prompt", "x", "--top-p", "1.5"], "top_p"),
-    (["--prompt", "x", "--temperature", "-1"], "temperature"),
+    (["--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens: Input should be greater than or equal to 1"),
+    (["--prompt", "x", "--top-p", "1.5"], "--top-p"),
+    (["--prompt", "x", "--temperature", "-1"], "--temperature"),
+    (["--prompt", "x", "--seed", str(2**64)], "seed must be in [0, 2**63)"),
 ])
 def test_generate_bad_input(text_run, args, message):
     done = aigc("generate", str(text_run[0]), *args)
@@ -108,3 +109,31 @@ def test_cli_errors_are_one_line(tmp_path):
     assert done.returncode == 2 and "valid keys" in done.stderr
     done = aigc("recipes")
     assert done.returncode == 0 and "code" in done.stdout and "text" in done.stdout
+
+
+def test_generate_defaults_come_from_the_run_and_stop_takes_escapes(text_run):
+    run_dir = text_run[0]
+    default = aigc("generate", str(run_dir), "--prompt", "KING", "--seed", "3")
+    # the run's recipe: text.yaml's generate section with generate.max_new_tokens=40 from TINY_MODEL
+    explicit = aigc("generate", str(run_dir), "--prompt", "KING", "--seed", "3", "--temperature", "0.8",
+                    "--top-k", "40", "--max-new-tokens", "40")
+    assert default.returncode == 0 and default.stdout == explicit.stdout
+    longer = aigc("generate", str(run_dir), "--prompt", "KING", "--seed", "3", "--max-new-tokens", "120")
+    assert len(longer.stdout) > len(default.stdout)
+    body = longer.stdout[:-1]  # print's own newline
+    assert "\n" in body, "precondition: the sample has a newline to stop at"
+    stopped = aigc("generate", str(run_dir), "--prompt", "KING", "--seed", "3", "--max-new-tokens", "120",
+                   "--stop", "\\n")
+    assert stopped.returncode == 0 and stopped.stdout == body[: body.index("\n")] + "\n"
+
+
+def test_train_prepares_the_data_itself(tmp_path):
+    corpus = tmp_path / "notes.txt"
+    corpus.write_text("\n\n".join(f"note {i}: the quick brown fox" for i in range(200)), encoding="utf-8")
+    done = aigc("train", "text", f"data.paths=[{corpus}]", f"run.dir={tmp_path / 'run'}", "train.max_steps=3",
+                "train.max_minutes=null", "train.schedule=steps", *TINY_MODEL)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "data" / "manifest.json").is_file() and "trained 3 steps" in done.stdout
+    again = aigc("train", "text", f"data.paths=[{corpus}]", f"run.dir={tmp_path / 'run'}", "train.max_steps=3",
+                 "train.max_minutes=null", "train.schedule=steps", *TINY_MODEL)
+    assert again.returncode == 0 and "== prepare" not in again.stderr  # prepared once, with the same settings

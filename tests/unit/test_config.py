@@ -25,7 +25,7 @@ def test_unknown_key_lists_valid_keys():
 
 
 def test_unknown_section_lists_sections():
-    with pytest.raises(ConfigError, match="valid keys: data, eval, model"):
+    with pytest.raises(ConfigError, match="valid keys: data, eval, generate, model"):
         load_config("text", ["modle.n_layer=2"])
 
 

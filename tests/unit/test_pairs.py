@@ -8,7 +8,7 @@ import pytest
 
 from aigc.data.clean import CleaningReport
 from aigc.data.pairs import PairSampler, clean_pairs, read_sequences, split_pairs
-from aigc.data.prepare import prepare
+from aigc.tasks import prepare
 from aigc.data.shards import open_split, read_manifest
 from aigc.data.sources import resolve_sources
 from aigc.errors import DataError

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from aigc.data.prepare import prepare
+from aigc.tasks import prepare
 from aigc.data.shards import open_split, read_manifest
 from aigc.errors import DataError
 from aigc.tokenizer import load_tokenizer

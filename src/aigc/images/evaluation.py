@@ -74,6 +74,61 @@ def digit_classifier(side: int):
     return classifier, float((classifier.predict(features[1000:]) == labels[1000:]).mean())
 
 
+class Judge:
+    """Which prompts an image run is evaluated on, and how its samples are judged: a user's folder of images.
+
+    Built-in sources have their own judges (:data:`JUDGES`), chosen by the name in ``data.builtin``.
+    """
+
+    def prompts(self, test: list[str], heldout: list[str]) -> list[str]:
+        """Prompts to sample, from the captions of the test and held-out splits."""
+        return sorted(set(test))[:8]
+
+    def score(self, prompts: list[str], samples: list[list[np.ndarray]], side: int, per_prompt: int) -> dict[str, Any]:
+        """Adherence metrics of ``samples`` (one group per prompt); none for a folder: nothing knows its captions."""
+        return {}
+
+
+class DigitJudge(Judge):
+    """Each digit once; adherence by an SVC trained on real digits, beside its accuracy on real held-out digits."""
+
+    def prompts(self, test: list[str], heldout: list[str]) -> list[str]:
+        return [f"the digit {word}" for word in DIGIT_WORDS]
+
+    def score(self, prompts: list[str], samples: list[list[np.ndarray]], side: int, per_prompt: int) -> dict[str, Any]:
+        classifier, ceiling = digit_classifier(side)
+        features = np.stack([img[:, :, 0].reshape(-1) / 255 for group in samples for img in group])
+        asked = np.repeat(np.arange(10), per_prompt)
+        real_by_digit: dict[int, list[np.ndarray]] = {}
+        for record in digits(side):
+            real_by_digit.setdefault(record.label, []).append(record.image)
+        return {"adherence": float((classifier.predict(features) == asked).mean()), "classifier_real_accuracy": ceiling,
+                "real_diversity": float(np.mean([diversity(v[:per_prompt]) for v in real_by_digit.values()]))}
+
+
+class ShapeJudge(Judge):
+    """Seen and held-out attribute combinations; adherence by the pixel checker (every attribute of the prompt)."""
+
+    def prompts(self, test: list[str], heldout: list[str]) -> list[str]:
+        self.seen, self.held = sorted(set(test))[::7][:12], sorted(set(heldout))[::29][:12]
+        return self.seen + self.held
+
+    def score(self, prompts: list[str], samples: list[list[np.ndarray]], side: int, per_prompt: int) -> dict[str, Any]:
+        scores = [np.mean([shapes.check(img, shapes.parse(prompt))["all"] for img in group])
+                  for prompt, group in zip(prompts, samples)]
+        seen = len(self.seen)
+        return {"prompts_seen": seen, "adherence_seen": float(np.mean(scores[:seen])) if seen else None,
+                "adherence_heldout": float(np.mean(scores[seen:])) if self.held else None}
+
+
+JUDGES = {"digits": DigitJudge, "shapes": ShapeJudge}
+
+
+def judge_for(builtin: list[str]) -> Judge:
+    """The judge of the one built-in source a run draws from; the folder judge otherwise."""
+    return JUDGES.get(builtin[0], Judge)() if len(builtin) == 1 else Judge()
+
+
 def evaluate_images(generator: ImageGenerator, run_dir: Path, manifest: dict, config, log=print) -> dict[str, Any]:
     data_dir, image = run_dir / "data", manifest["image"]
     palette, side, offset, eot = np.array(image["palette"], dtype=np.uint8), image["size"], image["pixel_offset"], generator.eot
@@ -83,20 +138,13 @@ def evaluate_images(generator: ImageGenerator, run_dir: Path, manifest: dict, co
     training = np.stack([dequantise(t[:-1] - offset, palette, side) for _, t in train_pairs])
     train_keys = {(t[:-1].astype(np.int64) - offset).tobytes() for _, t in train_pairs}
     decode = generator.tokenizer.decode
-    ec = config.eval
-    gc = config.generate
+    ec, gc = config.eval, config.generate
     params = SamplingParams(temperature=gc.temperature or 1.0, top_k=gc.top_k, seed=config.seed)
     report: dict[str, Any] = {"bits_per_pixel": bpp, "pixels_scored": scored, "guidance": gc.guidance}
 
-    kind = "digits" if image.get("builtin") == ["digits"] else "shapes" if image.get("builtin") == ["shapes"] else "folder"
-    if kind == "digits":
-        prompts = [f"the digit {word}" for word in DIGIT_WORDS]
-    elif kind == "shapes":
-        seen = sorted({decode(s[:-1].tolist()) for s, _ in test})[:: 7][:12]
-        held = sorted({decode(s[:-1].tolist()) for s, _ in split_pairs(data_dir, manifest, "heldout")})[:: 29][:12]
-        prompts = seen + held
-    else:
-        prompts = sorted({decode(s[:-1].tolist()) for s, _ in test})[:8]
+    judge = judge_for(config.data.builtin)
+    prompts = judge.prompts([decode(s[:-1].tolist()) for s, _ in test],
+                            [decode(s[:-1].tolist()) for s, _ in split_pairs(data_dir, manifest, "heldout")])
     started = time.perf_counter()
     samples = generator.generate(prompts + [NOVEL_PROMPT], ec.samples_per_prompt, params, gc.guidance)
     report["samples_per_s"] = len(samples) * ec.samples_per_prompt / (time.perf_counter() - started)
@@ -108,23 +156,7 @@ def evaluate_images(generator: ImageGenerator, run_dir: Path, manifest: dict, co
     if test:
         real = [dequantise(t[:-1] - offset, palette, side) for _, t in test[:200]]
         report["real_nearest_training_distance"] = float(nearest(real, training).mean())
-
-    if kind == "digits":
-        classifier, ceiling = digit_classifier(side)
-        features = np.stack([img[:, :, 0].reshape(-1) / 255 for img in flat])
-        asked = np.repeat(np.arange(10), ec.samples_per_prompt)
-        report["adherence"] = float((classifier.predict(features) == asked).mean())
-        report["classifier_real_accuracy"] = ceiling
-        real_by_digit = {}
-        for record in digits(side):
-            real_by_digit.setdefault(record.label, []).append(record.image)
-        report["real_diversity"] = float(np.mean([diversity(v[: ec.samples_per_prompt]) for v in real_by_digit.values()]))
-    elif kind == "shapes":
-        scores = [np.mean([shapes.check(img, shapes.parse(prompt))["all"] for img in group])
-                  for prompt, group in zip(prompts, samples)]
-        report["prompts_seen"] = len(seen)
-        report["adherence_seen"] = float(np.mean(scores[: len(seen)])) if seen else None
-        report["adherence_heldout"] = float(np.mean(scores[len(seen) :])) if held else None
+    report |= judge.score(prompts, samples, side, ec.samples_per_prompt)
 
     folder = run_dir / "eval" / "samples"
     report["samples"] = []
@@ -137,4 +169,3 @@ def evaluate_images(generator: ImageGenerator, run_dir: Path, manifest: dict, co
                              "(shown to see what the model does with them)")
         report["samples"].append(entry)
     return report
-
