@@ -196,7 +196,7 @@ def plot_losses(metrics_path: Path, out: Path) -> bool:
     return True
 
 
-def _markdown(report: dict[str, Any], plotted: bool) -> str:
+def _markdown(report: dict[str, Any], plotted: bool, samples: list[str]) -> str:
     lines = [f"# Evaluation of {report['checkpoint']}", "", "| metric | value |", "|---|---|"]
     for key in ("loss", "perplexity", "bits_per_byte", "tokens_scored", "distinct_1", "distinct_2", "repeated_4gram_rate",
                 "bleu", "chrf", "pairs", "sentences_per_s", "bits_per_pixel", "pixels_scored", "guidance", "adherence",
@@ -210,18 +210,7 @@ def _markdown(report: dict[str, Any], plotted: bool) -> str:
             lines.append(f"| code {key} | {value:.3f} |" if isinstance(value, float) else f"| code {key} | {value} |")
     if plotted:
         lines += ["", "![loss curve](loss.png)"]
-    lines += ["", "## Samples", ""]
-    if "bleu" in report:
-        lines += ["| source | reference | model |", "|---|---|---|"]
-        for sample in report["samples"]:
-            cells = (sample[key].replace("|", "\\|") for key in ("source", "reference", "translation"))
-            lines.append("| " + " | ".join(cells) + " |")
-    if "bits_per_pixel" in report:
-        for sample in report["samples"]:
-            lines += [f"**{sample['prompt']}**" + (f" ({sample['note']})" if "note" in sample else ""), "",
-                      f"![{sample['prompt']}]({sample['grid']})", ""]
-    for sample in report["samples"] if "bleu" not in report and "bits_per_pixel" not in report else []:
-        lines += ["```", sample["prompt"] + sample["completion"], "```", ""]
+    lines += ["", "## Samples", "", *samples]
     return "\n".join(lines)
 
 
@@ -306,11 +295,11 @@ def evaluate_documents(generator: TextGenerator, run_dir: Path, manifest: dict, 
 
 
 
-def write_report(run_dir: Path, report: dict[str, Any]) -> EvalResult:
-    """Write ``eval/report.json``, ``eval/report.md`` and the loss curve ``eval/loss.png``."""
+def write_report(run_dir: Path, report: dict[str, Any], samples: list[str]) -> EvalResult:
+    """Write ``eval/report.json``, ``eval/report.md`` (``samples``: its markdown lines) and ``eval/loss.png``."""
     folder = run_dir / "eval"
     folder.mkdir(parents=True, exist_ok=True)
     plotted = plot_losses(run_dir / "metrics.jsonl", folder / "loss.png")
     write_json(folder / "report.json", report)
-    (folder / "report.md").write_text(_markdown(report, plotted), encoding="utf-8")
+    (folder / "report.md").write_text(_markdown(report, plotted, samples), encoding="utf-8")
     return EvalResult(report, folder)

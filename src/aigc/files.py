@@ -18,10 +18,6 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (temp file, fsync, rename), so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from aigc.config import Config
 from aigc.data.shards import MANIFEST
 from aigc.data.sources import fingerprint, resolve_sources
 from aigc.files import file_hash, read_json, write_json
-from aigc.tasks import collect, evaluate, prepare
+from aigc.tasks import collect, evaluate, prepare, task_for
 from aigc.training.loop import METRICS, train
 
 STAGES_FILE = "stages.json"
@@ -133,11 +133,8 @@ def _evaluate_and_sample(run_dir: Path, config: Config, log: Callable[[str], Non
     samples = outcome.report["samples"]
     folder = run_dir / "samples"
     folder.mkdir(exist_ok=True)
-    texts = [
-        f"{s['source']}\n=> {s['translation']}\n(reference: {s['reference']})" if "source" in s
-        else f"{s['prompt']} -> {outcome.folder / s['grid']}" if "grid" in s else s["prompt"] + s["completion"]
-        for s in samples
-    ]
+    task = task_for(config)
+    texts = [task.sample_text(sample, outcome.folder) for sample in samples]
     rule = "\n" + "-" * 60 + "\n"
     (folder / "samples.txt").write_text(rule.join(texts), encoding="utf-8")
     shown = [f"--- sample {i + 1} ---\n{text}" for i, text in enumerate(texts[:3])]

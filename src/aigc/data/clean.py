@@ -57,10 +57,6 @@ class CleaningReport:
         self.kept += 1
         self.kept_bytes += size
 
-    @property
-    def dropped_count(self) -> int:
-        return sum(t.count for t in self.dropped.values())
-
     def to_dict(self) -> dict:
         return {
             "kept": {"documents": self.kept, "bytes": self.kept_bytes},

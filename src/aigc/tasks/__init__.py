@@ -47,4 +47,5 @@ def evaluate(run_dir: Path, log: Callable[[str], None] = print, recipe: Config |
     task = task_for(config)
     generator = task.generator(checkpoint.path)
     metrics = task.evaluate(generator, run_dir, read_manifest(run_dir / "data"), config, log)
-    return write_report(run_dir, {"checkpoint": str(checkpoint.path), "step": checkpoint.meta["step"], **metrics})
+    report = {"checkpoint": str(checkpoint.path), "step": checkpoint.meta["step"], **metrics}
+    return write_report(run_dir, report, task.sample_markdown(report["samples"]))

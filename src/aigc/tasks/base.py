@@ -77,6 +77,14 @@ class Task(ABC):
         """The report's metrics and samples for the run's held-out data."""
 
     @abstractmethod
+    def sample_markdown(self, samples: list[dict[str, Any]]) -> list[str]:
+        """The report's samples as markdown lines (``eval/report.md``)."""
+
+    @abstractmethod
+    def sample_text(self, sample: dict[str, Any], eval_dir: Path) -> str:
+        """One sample as plain text (``samples/samples.txt`` and the summary of ``aigc run``)."""
+
+    @abstractmethod
     def generate(self, generator: Any, request: GenerateRequest, settings: GenerateConfig,
                  write: Callable[[str], None]) -> None:
         """``aigc generate``: answer ``request`` with ``settings``; ``write`` prints one result line."""

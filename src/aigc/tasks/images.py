@@ -71,6 +71,13 @@ class ImageTask(Task):
                  log: Callable[[str], None]) -> dict[str, Any]:
         return evaluate_images(generator, run_dir, manifest, config, log)
 
+    def sample_markdown(self, samples: list[dict[str, Any]]) -> list[str]:
+        return [line for s in samples for line in (
+            f"**{s['prompt']}**" + (f" ({s['note']})" if "note" in s else ""), "", f"![{s['prompt']}]({s['grid']})", "")]
+
+    def sample_text(self, sample: dict[str, Any], eval_dir: Path) -> str:
+        return f"{sample['prompt']} -> {eval_dir / sample['grid']}"
+
     def generate(self, generator: ImageGenerator, request: GenerateRequest, settings: GenerateConfig,
                  write: Callable[[str], None]) -> None:
         """``n`` samples of the prompt, as one grid PNG (``--out sheet.png``) or one PNG each (``--out folder/``)."""

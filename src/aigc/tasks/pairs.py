@@ -44,6 +44,14 @@ class PairsTask(Task):
                  log: Callable[[str], None]) -> dict[str, Any]:
         return evaluate_pairs(generator, run_dir, manifest, config)
 
+    def sample_markdown(self, samples: list[dict[str, Any]]) -> list[str]:
+        rows = ("| " + " | ".join(s[key].replace("|", "\\|") for key in ("source", "reference", "translation")) + " |"
+                for s in samples)
+        return ["| source | reference | model |", "|---|---|---|", *rows]
+
+    def sample_text(self, sample: dict[str, Any], eval_dir: Path) -> str:
+        return f"{sample['source']}\n=> {sample['translation']}\n(reference: {sample['reference']})"
+
     def generate(self, generator: TextGenerator, request: GenerateRequest, settings: GenerateConfig,
                  write: Callable[[str], None]) -> None:
         """Translate ``request.prompt``, or every input line in batches: one output line per input line

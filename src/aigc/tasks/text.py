@@ -44,6 +44,12 @@ class TextTask(Task):
                  log: Callable[[str], None]) -> dict[str, Any]:
         return evaluate_documents(generator, run_dir, manifest, config)
 
+    def sample_markdown(self, samples: list[dict[str, Any]]) -> list[str]:
+        return [line for s in samples for line in ("```", s["prompt"] + s["completion"], "```", "")]
+
+    def sample_text(self, sample: dict[str, Any], eval_dir: Path) -> str:
+        return sample["prompt"] + sample["completion"]
+
     def generate(self, generator: TextGenerator, request: GenerateRequest, settings: GenerateConfig,
                  write: Callable[[str], None]) -> None:
         """Continue ``request.prompt``, or every prompt line (``\\n`` inside a line is a newline); samples
