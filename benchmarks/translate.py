@@ -30,7 +30,7 @@ from aigc.data.pairs import PairSampler, read_sequences
 from aigc.tasks import prepare
 from aigc.data.shards import open_split, read_manifest
 from aigc.generate.sampling import SamplingParams
-from aigc.generate.text import TextGenerator
+from aigc.generate.translate import Translator
 from aigc.training.loop import train
 from aigc.training.optim import build_optimizer, learning_rate
 
@@ -125,7 +125,7 @@ def main() -> None:
           f"budget {args.minutes:g} min each, {torch.get_num_threads()} threads", flush=True)
 
     outcome = train(config, log=lambda line: None)
-    generator = TextGenerator.from_checkpoint(config.run_dir)
+    generator = Translator.from_checkpoint(config.run_dir)
     sources = [generator.decode(s[:-1].tolist()) for s, _ in test]
     references = [generator.decode(t[:-1].tolist()) for _, t in test]
     greedy = SamplingParams(max_new_tokens=config.model.block_size, temperature=0)

@@ -32,6 +32,7 @@ from aigc import __version__
 from aigc.config import Config, validate_config
 from aigc.errors import CheckpointError
 from aigc.files import file_hash, read_json, write_json
+from aigc.models import build_model
 from aigc.tokenizer import TARGET_TOKENIZER
 
 FORMAT_VERSION = 1
@@ -50,6 +51,12 @@ class Checkpoint:
         if self.config.model.tie_embeddings and "lm_head.weight" not in state:
             state["lm_head.weight"] = state["wte.weight"]
         return state
+
+    def load_model(self, device: str = "cpu") -> torch.nn.Module:
+        """The checkpoint's model with its weights, on ``device``, in eval mode."""
+        model = build_model(self.config.model)
+        model.load_state_dict(self.model_state())
+        return model.to(device).eval()
 
     def train_state(self) -> dict[str, Any]:
         return torch.load(self.path / "train_state.pt", map_location="cpu", weights_only=True)

@@ -172,7 +172,7 @@ class GenerateConfig(Section):
     top_k: int | None = Field(40, ge=1, description="sample among the k most likely tokens (none or null = all)")
     top_p: float = Field(1.0, gt=0, le=1, description="sample within the smallest set of tokens with this total probability")
     min_p: float = Field(0.0, ge=0, lt=1, description="drop tokens less likely than min_p times the most likely one")
-    repetition_penalty: float = Field(1.0, gt=0, description="divide the logits of tokens already seen (1 = off)")
+    repetition_penalty: float = Field(1.0, ge=0.01, le=100, description="divide the logits of tokens already seen (1 = off)")
     presence_penalty: float = Field(0.0, ge=-2, le=2, description="subtract once from the logits of generated tokens")
     frequency_penalty: float = Field(0.0, ge=-2, le=2, description="subtract per occurrence from generated tokens' logits")
     stop: list[str] = Field(default_factory=list, description="stop before any of these strings (\\n = newline)")

@@ -38,6 +38,7 @@ from aigc.files import write_json
 from aigc.generate.beam import BeamParams
 from aigc.generate.sampling import SamplingParams, sampling_params
 from aigc.generate.text import TextGenerator
+from aigc.generate.translate import Translator
 
 CODE_STOPS = ("\ndef ", "\nclass ", "\n@", "\nif __name__")
 
@@ -221,7 +222,7 @@ def bleu_tokenizer(references: list[str]) -> str:
     return "zh" if text and cjk / len(text) > 0.3 else "13a"
 
 
-def evaluate_pairs(generator: TextGenerator, run_dir: Path, manifest: dict, config: Config) -> dict[str, Any]:
+def evaluate_pairs(generator: Translator, run_dir: Path, manifest: dict, config: Config) -> dict[str, Any]:
     """Val loss of the seq2seq model, and BLEU / chrF of its translations of the test split (val if no test)."""
     import sacrebleu
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from aigc.errors import ConfigError
 
@@ -44,8 +45,15 @@ def _optional(convert):
     return parse
 
 
-def _flag_options(annotation: Any) -> dict[str, Any]:
-    """argparse options (type, nargs, action) for one field's annotation."""
+def flag_name(name: str, field: FieldInfo) -> str:
+    """``--field-name``, or the spelling the field names in ``json_schema_extra={"flag": ...}``."""
+    return (field.json_schema_extra or {}).get("flag") or f"--{name.replace('_', '-')}"
+
+
+def _flag_options(field: FieldInfo) -> dict[str, Any]:
+    """argparse options (type, nargs, action) for one field: lists take several values, or repeat the flag
+    when the field says ``json_schema_extra={"repeat": True}`` (taken as typed, without escapes)."""
+    annotation = field.annotation
     args = typing.get_args(annotation)
     nullable = typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args
     if nullable:
@@ -54,6 +62,8 @@ def _flag_options(annotation: Any) -> dict[str, Any]:
     if annotation is bool:
         return {"action": argparse.BooleanOptionalAction}
     if origin in (list, tuple):
+        if (field.json_schema_extra or {}).get("repeat"):
+            return {"action": "append", "metavar": "STR"}
         return {"nargs": "+", "type": unescape, "metavar": "STR"}
     if origin is typing.Literal:
         return {"choices": list(typing.get_args(annotation))}
@@ -75,9 +85,9 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, setting
         default = field.get_default(call_default_factory=True)
         shown = "none" if default is None else default
         where = f"{defaults_from}; else {shown}" if defaults_from else shown
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS,
+        parser.add_argument(flag_name(name, field), dest=name, default=argparse.SUPPRESS,
                             help=f"{field.description or ''} [default: {where}]".replace("%", "%%"),
-                            **_flag_options(field.annotation))
+                            **_flag_options(field))
 
 
 def given_flags(args: argparse.Namespace, settings: type[BaseModel]) -> dict[str, Any]:
@@ -87,9 +97,13 @@ def given_flags(args: argparse.Namespace, settings: type[BaseModel]) -> dict[str
 
 def with_flags(settings: BaseModel, args: argparse.Namespace) -> BaseModel:
     """``settings`` with the flags given in ``args`` applied and validated; a bad value names its flag."""
-    given = given_flags(args, type(settings))
+    model = type(settings)
+    given = given_flags(args, model)
     try:
-        return type(settings).model_validate({**settings.model_dump(), **given})
+        return model.model_validate({**settings.model_dump(), **given})
     except ValidationError as err:
-        problems = [f"--{'.'.join(map(str, p['loc'])).replace('_', '-') or 'value'}: {p['msg']}" for p in err.errors()]
-        raise ConfigError("; ".join(problems)) from None
+        def where(loc: tuple) -> str:
+            name = str(loc[0]) if loc else ""
+            return flag_name(name, model.model_fields[name]) if name in model.model_fields else name or "value"
+
+        raise ConfigError("; ".join(f"{where(p['loc'])}: {p['msg']}" for p in err.errors())) from None

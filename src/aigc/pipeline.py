@@ -4,7 +4,7 @@ Each stage has a key: the hash of the config sections it reads plus the fingerpr
 (source files for collect and prepare, the data manifest for train). Keys of finished stages are kept
 in ``<run>/stages.json``; a stage runs again only when its key changes or its outputs are gone, so
 changing ``train.*`` retrains without re-tokenizing. A training run that was interrupted resumes.
-``aigc train`` runs the data stages the same way (:func:`prepare_if_needed`).
+``aigc train`` prepares the data first too, when it is not prepared with its settings (:func:`prepare_if_needed`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from aigc.checkpoint import CHECKPOINTS, latest_valid
 from aigc.config import Config
 from aigc.data.shards import MANIFEST
+from aigc.errors import DataError
 from aigc.data.sources import fingerprint, resolve_sources
 from aigc.files import file_hash, read_json, write_json
 from aigc.tasks import collect, evaluate, prepare, task_for
@@ -81,14 +82,34 @@ def _data_stages(config: Config, stages: _Stages) -> None:
                (data_dir / MANIFEST).is_file(), lambda: prepare(config).summary())
 
 
-def prepare_if_needed(config: Config, log: Callable[[str], None] = print) -> str | None:
-    """Collect and prepare the run's data unless it is prepared with the same settings and files (as ``aigc run``).
+def is_prepared(config: Config) -> bool:
+    """Whether ``<run>/data`` holds data prepared with these data and tokenizer settings from these files.
 
-    Returns the stages' summaries when something ran, else None.
+    The manifest records all three, so data prepared by ``aigc prepare``, ``aigc run`` or the Python
+    API counts alike.
     """
-    stages = _Stages(config.run_dir, log)
-    _data_stages(config, stages)
-    return "\n".join(stages.result.outputs) or None
+    path = config.run_dir / "data" / MANIFEST
+    if not path.is_file():
+        return False
+    manifest = read_json(path)
+    settings = {"data": config.data.model_dump(mode="json"), "tokenizer": config.tokenizer.model_dump(mode="json")}
+    return (manifest.get("config") == settings and manifest.get("seed") == config.seed
+            and manifest.get("sources", {}).get("fingerprint") == fingerprint(resolve_sources(config.data)))
+
+
+def prepare_if_needed(config: Config, rank: int = 0, wait_s: float = 3600.0) -> str | None:
+    """Collect and prepare the run's data unless :func:`is_prepared`; the summaries when it ran, else None.
+
+    Under torchrun only ``rank`` 0 prepares; the other processes wait (at most ``wait_s``) for its manifest.
+    """
+    if rank == 0:
+        return None if is_prepared(config) else "\n".join([collect(config).summary(), prepare(config).summary()])
+    deadline = time.monotonic() + wait_s
+    while not is_prepared(config):
+        if time.monotonic() > deadline:
+            raise DataError(f"process {rank} waited {wait_s:.0f} s for process 0 to prepare {config.run_dir / 'data'}")
+        time.sleep(0.5)
+    return None
 
 
 def run_pipeline(config: Config, log: Callable[[str], None] = print) -> PipelineResult:

@@ -36,13 +36,15 @@ def free_port() -> int:
 class Server:
     """``aigc serve`` in a subprocess; ``url`` once /ready answers."""
 
-    def __init__(self, runs: list[Path], *args: str):
+    def __init__(self, runs: list[Path], *args: str, key: str | None = None, env: dict[str, str] | None = None):
         self.port = free_port()
-        self.headers = {"Authorization": f"Bearer {args[args.index('--api-key') + 1]}"} if "--api-key" in args else {}
+        key = key or (args[args.index("--api-key") + 1] if "--api-key" in args else None)
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(f"/tmp/aigc-serve-{self.port}.log")
         self.process = subprocess.Popen([sys.executable, "-m", "aigc", "serve", *map(str, runs), "--port", str(self.port),
-                                         *args], stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+                                         *args], stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+                                        env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -55,9 +57,10 @@ class Server:
             time.sleep(0.2)
         raise RuntimeError(f"server did not start:\n{self.log.read_text()}")
 
-    def metric(self, name: str, model: str = "code") -> float:
+    def metric(self, name: str, model: str = "code", **labels: str) -> float:
         text = httpx.get(f"{self.url}/metrics", headers=self.headers).text
-        match = re.search(rf'^{name}\{{model="{model}"\}} (\S+)$', text, re.M)
+        wanted = ",".join([f'model="{model}"', *(f'{k}="{v}"' for k, v in labels.items())])
+        match = re.search(rf"^{name}\{{{re.escape(wanted)}\}} (\S+)$", text, re.M)
         return float(match.group(1)) if match else 0.0
 
     def stop(self) -> None:
@@ -145,6 +148,7 @@ def test_concurrent_streams_do_not_mix(client):
 
 def test_disconnect_frees_the_slot(server):
     before = server.metric("aigc_cancelled_sequences")
+    finished_before = server.metric("aigc_finished_sequences_total", reason="cancelled")
     body = {"model": "code", "prompt": "A", "max_tokens": 1000, "stream": True, "ignore_eos": True}
     with httpx.stream("POST", f"{server.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}) as r:
         for line in r.iter_lines():
@@ -156,6 +160,58 @@ def test_disconnect_frees_the_slot(server):
         time.sleep(0.05)
     assert server.metric("aigc_requests_running") == 0
     assert server.metric("aigc_cancelled_sequences") == before + 1
+    assert server.metric("aigc_finished_sequences_total", reason="cancelled") == finished_before + 1
+
+
+def wait_for(condition, seconds: float = 60) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def test_plain_requests_are_cancelled_when_their_clients_give_up(server):
+    """Ten clients give up after 50 ms on 4 choices of 1000 tokens: all 40 sequences stop, queued or running."""
+    cancelled = server.metric("aigc_cancelled_sequences")
+    finished = server.metric("aigc_finished_sequences_total", reason="cancelled")
+    generated = server.metric("aigc_generation_tokens_total")
+    body = {"model": "code", "prompt": "A", "max_tokens": 1000, "n": 4, "ignore_eos": True}
+
+    def give_up(_) -> bool:
+        try:
+            httpx.post(f"{server.url}/v1/completions", json=body, headers=server.headers, timeout=0.05)
+        except httpx.TimeoutException:
+            return True
+        return False
+
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        assert all(pool.map(give_up, range(10)))
+    assert wait_for(lambda: server.metric("aigc_cancelled_sequences") == cancelled + 40)
+    assert wait_for(lambda: server.metric("aigc_requests_running") + server.metric("aigc_requests_waiting") == 0)
+    assert server.metric("aigc_finished_sequences_total", reason="cancelled") == finished + 40
+    assert server.metric("aigc_generation_tokens_total") - generated < 40 * 1000
+
+
+EXTREME = [{"temperature": 1e-40}, {"temperature": 1e-40, "repetition_penalty": 1e-40}, {"repetition_penalty": 1e-40},
+           {"repetition_penalty": 0.01}, {"repetition_penalty": 100}, {"top_p": 1e-300}, {"min_p": 0.999999},
+           {"temperature": 2, "presence_penalty": -2, "frequency_penalty": -2, "top_k": 1}]
+
+
+def test_extreme_sampling_values_are_answered_alone(server):
+    """Values that used to NaN the probabilities get a 200 or a 400, and a stream in the same batch goes on."""
+    body = {"model": "code", "prompt": "A", "max_tokens": 400, "stream": True, "ignore_eos": True, "seed": 1}
+    lines, statuses = [], []
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, headers=server.headers, timeout=60) as stream:
+        for line in filter(None, stream.iter_lines()):
+            lines.append(line)
+            if len(lines) == 1:  # the stream is running: the others join its batch
+                with concurrent.futures.ThreadPoolExecutor(len(EXTREME)) as pool:
+                    statuses = list(pool.map(lambda extra: post(server, "/v1/completions", {
+                        "model": "code", "prompt": "ROMEO:", "max_tokens": 30, "n": 2, **extra}).status_code, EXTREME))
+    assert all(status in (200, 400) for status in statuses), statuses
+    assert lines[-1] == "data: [DONE]" and not any('"error"' in line for line in lines)
+    finals = [json.loads(x[6:]) for x in lines if x.startswith("data: {")]
+    assert finals[-1]["choices"][0]["finish_reason"] == "length"
 
 
 def post(server, path: str, body, headers: dict | None = None, raw: bytes | None = None) -> httpx.Response:
@@ -186,6 +242,11 @@ MALFORMED = [
     ("/v1/chat/completions", {"model": "code", "messages": [{"role": "user", "content": "x"}], "tools": [{}]}, None, 400,
      "unsupported_parameter"),
     ("/v1/images/generations", {"prompt": "a red circle", "model": "code"}, None, 400, "not_an_image_model"),
+    ("/v1/completions", {"model": "code", "prompt": "x", "seed": 18446744073709551616}, None, 400, "invalid_value"),
+    ("/v1/completions", None, b'{"model": "code", "prompt": "a\\ud800b"}', 400, "invalid_value"),
+    ("/v1/chat/completions", None, b'{"model": "code", "messages": [{"role": "user", "content": "\\udc00"}]}', 400,
+     "invalid_value"),
+    ("/v1/completions", None, b'{"model": "c\\ud800", "prompt": "x"}', 400, "invalid_value"),
     ("/v1/nothing", {}, None, 404, None),
 ]
 
@@ -213,6 +274,9 @@ def test_auth_cors_health_and_request_ids(server):
     assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
     assert httpx.get(f"{server.url}/health").status_code == 200 and httpx.get(f"{server.url}/").status_code == 200
     assert httpx.get(f"{server.url}/metrics").status_code == 401 and httpx.get(f"{server.url}/ready").status_code == 401
+    for path in ("/docs", "/openapi.json"):  # only /health and / are open
+        assert httpx.get(f"{server.url}{path}").status_code == 401
+        assert httpx.get(f"{server.url}{path}", headers=server.headers).status_code == 200
     assert "aigc_requests_running" in httpx.get(f"{server.url}/metrics", headers=server.headers).text
     preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
                  "Access-Control-Request-Headers": "authorization,content-type"}
@@ -253,6 +317,81 @@ def test_sigterm_drains_running_requests(tiny_run):
     assert server.process.wait(timeout=30) == -signal.SIGTERM  # exits by the signal after the drain, as uvicorn does
 
 
+def post_in_background(server: Server, bodies: list[dict]) -> tuple[concurrent.futures.ThreadPoolExecutor, list]:
+    """POST each body from its own thread; the futures give a status code, or the exception of a dropped connection."""
+    def send(body: dict) -> int | Exception:
+        try:
+            return httpx.post(f"{server.url}/v1/completions", json=body, headers=server.headers, timeout=120).status_code
+        except httpx.HTTPError as err:
+            return err
+
+    pool = concurrent.futures.ThreadPoolExecutor(len(bodies))
+    return pool, [pool.submit(send, body) for body in bodies]
+
+
+LONG = {"model": "code", "prompt": "A", "max_tokens": 1000, "ignore_eos": True}
+
+
+def test_a_second_signal_exits_at_once(tiny_run):
+    """Draining waits for running and queued requests; a second SIGTERM does not wait for them."""
+    server = Server([tiny_run], "--max-batch", "1", "--drain-timeout", "300")
+    pool, futures = post_in_background(server, [LONG] * 8)
+    assert wait_for(lambda: server.metric("aigc_requests_waiting") >= 6)
+    server.process.send_signal(signal.SIGTERM)
+    assert wait_for(lambda: httpx.get(f"{server.url}/ready").status_code == 503)
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        assert server.process.wait(timeout=60) == -signal.SIGTERM
+    finally:
+        server.stop()
+    results = [f.result() for f in futures]
+    pool.shutdown()
+    assert not all(result == 200 for result in results), results  # the queued ones were not waited for
+
+
+def test_requests_unfinished_when_the_drain_time_ends_get_503(tiny_run):
+    server = Server([tiny_run], "--max-batch", "1", "--drain-timeout", "1")
+    pool, futures = post_in_background(server, [LONG] * 8)
+    assert wait_for(lambda: server.metric("aigc_requests_waiting") >= 6)
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        assert server.process.wait(timeout=60) == -signal.SIGTERM
+    finally:
+        server.stop()
+    results = [f.result() for f in futures]
+    pool.shutdown()
+    assert all(result in (200, 503) for result in results), results  # never a dropped connection
+    assert 503 in results
+
+
+def test_api_keys_from_the_environment_and_a_key_file(tiny_run, tmp_path):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("file-key-1\n\n  file-key-2  \n", encoding="utf-8")
+    server = Server([tiny_run], "--api-key-file", str(keys), key="env-key", env={"AIGC_API_KEY": "env-key"})
+    try:
+        assert httpx.get(f"{server.url}/v1/models").status_code == 401
+        for key in ("env-key", "file-key-1", "file-key-2"):
+            assert httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        assert httpx.get(f"{server.url}/v1/models", headers={"Authorization": "Bearer file-key-3"}).status_code == 401
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("args, env, says", [
+    (["--api-key", ""], {}, "API key is empty"),
+    (["--api-key", "ok", "--api-key", " "], {}, "API key is empty"),
+    ([], {"AIGC_API_KEY": ""}, "AIGC_API_KEY is set but the API key is empty"),
+    (["--api-key-file", "BLANK"], {}, "has no key"),
+])
+def test_empty_api_keys_are_refused(tiny_run, tmp_path, args, env, says):
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n", encoding="utf-8")
+    args = [str(blank) if a == "BLANK" else a for a in args]
+    done = subprocess.run([sys.executable, "-m", "aigc", "serve", str(tiny_run), *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **env})
+    assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
 def test_serve_bad_input_is_a_clear_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "aigc", "serve", str(tmp_path)], capture_output=True, text=True,
                           timeout=60, env={**os.environ})
@@ -262,13 +401,15 @@ def test_serve_bad_input_is_a_clear_error(tmp_path):
 @pytest.fixture(scope="module")
 def api_schema(tiny_run):
     """The server's own OpenAPI schema, served in-process (ASGI) with small limits so each case is fast."""
-    from aigc.serve.app import ServeSettings, create_app
+    from aigc.serve.app import create_app
     from aigc.serve.server import load_models
+    from aigc.serve.settings import ServeSettings
 
-    models = load_models([tiny_run], max_running=8)
+    settings = ServeSettings(max_batch=8, max_tokens=8, max_n=2)
+    models = load_models([tiny_run], settings)
     for model in models:
         model.worker.start()
-    yield schemathesis.openapi.from_asgi("/openapi.json", create_app(models, ServeSettings(max_tokens=8, max_n=2)))
+    yield schemathesis.openapi.from_asgi("/openapi.json", create_app(models, settings))
     for model in models:
         model.worker.stop()
 
@@ -304,6 +445,17 @@ def test_playground_streams_in_a_headless_browser(server):
         page.fill("#key", KEY)
         page.dispatch_event("#key", "change")
         expect(page.locator("#model option")).to_have_count(1)
+        # the sliders start from the model's own defaults (this run: generate.max_new_tokens=4, temperature 0.8,
+        # top_k 40), and the first Send with them works
+        expect(page.locator("#max_tokens")).to_have_value("4")
+        assert page.locator("#max_tokens").get_attribute("max") == "1023"
+        expect(page.locator("#temperature")).to_have_value("0.8")
+        expect(page.locator("#top_k")).to_have_value("40")
+        page.fill("#prompt", "Hello")
+        page.click("#send")
+        expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=20_000)
+        expect(page.locator("#send")).to_be_enabled(timeout=20_000)
+        assert page.locator("#error").inner_text() == ""
         page.click("#tab-completion")
         page.fill("#prompt", "ROMEO:")
         page.fill("#max_tokens", "40")

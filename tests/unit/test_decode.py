@@ -89,12 +89,17 @@ def test_a_failing_request_fails_alone(generator, monkeypatch):
     assert not any(e.error for e in outcome[0] + outcome[3])
 
 
-def test_vanishing_temperature_is_greedy_and_tiny_penalties_stay_finite(generator):
+def test_extreme_settings_decode_or_are_refused(generator):
     greedy = generator.complete(["hello"], SamplingParams(max_new_tokens=20, temperature=0))[0].text
     assert generator.complete(["hello"], SamplingParams(max_new_tokens=20, temperature=1e-40))[0].text == greedy
+    # a top_p that rounds to 0 in float32 keeps the most likely token: greedy again
+    assert generator.complete(["hello"], SamplingParams(max_new_tokens=20, temperature=1.0, top_p=1e-300,
+                                                        seed=1))[0].text == greedy
     penalised = generator.complete(["hello"], SamplingParams(max_new_tokens=20, temperature=1.0, seed=1,
-                                                            repetition_penalty=1e-40))[0]
+                                                            repetition_penalty=0.01))[0]
     assert penalised.finish_reason in ("stop", "length") and len(penalised.token_ids) > 0
+    with pytest.raises(Exception, match=r"repetition_penalty must be in \[0.01, 100\]"):
+        SamplingParams(repetition_penalty=1e-40)
 
 
 def test_seed_beyond_63_bits_is_refused():

@@ -47,8 +47,8 @@ class SamplingParams:
             raise GenerationError(f"min_p must be in [0, 1) (got {self.min_p})")
         if self.top_k is not None and self.top_k < 1:
             raise GenerationError(f"top_k must be at least 1 (got {self.top_k})")
-        if self.repetition_penalty <= 0:
-            raise GenerationError(f"repetition_penalty must be above 0 (got {self.repetition_penalty})")
+        if not 0.01 <= self.repetition_penalty <= 100:
+            raise GenerationError(f"repetition_penalty must be in [0.01, 100] (got {self.repetition_penalty})")
         if any(not s for s in self.stop):
             raise GenerationError("stop strings must not be empty")
         if self.seed is not None and not 0 <= self.seed < 2**63:
@@ -82,9 +82,7 @@ def apply_penalties(logits: torch.Tensor, seen: torch.Tensor, generated: torch.T
     """
     if params.repetition_penalty != 1.0:
         penalised = torch.where(logits > 0, logits / params.repetition_penalty, logits * params.repetition_penalty)
-        # a tiny penalty overflows to inf, and inf - inf in the softmax is NaN: keep the values finite
-        limit = torch.finfo(logits.dtype).max
-        logits = torch.where(seen > 0, penalised.clamp(-limit, limit), logits)
+        logits = torch.where(seen > 0, penalised, logits)
     if params.presence_penalty or params.frequency_penalty:
         logits = logits - params.presence_penalty * (generated > 0) - params.frequency_penalty * generated
     return logits
@@ -99,6 +97,7 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
         drop_sorted = cumulative - sorted_logits.softmax(-1) >= params.top_p  # keep the token that crosses top_p
+        drop_sorted[..., 0] = False  # and always the most likely one (a top_p that rounds to 0 in float32)
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     if params.min_p > 0:

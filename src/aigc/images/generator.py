@@ -20,7 +20,6 @@ from aigc.errors import GenerationError
 from aigc.generate.engine import Engine
 from aigc.generate.sampling import SamplingParams
 from aigc.images.pixels import dequantise
-from aigc.models import build_model
 from aigc.models.gpt import GPT
 from aigc.tokenizer import UNK, eot_id
 
@@ -43,9 +42,7 @@ class ImageGenerator:
     @classmethod
     def from_checkpoint(cls, path: Path, device: str = "cpu") -> ImageGenerator:
         checkpoint = load_checkpoint(path)
-        model = build_model(checkpoint.config.model)
-        model.load_state_dict(checkpoint.model_state())
-        return cls(model.to(device).eval(), Tokenizer.from_file(str(checkpoint.path / "tokenizer.json")))
+        return cls(checkpoint.load_model(device), Tokenizer.from_file(str(checkpoint.path / "tokenizer.json")))
 
     def encode(self, prompt: str) -> tuple[list[int], int]:
         """The caption prefix (ids + end token, left-padded to ``image_prefix``) and how many tokens were unknown."""

@@ -36,10 +36,6 @@ class PrefixSampler:
         self.pad, self.prefix, self.batch_size, self.grad_accum = pad, prefix, batch_size, grad_accum
         self.seed, self.rank, self.world, self.condition_dropout = seed, rank, world, condition_dropout
 
-    @property
-    def micro_steps(self) -> int:
-        return self.grad_accum // self.world
-
     def collate(self, rows: torch.Tensor, generator: torch.Generator | None = None):
         """((inputs (B, L-1),), targets (B, L-1)) with targets -1 on caption positions."""
         sequences = self.sequences[rows].clone()

@@ -15,12 +15,13 @@ class Metrics:
         self.registry = registry = CollectorRegistry()
         running = Gauge("aigc_requests_running", "requests being decoded", ["model"], registry=registry)
         waiting = Gauge("aigc_requests_waiting", "requests queued for a slot", ["model"], registry=registry)
-        cancelled = Gauge("aigc_cancelled_sequences", "sequences stopped because the client went away (ever)", ["model"],
-                          registry=registry)
+        # a gauge (not a counter) for the name it has always had; it only grows
+        self.cancelled = Gauge("aigc_cancelled_sequences", "sequences stopped because the client went away, queued "
+                               "or running (ever)", ["model"], registry=registry)
         for model in models:
             running.labels(model.id).set_function(lambda m=model: m.worker.running)
             waiting.labels(model.id).set_function(lambda m=model: m.worker.queued)
-            cancelled.labels(model.id).set_function(lambda m=model: m.worker.cancelled)
+            self.cancelled.labels(model.id)
         self.ttft = Histogram("aigc_time_to_first_token_seconds", "request start to first token", ["model"],
                               buckets=LATENCY_BUCKETS, registry=registry)
         self.itl = Histogram("aigc_inter_token_latency_seconds", "time between tokens of one request", ["model"],
@@ -41,8 +42,11 @@ class Metrics:
         if gap is not None:
             self.itl.labels(model).observe(gap)
 
-    def finished(self, model: str, reason: str) -> None:
-        self.finish.labels(model, reason).inc()
+    def finished(self, model: str, reason: str, sequences: int = 1) -> None:
+        """``reason``: stop, length, timeout, error, or cancelled (the client went away; also counted apart)."""
+        self.finish.labels(model, reason).inc(sequences)
+        if reason == "cancelled":
+            self.cancelled.labels(model).inc(sequences)
 
     def completed(self, model: str, seconds: float, generated: int) -> None:
         self.e2e.labels(model).observe(seconds)

@@ -1,22 +1,42 @@
 """Request bodies of the OpenAI-compatible API (pydantic), with the limits and checks the server applies.
 
-Field names, types and defaults follow OpenAI's API reference. ``top_k``, ``min_p``,
-``repetition_penalty`` and ``ignore_eos`` are extensions (as in vLLM). Fields the server does not implement are either
-ignored with a logged warning (``IGNORED``: they do not change what the model writes) or rejected
-with a 400 (``REJECTED``: ignoring them would silently change the meaning of the request).
+Field names and types follow OpenAI's API reference. ``top_k``, ``min_p``, ``repetition_penalty`` and
+``ignore_eos`` are extensions (as in vLLM). Sampling fields have no default of their own: a field the
+client leaves out takes the served run's ``generate`` setting (:meth:`SamplingFields.sampling_params`,
+the one mapping to :class:`SamplingParams`). Fields the server does not implement are either ignored
+with a logged warning (``IGNORED``: they do not change what the model writes) or rejected with a 400
+(``REJECTED``: ignoring them would silently change the meaning of the request).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from aigc.config import GenerateConfig
+from aigc.generate.sampling import SamplingParams, sampling_params
 
 IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "modalities", "prediction", "audio",
            "reasoning_effort", "web_search_options", "safety_identifier", "prompt_cache_key"}
 REJECTED = {"echo": "echo", "suffix": "suffix", "logit_bias": "logit_bias", "tools": "tool calls",
             "tool_choice": "tool calls", "functions": "function calls", "function_call": "function calls",
             "response_format": "structured output", "best_of": "best_of"}
+SEED_LIMIT = 2**63  # seeds are 0 <= seed < 2**63, so seed + choice index still fits torch's 64-bit seed
+# The fields that become SamplingParams fields of the same name when the client sends them; an explicit null
+# means "the run's default", except for top_k, where null means "no top-k".
+SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+                   "frequency_penalty")
+NULL_IS_A_VALUE = ("top_k",)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(value: str) -> str:
+    """``value`` unless it holds a lone surrogate (JSON can carry "\\ud800"; no tokenizer or UTF-8 encoder can)."""
+    if _SURROGATE.search(value):
+        raise ValueError("the text has a lone surrogate (an unpaired \\ud800-\\udfff escape); send valid Unicode")
+    return value
 
 
 class StreamOptions(BaseModel):
@@ -31,19 +51,25 @@ class SamplingFields(BaseModel):
 
     model: str
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = Field(None, validate_default=True)
-    seed: int | None = None
-    presence_penalty: float = Field(0.0, ge=-2, le=2)
-    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
     top_k: int | None = Field(None, ge=1)
-    min_p: float = Field(0.0, ge=0, lt=1)
-    repetition_penalty: float = Field(1.0, gt=0)
+    min_p: float | None = Field(None, ge=0, lt=1)
+    # Bounded so that dividing or multiplying a float32 logit by it can neither overflow nor reach 0 (1 = off).
+    repetition_penalty: float | None = Field(None, ge=0.01, le=100)
     ignore_eos: bool = False
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        return valid_text(value)
 
     @field_validator("stop")
     @classmethod
@@ -53,15 +79,24 @@ class SamplingFields(BaseModel):
             raise ValueError("at most 4 stop sequences")
         if any(not s for s in stops):
             raise ValueError("stop sequences must not be empty")
-        return stops
+        return [valid_text(s) for s in stops]
 
     def unknown_fields(self) -> list[str]:
         return sorted((self.model_extra or {}).keys())
 
+    def sampling_params(self, defaults: GenerateConfig, max_new_tokens: int, extra_stops: list[str] = (),
+                        logprobs: bool = False) -> SamplingParams:
+        """The run's ``defaults`` overridden by every sampling field the client sent (raises GenerationError)."""
+        sent = self.model_fields_set
+        given = {name: getattr(self, name) for name in SAMPLING_FIELDS
+                 if name in sent and (getattr(self, name) is not None or name in NULL_IS_A_VALUE)}
+        stops = self.stop if "stop" in sent else defaults.stop
+        return sampling_params(defaults, **given, max_new_tokens=max_new_tokens, stop=(*stops, *extra_stops),
+                               seed=self.seed, logprobs=logprobs, ignore_eos=self.ignore_eos, truncate_prompt=False)
+
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str]
-    max_tokens: int | None = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=5)
 
     @field_validator("prompt")
@@ -69,7 +104,13 @@ class CompletionRequest(SamplingFields):
     def _prompt(cls, value: str | list[str]) -> str | list[str]:
         if isinstance(value, list) and not value:
             raise ValueError("the prompt list is empty")
+        for text in [value] if isinstance(value, str) else value:
+            valid_text(text)
         return value
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
 
 
 class TextPart(BaseModel):
@@ -82,6 +123,13 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _content(cls, value: str | list[TextPart] | None) -> str | list[TextPart] | None:
+        for text in [value] if isinstance(value, str) else [part.text for part in value or []]:
+            valid_text(text)
+        return value
 
     @property
     def text(self) -> str:
@@ -98,7 +146,8 @@ class ChatRequest(SamplingFields):
 
 
 class ImageRequest(BaseModel):
-    """OpenAI's image generation body; ``seed`` and ``guidance`` (classifier-free guidance) are extensions."""
+    """OpenAI's image generation body; ``seed``, ``guidance`` (classifier-free guidance) and ``temperature`` are
+    extensions. Left out, ``guidance`` and ``temperature`` take the run's ``generate`` settings."""
 
     model_config = ConfigDict(extra="allow")
     prompt: str
@@ -106,5 +155,17 @@ class ImageRequest(BaseModel):
     n: int = Field(1, ge=1)
     size: str | None = None
     response_format: Literal["b64_json"] = "b64_json"
-    seed: int | None = None
-    guidance: float = Field(1.0, ge=0, le=20)
+    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
+    guidance: float | None = Field(None, ge=0, le=20)
+    temperature: float | None = Field(None, ge=0, le=2)
+
+    @field_validator("prompt", "model", "size")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        return value if value is None else valid_text(value)
+
+    def sampling_params(self, defaults: GenerateConfig) -> tuple[SamplingParams, float]:
+        """The run's ``defaults`` with the request's seed and, when sent, temperature; and the guidance scale."""
+        given = {"temperature": self.temperature} if self.temperature is not None else {}
+        guidance = self.guidance if self.guidance is not None else defaults.guidance
+        return sampling_params(defaults, **given, seed=self.seed), guidance

@@ -1,17 +1,36 @@
-"""What the server runs for each model: the continuous-batching scheduler (GPT) or a translation worker.
+"""What the server runs for each model, and the choices that belong to the model rather than to HTTP.
 
-Both take a :class:`~aigc.serve.scheduler.Request` with ``submit`` and report through its ``sink``, so
-the HTTP layer treats every model alike.
+A :class:`ServedModel` is one run behind the API: its generator, the worker that owns it (the
+continuous-batching :class:`~aigc.serve.scheduler.Scheduler` for a GPT, a :class:`TranslationWorker`
+for a seq2seq run, an :class:`ImageWorker` for an image run), the run's own sampling defaults, and the
+model-specific rules: how a chat becomes a prompt, how many tokens a request may ask for, which image
+sizes it can answer. One subclass per kind of model; the HTTP layer only calls these methods.
 """
 
 from __future__ import annotations
 
+import re
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from typing import ClassVar
 
+from aigc.config import GenerateConfig
+from aigc.errors import AigcError
 from aigc.generate.text import TextGenerator
+from aigc.generate.translate import Translator
+from aigc.serve.settings import ServeSettings
 from aigc.images.generator import ImageGenerator
-from aigc.serve.scheduler import Busy, Event, QueueWorker, Scheduler
+from aigc.serve.scheduler import Busy, Event, QueueWorker, Request, Scheduler
+from aigc.serve.schemas import Message
+
+
+class InvalidRequest(AigcError):
+    """A request this model cannot serve as asked (answered 400, ``param`` names the field)."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param, self.code = param, code
 
 
 class TranslationWorker(QueueWorker):
@@ -19,7 +38,7 @@ class TranslationWorker(QueueWorker):
 
     thread_name = "aigc-translate"
 
-    def __init__(self, generator: TextGenerator, max_waiting: int = 256):
+    def __init__(self, generator: Translator, max_waiting: int = 256):
         super().__init__(max_waiting)
         self.generator, self.active = generator, None
 
@@ -55,12 +74,13 @@ class TranslationWorker(QueueWorker):
 
 
 class ImageWorker:
-    """Image runs: one drawing at a time (a lock), with the counters the metrics read."""
+    """Image runs: one drawing at a time (a lock), at most ``max_waiting`` queued behind it, with the counters
+    the metrics read. Drawings run on the server's thread pool, so a queued one holds a pool thread."""
 
-    def __init__(self, generator):
-        self.generator = generator
+    def __init__(self, generator: ImageGenerator, max_waiting: int = 256):
+        self.generator, self.max_waiting = generator, max_waiting
         self.draining, self.running, self.queued, self.cancelled = False, 0, 0, 0
-        self._lock = threading.Lock()
+        self._lock, self._count = threading.Lock(), threading.Lock()
 
     def start(self) -> None:
         """Nothing runs in the background: requests draw on the server's thread pool."""
@@ -69,33 +89,160 @@ class ImageWorker:
         """Nothing to stop."""
 
     def draw(self, prompt: str, n: int, params, guidance: float) -> list:
-        if self.draining:
-            raise Busy("the server is shutting down; retry on another replica", draining=True, retry_after=5)
-        self.queued += 1
+        with self._count:
+            if self.draining:
+                raise Busy("the server is shutting down; retry on another replica", draining=True, retry_after=5)
+            if self.queued >= self.max_waiting:
+                raise Busy(f"the queue is full ({self.queued} requests waiting); retry later")
+            self.queued += 1
         with self._lock:
-            self.queued -= 1
-            self.running += 1
+            with self._count:
+                self.queued -= 1
+                self.running += 1
             try:
                 return self.generator.generate([prompt], n, params, guidance)[0]
             finally:
-                self.running -= 1
+                with self._count:
+                    self.running -= 1
 
 
 @dataclass
 class ServedModel:
-    """One run behind the API: its id, generator (text or images) and worker."""
+    """One run behind the API: its id, generator, worker and the run's ``generate`` defaults."""
 
+    kind: ClassVar[str]  # the label in /v1/models
+    api: ClassVar[str]  # the API family it answers; a run's task names it (aigc.tasks.base.Task.api)
     id: str
-    generator: TextGenerator | ImageGenerator
+    generator: TextGenerator | Translator | ImageGenerator
     worker: Scheduler | TranslationWorker | ImageWorker
-    created: int
+    defaults: GenerateConfig
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @classmethod
+    def create(cls, model_id: str, generator, defaults: GenerateConfig, settings: ServeSettings) -> ServedModel:
+        """The served model with the worker that will run its generator."""
+        raise NotImplementedError
 
     @property
     def context(self) -> int:
+        """Tokens the model reads at once."""
         return self.generator.engine.block_size
 
-    @property
-    def kind(self) -> str:
-        if isinstance(self.generator, ImageGenerator):
-            return "image"
-        return "seq2seq" if self.generator.is_seq2seq else "gpt"
+
+class TextModel(ServedModel):
+    """A model that writes text: completions and chat completions."""
+
+    def encode(self, text: str, param: str) -> list[int]:
+        if not text:
+            raise InvalidRequest(f"{param} is empty; give some text", param)
+        return self.generator.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def token_text(self, token: int) -> str:
+        return self.generator.decode([token])
+
+    def chat_prompt(self, messages: list[Message]) -> tuple[str, list[str]]:
+        """The text to continue for a chat, and stop strings to add to the request's."""
+        raise NotImplementedError
+
+    def new_tokens(self, prompt_tokens: int, requested: int | None, server_cap: int | None, default: int,
+                   param: str = "prompt") -> int:
+        """How many tokens to generate: ``requested``, else ``default`` within what is left of the context.
+
+        Raises :class:`InvalidRequest` when the prompt fills the context or ``requested`` is over the
+        server's cap (``server_cap``, at most the context).
+        """
+        room = self.context - prompt_tokens
+        if room < 1:
+            raise InvalidRequest(f"the prompt is {prompt_tokens} tokens; this model's context is {self.context}",
+                                 param, "context_length_exceeded")
+        limit = min(server_cap or self.context, self.context)
+        if requested is None:
+            return min(default, room, limit)
+        if requested > limit:
+            raise InvalidRequest(f"max_tokens={requested} is above this server's limit of {limit}", "max_tokens")
+        return requested
+
+    def check_prompt_count(self, count: int) -> None:
+        """Refuse (400) more prompts than this model's queue holds: they could never all be queued."""
+        if count > self.worker.max_waiting:
+            raise InvalidRequest(f"{count} prompts in one request are more than the {self.worker.max_waiting} this "
+                                 "server queues; send fewer at a time", "prompt")
+
+    def check_queue(self, requests: list[Request]) -> None:
+        """Refuse (400) a set of requests that can never fit this model's queue, however long the client waits."""
+        self.check_prompt_count(len(requests))
+
+
+class CompletionModel(TextModel):
+    """A decoder-only GPT: the prompt and the generated tokens share the context."""
+
+    kind, api = "gpt", "completions"
+    CHAT_STOP = "\nUser:"
+
+    @classmethod
+    def create(cls, model_id: str, generator: TextGenerator, defaults: GenerateConfig,
+               settings: ServeSettings) -> CompletionModel:
+        return cls(model_id, generator, Scheduler(generator, settings.max_batch, settings.max_waiting), defaults)
+
+    def chat_prompt(self, messages: list[Message]) -> tuple[str, list[str]]:
+        """The plain default chat template: one "Role: text" line per message, then "Assistant:"; stop at a new user line."""
+        lines = [f"{'System' if m.role in ('system', 'developer') else m.role.capitalize()}: {m.text}" for m in messages]
+        return "\n".join([*lines, "Assistant:"]), [self.CHAT_STOP]
+
+    def new_tokens(self, prompt_tokens: int, requested: int | None, server_cap: int | None, default: int,
+                   param: str = "prompt") -> int:
+        wanted = super().new_tokens(prompt_tokens, requested, server_cap, default, param)
+        if prompt_tokens + wanted > self.context:
+            raise InvalidRequest(f"the prompt ({prompt_tokens} tokens) plus max_tokens ({wanted}) is more than this "
+                                 f"model's context of {self.context} tokens; lower max_tokens or shorten the prompt",
+                                 "max_tokens", "context_length_exceeded")
+        return wanted
+
+    def check_queue(self, requests: list[Request]) -> None:
+        super().check_queue(requests)
+        cost, limit = sum(r.cost for r in requests), self.worker.max_waiting_tokens
+        if cost > limit:
+            raise InvalidRequest(f"the prompts and their max_tokens come to {cost:,} tokens, more than the {limit:,} "
+                                 "this server queues; send fewer at a time", "prompt")
+
+
+class TranslationModel(TextModel):
+    """An encoder-decoder: the source fills the encoder, the translation has a context of its own."""
+
+    kind, api = "seq2seq", "translations"
+
+    @classmethod
+    def create(cls, model_id: str, generator: Translator, defaults: GenerateConfig,
+               settings: ServeSettings) -> TranslationModel:
+        return cls(model_id, generator, TranslationWorker(generator, settings.max_waiting), defaults)
+
+    def chat_prompt(self, messages: list[Message]) -> tuple[str, list[str]]:
+        """A translation model translates the last user message."""
+        return next((m.text for m in reversed(messages) if m.role == "user"), ""), []
+
+
+class ImageModel(ServedModel):
+    """A caption-prefix image model: square images of ``generator.side`` pixels, upscaled on request."""
+
+    kind, api = "image", "images"
+    LARGEST = 1024
+
+    @classmethod
+    def create(cls, model_id: str, generator: ImageGenerator, defaults: GenerateConfig,
+               settings: ServeSettings) -> ImageModel:
+        return cls(model_id, generator, ImageWorker(generator, settings.max_waiting), defaults)
+
+    def image_scale(self, size: str | None) -> int:
+        """The integer upscale that turns the model's native images into ``size`` ("WxH"; None = native)."""
+        native = self.generator.side
+        if size is None:
+            return 1
+        match = re.fullmatch(r"(\d+)x(\d+)", size)
+        width = int(match.group(1)) if match and match.group(1) == match.group(2) else 0
+        if not width or width % native or width > self.LARGEST:
+            raise InvalidRequest(f"size must be square and a multiple of this model's {native}x{native} up to "
+                                 f"{self.LARGEST}, e.g. '{native}x{native}' or '{native * 8}x{native * 8}'", "size")
+        return width // native
+
+
+SERVED_MODELS = {served.api: served for served in (CompletionModel, TranslationModel, ImageModel)}

@@ -38,7 +38,8 @@ class Task(ABC):
 
     name: ClassVar[str]
     model_kind: ClassVar[str]  # the model.kind this task trains ("gpt" or "seq2seq")
-    describes: ClassVar[str]  # a phrase for errors: "text or code", "translation pairs", ...
+    describes: ClassVar[str]  # a phrase for errors: "documents", "source/target pairs", ...
+    api: ClassVar[str]  # what its models answer behind aigc serve: "completions", "translations" or "images"
 
     @abstractmethod
     def collect(self, config: Config) -> CollectResult:

@@ -27,7 +27,7 @@ from aigc.tasks.base import GenerateRequest, Task
 
 
 class ImageTask(Task):
-    name, model_kind, describes = "images", "gpt", "captioned images"
+    name, model_kind, describes, api = "images", "gpt", "captioned images", "images"
 
     def collect(self, config: Config) -> CollectResult:
         report = CleaningReport()

@@ -13,14 +13,14 @@ from aigc.data.prepare import PrepareResult, prepare_pairs
 from aigc.evaluation import evaluate_pairs
 from aigc.generate.beam import BeamParams
 from aigc.generate.sampling import sampling_params
-from aigc.generate.text import TextGenerator
+from aigc.generate.translate import Translator
 from aigc.tasks.base import GenerateRequest, Task
 
 BATCH = 32  # source lines translated together by aigc generate
 
 
 class PairsTask(Task):
-    name, model_kind, describes = "pairs", "seq2seq", "source/target pairs"
+    name, model_kind, describes, api = "pairs", "seq2seq", "source/target pairs", "translations"
 
     def collect(self, config: Config) -> CollectResult:
         return collect_files(config, read_pairs)
@@ -37,10 +37,10 @@ class PairsTask(Task):
                if len(val_pairs) >= tc.batch_size else None)
         return train, val
 
-    def generator(self, path: Path, device: str = "cpu") -> TextGenerator:
-        return TextGenerator.from_checkpoint(path, device)
+    def generator(self, path: Path, device: str = "cpu") -> Translator:
+        return Translator.from_checkpoint(path, device)
 
-    def evaluate(self, generator: TextGenerator, run_dir: Path, manifest: dict, config: Config,
+    def evaluate(self, generator: Translator, run_dir: Path, manifest: dict, config: Config,
                  log: Callable[[str], None]) -> dict[str, Any]:
         return evaluate_pairs(generator, run_dir, manifest, config)
 
@@ -52,7 +52,7 @@ class PairsTask(Task):
     def sample_text(self, sample: dict[str, Any], eval_dir: Path) -> str:
         return f"{sample['source']}\n=> {sample['translation']}\n(reference: {sample['reference']})"
 
-    def generate(self, generator: TextGenerator, request: GenerateRequest, settings: GenerateConfig,
+    def generate(self, generator: Translator, request: GenerateRequest, settings: GenerateConfig,
                  write: Callable[[str], None]) -> None:
         """Translate ``request.prompt``, or every input line in batches: one output line per input line
         (blank in, blank out) so the output lines up with the input; ``n`` outputs of a line are tab-separated."""

@@ -20,7 +20,7 @@ from aigc.tasks.base import GenerateRequest, Task
 
 
 class TextTask(Task):
-    name, model_kind, describes = "text", "gpt", "documents"
+    name, model_kind, describes, api = "text", "gpt", "documents", "completions"
 
     def collect(self, config: Config) -> CollectResult:
         return collect_files(config, read_source)

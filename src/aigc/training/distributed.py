@@ -32,6 +32,17 @@ class Distributed:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def gather(self, value: object) -> list[object] | None:
+        """``value`` from every process in rank order, on the main process (None on the others).
+
+        Every process must call it at the same point; objects travel pickled (e.g. CPU tensors, dicts).
+        """
+        if self.world == 1:
+            return [value]
+        gathered = [None] * self.world if self.is_main else None
+        dist.gather_object(value, gathered, dst=0)
+        return gathered
+
     def any(self, flag: bool) -> bool:
         """True on every process if ``flag`` is true on any (e.g. a stop request seen by one rank)."""
         return self.all_sum(float(flag))[0] > 0

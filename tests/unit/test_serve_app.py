@@ -1,0 +1,247 @@
+"""The HTTP layer in process: a tiny untrained GPT behind the real app, scheduler and handlers.
+
+Fast checks of the request schemas and their one mapping to SamplingParams, the limits, the errors,
+and where work runs; the live server (signals, disconnects, the openai client) is tests/e2e/test_serve.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from aigc.config import GenerateConfig, ModelConfig
+from aigc.generate.sampling import SamplingParams
+from aigc.generate.text import TextGenerator
+from aigc.models import GPT
+from aigc.serve.app import create_app
+from aigc.serve.scheduler import Busy, Scheduler
+from aigc.serve.schemas import ChatRequest, CompletionRequest, ImageRequest
+from aigc.serve.settings import ServeSettings
+from aigc.serve.workers import CompletionModel, ImageModel, ImageWorker, InvalidRequest
+from aigc.tokenizer import train_char
+
+CORPUS = ["the quick brown fox jumps over the lazy dog\n", "hello world, hello there\n"] * 20
+KEY = "unit-key"
+DEFAULTS = GenerateConfig(max_new_tokens=5, temperature=0.7, top_k=9, repetition_penalty=1.1, stop=["zz"])
+
+
+@pytest.fixture(scope="module")
+def generator() -> TextGenerator:
+    torch.manual_seed(0)
+    tokenizer = train_char(CORPUS, 100)
+    config = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=32, vocab_size=tokenizer.get_vocab_size())
+    return TextGenerator(GPT(config).eval(), tokenizer)
+
+
+def app_for(generator: TextGenerator, **settings):
+    """A started app around one GPT ("tiny"), its settings and its model; stop the worker when done."""
+    settings = ServeSettings(**settings)
+    worker = Scheduler(generator, max_running=settings.max_batch, max_waiting=settings.max_waiting)
+    model = CompletionModel("tiny", generator, worker, DEFAULTS)
+    worker.start()
+    return create_app([model], settings), model
+
+
+@pytest.fixture(scope="module")
+def served(generator):
+    app, model = app_for(generator, max_batch=4)
+    with TestClient(app) as client:
+        yield client, model
+    model.worker.stop()
+
+
+@pytest.fixture()
+def client(served) -> TestClient:
+    return served[0]
+
+
+def test_sampling_fields_left_out_take_the_runs_defaults():
+    body = CompletionRequest.model_validate({"model": "m", "prompt": "x"})
+    assert body.sampling_params(DEFAULTS, 5) == SamplingParams(
+        max_new_tokens=5, temperature=0.7, top_k=9, repetition_penalty=1.1, stop=("zz",), truncate_prompt=False)
+
+
+def test_sampling_fields_sent_override_and_null_top_k_means_none():
+    body = ChatRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}], "top_k": None,
+                                       "temperature": None, "top_p": 0.5, "stop": "\n", "seed": 4})
+    params = body.sampling_params(DEFAULTS, 3, ["\nUser:"], logprobs=True)
+    assert (params.top_k, params.temperature, params.top_p, params.stop, params.seed, params.logprobs) == (
+        None, 0.7, 0.5, ("\n", "\nUser:"), 4, True)  # an explicit null temperature is the default, as in OpenAI
+
+
+def test_image_request_takes_the_runs_guidance_and_temperature():
+    params, guidance = ImageRequest(prompt="a").sampling_params(GenerateConfig(guidance=2.0, temperature=0.9))
+    assert (params.temperature, guidance) == (0.9, 2.0)
+    params, guidance = ImageRequest(prompt="a", guidance=1, temperature=1, seed=3).sampling_params(GenerateConfig())
+    assert (params.temperature, params.seed, guidance) == (1.0, 3, 1.0)
+
+
+def post(client: TestClient, path: str, body: dict, **headers):
+    return client.post(path, content=json.dumps(body).encode(), headers={"Content-Type": "application/json", **headers})
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/completions", {"model": "tiny", "prompt": "the", "seed": 2**64}, "seed"),
+    ("/v1/completions", {"model": "tiny", "prompt": "the", "seed": 2**63}, "seed"),
+    ("/v1/completions", {"model": "tiny", "prompt": "the", "seed": -1}, "seed"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "seed": 2**64}, "seed"),
+    ("/v1/images/generations", {"prompt": "a", "seed": 18446744073709551616}, "seed"),
+    ("/v1/completions", {"model": "tiny", "prompt": "a\ud800b"}, "prompt"),
+    ("/v1/completions", {"model": "tiny", "prompt": ["ok", "a\udfffb"]}, "prompt"),
+    ("/v1/completions", {"model": "tiny\ud800", "prompt": "the"}, "model"),
+    ("/v1/completions", {"model": "tiny", "prompt": "the", "stop": ["\ud800"]}, "stop"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "a\ud800"}]},
+     "messages.0.content"),
+    ("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "\udc00"}]}]}, "messages.0.content"),
+    ("/v1/chat/completions", {"model": "t\udc00", "messages": [{"role": "user", "content": "a"}]}, "model"),
+    ("/v1/images/generations", {"prompt": "a\ud800"}, "prompt"),
+    ("/v1/completions", {"model": "tiny", "prompt": "the", "repetition_penalty": 1e-40}, "repetition_penalty"),
+])
+def test_out_of_range_seeds_and_lone_surrogates_are_400_naming_the_field(client, path, body, param):
+    response = post(client, path, body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_valid_surrogate_pairs_and_the_largest_seed_are_fine(client):
+    response = post(client, "/v1/completions", {"model": "tiny", "prompt": "the 😀", "seed": 2**63 - 1, "n": 2,
+                                                "max_tokens": 3})
+    assert response.status_code == 200, response.text
+
+
+def test_prompts_are_tokenised_off_the_event_loop(served, monkeypatch):
+    client, model = served
+    on_loop = []
+    encode = model.encode
+
+    def watched(text, param):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return encode(text, param)
+
+    monkeypatch.setattr(model, "encode", watched)
+    assert post(client, "/v1/completions", {"model": "tiny", "prompt": ["the", "a"], "max_tokens": 2}).status_code == 200
+    assert post(client, "/v1/chat/completions", {"model": "tiny", "max_tokens": 2,
+                                                 "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
+    assert on_loop == [False, False, False]
+
+
+def test_a_prompt_list_longer_than_the_queue_is_a_400_not_a_429(generator):
+    app, model = app_for(generator, max_waiting=3)
+    try:
+        with TestClient(app) as client:
+            response = post(client, "/v1/completions", {"model": "tiny", "prompt": ["a"] * 4, "max_tokens": 2})
+            assert response.status_code == 400 and response.json()["error"]["param"] == "prompt", response.text
+            assert post(client, "/v1/completions", {"model": "tiny", "prompt": ["a"] * 3, "max_tokens": 2}).status_code == 200
+    finally:
+        model.worker.stop()
+
+
+def test_api_schema_and_docs_need_the_key_when_keys_are_set(generator):
+    app, model = app_for(generator, api_keys=[KEY])
+    try:
+        with TestClient(app) as client:
+            for path in ("/openapi.json", "/docs"):
+                assert client.get(path).status_code == 401
+                assert client.get(path, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+            assert client.get("/health").status_code == 200 and client.get("/").status_code == 200
+    finally:
+        model.worker.stop()
+
+
+def test_models_list_their_kind_context_and_defaults(client):
+    card = client.get("/v1/models").json()["data"][0]
+    assert (card["id"], card["kind"], card["context"]) == ("tiny", "gpt", 32)
+    assert card["defaults"] == DEFAULTS.model_dump()
+
+
+def test_max_tokens_left_out_is_the_runs_default_within_the_context(client):
+    short = post(client, "/v1/completions", {"model": "tiny", "prompt": "the", "ignore_eos": True, "stop": None})
+    assert short.json()["usage"]["completion_tokens"] == DEFAULTS.max_new_tokens
+    long_prompt = "the quick brown fox jumps over"  # 30 characters: 2 left in the context of 32
+    near = post(client, "/v1/completions", {"model": "tiny", "prompt": long_prompt, "ignore_eos": True, "stop": None})
+    assert near.status_code == 200 and near.json()["usage"]["completion_tokens"] == 2
+    over = post(client, "/v1/completions", {"model": "tiny", "prompt": long_prompt, "max_tokens": 3})
+    assert over.status_code == 400 and over.json()["error"]["code"] == "context_length_exceeded"
+
+
+def metric(client: TestClient, name: str, labels: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f"{name}{{{labels}}} "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_timeouts_are_counted_as_timeout_not_length(generator):
+    app, model = app_for(generator, timeout_s=1e-9)
+    try:
+        with TestClient(app) as client:
+            response = post(client, "/v1/completions", {"model": "tiny", "prompt": "the", "max_tokens": 20,
+                                                        "ignore_eos": True, "n": 2})
+            assert response.status_code == 504, response.text
+            assert metric(client, "aigc_finished_sequences_total", 'model="tiny",reason="timeout"') == 2
+            assert metric(client, "aigc_finished_sequences_total", 'model="tiny",reason="length"') == 0
+    finally:
+        model.worker.stop()
+
+
+class SlowImages:
+    """An image generator whose drawings wait for ``release``: the first holds the worker, the next queue."""
+
+    side = 4
+
+    def __init__(self):
+        self.release, self.started = threading.Event(), threading.Event()
+        self.engine = type("Engine", (), {"block_size": 20})()
+
+    def generate(self, prompts, n, params, guidance):
+        self.started.set()
+        self.release.wait(timeout=30)
+        return [[np.zeros((self.side, self.side, 3), np.uint8)] * n for _ in prompts]
+
+
+def test_the_image_queue_is_bounded():
+    images = SlowImages()
+    worker = ImageWorker(images, max_waiting=1)
+    first = threading.Thread(target=worker.draw, args=("a", 1, SamplingParams(), 1.0))
+    first.start()
+    assert images.started.wait(timeout=30)
+    second = threading.Thread(target=worker.draw, args=("b", 1, SamplingParams(), 1.0))
+    second.start()
+    while worker.queued < 1:
+        second.join(timeout=0.01)
+    with pytest.raises(Busy) as refused:
+        worker.draw("c", 1, SamplingParams(), 1.0)
+    assert not refused.value.draining
+    images.release.set()
+    first.join(timeout=30)
+    second.join(timeout=30)
+    assert (worker.running, worker.queued) == (0, 0)
+
+
+def test_a_full_image_queue_answers_429():
+    images = SlowImages()
+    model = ImageModel("pics", images, ImageWorker(images, max_waiting=0), GenerateConfig())
+    images.release.set()
+    with TestClient(create_app([model])) as client:
+        response = post(client, "/v1/images/generations", {"prompt": "a"})
+    assert response.status_code == 429 and response.json()["error"]["code"] == "queue_full"
+    assert response.headers["retry-after"]
+
+
+def test_image_sizes_belong_to_the_image_model():
+    model = ImageModel("pics", SlowImages(), None, GenerateConfig())
+    assert (model.image_scale(None), model.image_scale("4x4"), model.image_scale("32x32")) == (1, 1, 8)
+    for size in ("5x5", "4x8", "2048x2048", "big"):
+        with pytest.raises(InvalidRequest):
+            model.image_scale(size)

@@ -1,0 +1,70 @@
+"""`aigc serve` options: generated from ServeSettings, old flag spellings kept, API keys from three sources."""
+
+from __future__ import annotations
+
+import pytest
+
+from aigc.cli import build_parser
+from aigc.errors import ConfigError
+from aigc.flags import with_flags
+from aigc.serve.settings import ServeSettings
+
+
+def settings_from(*argv: str) -> ServeSettings:
+    return with_flags(ServeSettings(), build_parser().parse_args(["serve", "run", *argv]))
+
+
+def test_flags_left_out_keep_the_settings_defaults():
+    assert settings_from() == ServeSettings()
+
+
+def test_every_flag_keeps_its_spelling():
+    settings = settings_from("--host", "0.0.0.0", "--port", "9000", "--api-key", "a", "--api-key", "b",
+                             "--api-key-file", "keys.txt", "--cors-origin", "http://x", "--cors-origin", "http://y",
+                             "--max-batch", "4", "--max-waiting", "9", "--max-tokens", "64", "--max-n", "2",
+                             "--max-body-bytes", "500", "--timeout", "7.5", "--ping-interval", "0.5",
+                             "--drain-timeout", "3", "--device", "cuda")
+    assert settings.model_dump() == {
+        "host": "0.0.0.0", "port": 9000, "api_keys": ["a", "b"], "api_key_file": settings.api_key_file,
+        "cors_origins": ["http://x", "http://y"], "max_batch": 4, "max_waiting": 9, "max_tokens": 64, "max_n": 2,
+        "max_body_bytes": 500, "timeout_s": 7.5, "ping_interval_s": 0.5, "drain_timeout_s": 3.0, "device": "cuda"}
+    assert str(settings.api_key_file) == "keys.txt"
+    assert settings_from("--max-tokens", "none").max_tokens is None
+
+
+def test_help_shows_each_flag_with_its_meaning_and_default(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for flag in ("--host", "--port", "--api-key", "--api-key-file", "--cors-origin", "--max-batch", "--max-waiting",
+                 "--max-tokens", "--max-n", "--max-body-bytes", "--timeout", "--ping-interval", "--drain-timeout",
+                 "--device"):
+        assert flag in shown, flag
+    for meaning in ("[default: 127.0.0.1]", "[default: 8000]", "[default: 600.0]", "[default: 30.0]",
+                    "sequences decoded together"):
+        assert meaning in shown, meaning
+
+
+def test_a_bad_value_names_its_flag():
+    with pytest.raises(ConfigError, match="max-batch"):
+        settings_from("--max-batch", "0")
+
+
+def test_api_keys_come_from_flags_a_key_file_and_the_environment(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("one\n\n  two \n", encoding="utf-8")
+    settings = ServeSettings(api_keys=["flag"], api_key_file=keys).with_keys_from({"AIGC_API_KEY": "env"})
+    assert settings.api_keys == ["flag", "one", "two", "env"] and settings.api_key_file is None
+    assert ServeSettings().with_keys_from({}).api_keys == []
+
+
+@pytest.mark.parametrize("keys, file_text, environ", [
+    ([""], None, {}), (["ok", "  "], None, {}), ([], None, {"AIGC_API_KEY": ""}), ([], "\n \n", {}),
+])
+def test_an_empty_api_key_is_refused_rather_than_turning_authentication_off(tmp_path, keys, file_text, environ):
+    key_file = None
+    if file_text is not None:
+        key_file = tmp_path / "keys"
+        key_file.write_text(file_text, encoding="utf-8")
+    with pytest.raises((ConfigError, ValueError), match="empty|no key"):
+        ServeSettings(api_keys=keys, api_key_file=key_file).with_keys_from(environ)
