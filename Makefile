@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PYTHON) benchmarks/generate.py
 	$(PYTHON) benchmarks/translate.py
 	$(PYTHON) benchmarks/serve.py
+	$(PYTHON) benchmarks/images.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
