@@ -29,7 +29,8 @@ class CollectResult:
     path: Path
 
     def summary(self) -> str:
-        lines = [f"collected {self.records:,} records from {self.files:,} files ({self.bytes / 1e6:,.1f} MB) -> {self.path}"]
+        origin = f"{self.files:,} files ({self.bytes / 1e6:,.1f} MB)" if self.files else "the built-in sources"
+        lines = [f"collected {self.records:,} records from {origin} -> {self.path}"]
         if self.report.dropped:
             lines.append("unreadable input (skipped):")
             lines.append(self.report.table())

@@ -96,8 +96,10 @@ def resolve_sources(config: DataConfig) -> list[SourceFile]:
         raise DataError("no input data: set data.paths=[file, folder or pattern, ...] or data.builtin=[stdlib]")
     files.extend(_expand(config.val_paths, "data.val_paths", "val"))
     unique: dict[Path, SourceFile] = {}
-    for source in files:
-        unique.setdefault(source.path.resolve(), source)
+    for source in files:  # a file named by data.val_paths is val even when a data.paths folder holds it too
+        path = source.path.resolve()
+        if path not in unique or source.split:
+            unique[path] = source
     return list(unique.values())
 
 
@@ -185,7 +187,8 @@ def _read_delimited(source: SourceFile, config: DataConfig, report: CleaningRepo
     delimiter = _DELIMITED[source.path.suffix.lower()]
     csv.field_size_limit(sys.maxsize)
     with source.path.open("r", encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
+        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL  # TSV: quotes are text, as for pairs
+        reader = csv.DictReader(handle, delimiter=delimiter, quoting=quoting)
         try:
             header = reader.fieldnames or []
             if config.column not in header:
@@ -196,6 +199,10 @@ def _read_delimited(source: SourceFile, config: DataConfig, report: CleaningRepo
                 value = row.get(config.column)
                 if value is None:
                     report.drop("missing_field", f"{source.label}:{reader.line_num}", 0, "row has too few columns")
+                    continue
+                if None in row:  # DictReader files the fields past the header under None
+                    report.drop("extra_columns", f"{source.label}:{reader.line_num}", 0,
+                                f"{len(header) + len(row[None])} fields, the header has {len(header)}")
                     continue
                 yield Record(value, f"{source.label}:{reader.line_num}", source.split)
         except UnicodeDecodeError:

@@ -36,11 +36,11 @@ class PrefixSampler:
         self.pad, self.prefix, self.batch_size, self.grad_accum = pad, prefix, batch_size, grad_accum
         self.seed, self.rank, self.world, self.condition_dropout = seed, rank, world, condition_dropout
 
-    def collate(self, rows: torch.Tensor, generator: torch.Generator | None = None):
-        """((inputs (B, L-1),), targets (B, L-1)) with targets -1 on caption positions."""
+    def collate(self, rows: torch.Tensor, dropped: torch.Tensor | None = None):
+        """((inputs (B, L-1),), targets (B, L-1)) with targets -1 on caption positions; ``dropped`` (B,) bool
+        marks the rows whose caption becomes padding only."""
         sequences = self.sequences[rows].clone()
-        if generator is not None and self.condition_dropout:
-            dropped = torch.rand(len(rows), generator=generator) < self.condition_dropout
+        if dropped is not None:
             sequences[dropped, : self.prefix] = self.pad
         targets = sequences[:, 1:].clone()
         targets[:, : self.prefix - 1] = -1
@@ -49,7 +49,10 @@ class PrefixSampler:
     def step_batches(self, step: int):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         rows = torch.randint(0, len(self.sequences), (self.grad_accum, self.batch_size), generator=generator)
-        return [self.collate(rows[i], generator) for i in range(self.rank, self.grad_accum, self.world)]
+        # every micro-batch's caption dropout is drawn here, so process r of N gets what one process would
+        dropped = (torch.rand(self.grad_accum, self.batch_size, generator=generator) < self.condition_dropout
+                   if self.condition_dropout else [None] * self.grad_accum)
+        return [self.collate(rows[i], dropped[i]) for i in range(self.rank, self.grad_accum, self.world)]
 
     def eval_batches(self, count: int):
         starts = np.linspace(0, len(self.sequences) - self.batch_size, count).astype(int)

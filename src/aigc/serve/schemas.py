@@ -11,7 +11,7 @@ with a logged warning (``IGNORED``: they do not change what the model writes) or
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -65,6 +65,7 @@ class SamplingFields(BaseModel):
     # Bounded so that dividing or multiplying a float32 logit by it can neither overflow nor reach 0 (1 = off).
     repetition_penalty: float | None = Field(None, ge=0.01, le=100)
     ignore_eos: bool = False
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=64)
 
     @field_validator("model")
     @classmethod
@@ -92,7 +93,8 @@ class SamplingFields(BaseModel):
                  if name in sent and (getattr(self, name) is not None or name in NULL_IS_A_VALUE)}
         stops = self.stop if "stop" in sent else defaults.stop
         return sampling_params(defaults, **given, max_new_tokens=max_new_tokens, stop=(*stops, *extra_stops),
-                               seed=self.seed, logprobs=logprobs, ignore_eos=self.ignore_eos, truncate_prompt=False)
+                               seed=self.seed, logprobs=logprobs, ignore_eos=self.ignore_eos, truncate_prompt=False,
+                               stop_token_ids=tuple(self.stop_token_ids))
 
 
 class CompletionRequest(SamplingFields):

@@ -33,16 +33,26 @@ def served_model_for(path: Path, model_id: str, settings: ServeSettings) -> Serv
     return SERVED_MODELS[task.api].create(model_id, task.generator(path, settings.device), config.generate, settings)
 
 
+def model_ids(paths: list[Path]) -> list[str]:
+    """Each run's folder name, or ``name-1``, ``name-2``, ... when several share it (never an id already taken)."""
+    names = [path.resolve().name for path in paths]
+    counts = Counter(names)
+    taken = {name for name in names if counts[name] == 1}
+    ids, suffix = [], Counter()
+    for name in names:
+        candidate = name
+        while counts[name] > 1 and candidate in taken | {name}:
+            suffix[name] += 1
+            candidate = f"{name}-{suffix[name]}"
+        taken.add(candidate)
+        ids.append(candidate)
+    return ids
+
+
 def load_models(paths: list[Path], settings: ServeSettings | None = None) -> list[ServedModel]:
     """One :class:`ServedModel` per run directory or checkpoint; ids are folder names, made unique."""
     settings = settings or ServeSettings()
-    names = Counter(p.resolve().name for p in paths)
-    models, seen = [], Counter()
-    for path in paths:
-        name = path.resolve().name
-        seen[name] += 1
-        models.append(served_model_for(path, name if names[name] == 1 else f"{name}-{seen[name]}", settings))
-    return models
+    return [served_model_for(path, model_id, settings) for path, model_id in zip(paths, model_ids(paths))]
 
 
 class _DrainingServer(uvicorn.Server):
