@@ -53,9 +53,14 @@ class Checkpoint:
         return state
 
     def load_model(self, device: str = "cpu") -> torch.nn.Module:
-        """The checkpoint's model with its weights, on ``device``, in eval mode."""
+        """The checkpoint's model with its weights, on ``device``, in eval mode, in the dtype they were stored in
+        (float32 for trained runs; an imported model may be bfloat16)."""
         model = build_model(self.config.model)
-        model.load_state_dict(self.model_state())
+        state = self.model_state()
+        stored = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
+        if stored != torch.float32:
+            model.to(stored)
+        model.load_state_dict(state)
         return model.to(device).eval()
 
     def train_state(self) -> dict[str, Any]:

@@ -126,6 +126,66 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    """A terminal chat with a text run: the conversation is kept and the reply streamed; /reset, /exit.
+    With stdin not a terminal, each input line is a one-turn conversation and its reply one output line."""
+    from aigc.checkpoint import load_checkpoint
+    from aigc.generate.sampling import sampling_params
+    from aigc.generate.text import TextGenerator
+
+    saved = load_checkpoint(Path(args.run)).config
+    settings = with_flags(saved.generate, args)
+    generator = TextGenerator.from_checkpoint(Path(args.run), args.device)
+    interactive = sys.stdin.isatty()
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(system)
+    if interactive:
+        print("chat: type a message; /reset starts over, /exit (or Ctrl-D) quits", file=sys.stderr)
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        text = line.rstrip("\n")
+        if text.strip() == "/exit":
+            return 0
+        if text.strip() == "/reset":
+            messages = list(system)
+            continue
+        if not text.strip():
+            continue
+        if not interactive:
+            messages = list(system)
+        messages.append({"role": "user", "content": text})
+        prompt, stops = generator.chat_prompt(messages)
+        params = sampling_params(settings, seed=args.seed, stop=tuple(settings.stop) + tuple(stops))
+        reply = ""
+        for event in generator.stream([prompt], params):
+            reply += event.text
+            if interactive:
+                print(event.text, end="", flush=True)
+        print(reply.replace("\n", " ") if not interactive else "", flush=True)
+        messages.append({"role": "assistant", "content": reply})
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from aigc.pretrained import import_model
+
+    stray = [item for item in args.items if "=" not in item]
+    if stray:
+        raise AigcError(f"expected key=value after the model folder, got {' '.join(stray)!r} (e.g. run.dir=runs/smollm)")
+    print(import_model(Path(args.folder), args.items, args.dtype).summary())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from aigc.pretrained.exporter import export_run
+
+    print(export_run(Path(args.run), Path(args.out)).summary())
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
@@ -193,6 +253,39 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(generate.add_argument_group("sampling (default: the run's generate settings)"), GenerateConfig,
               defaults_from="the run's")
     generate.set_defaults(handler=cmd_generate)
+    chat = sub.add_parser(
+        "chat", help="chat with a text run in the terminal (its chat template; /reset, /exit)",
+        description="An interactive chat with a text run (an imported model uses its own chat template; aigc's own "
+        "runs a plain 'User: ... / Assistant:' one). The reply is streamed; /reset forgets the conversation, /exit "
+        "quits. With stdin not a terminal, each input line is a one-turn conversation and its reply one output line.",
+    )
+    chat.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    chat.add_argument("--system", default=None, help="a system message that starts every conversation")
+    chat.add_argument("--seed", type=int, default=None, help="same seed, same replies")
+    chat.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_flags(chat.add_argument_group("sampling (default: the run's generate settings)"), GenerateConfig,
+              defaults_from="the run's")
+    chat.set_defaults(handler=cmd_chat)
+    importer = sub.add_parser(
+        "import", help="turn a Hugging Face model folder into a run (gpt2, llama, qwen2, mistral)",
+        description="Import a Hugging Face model folder (config.json, model.safetensors or shards with "
+        "model.safetensors.index.json, tokenizer.json, tokenizer_config.json, generation_config.json; the hub cache "
+        "keeps them under ~/.cache/huggingface/hub/models--ORG--NAME/snapshots/REV/) as a run directory that "
+        "generate, serve and chat accept. Settings: run.dir=PATH (default runs/<folder name>), model.block_size=N "
+        "(a shorter context), generate.*=... (sampling defaults). See docs/pretrained.md.",
+    )
+    importer.add_argument("folder", metavar="HF_DIR")
+    importer.add_argument("items", nargs="*", metavar="key=value", help="settings of the run, e.g. run.dir=runs/smollm")
+    importer.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], default=None,
+                          help="store the weights in this dtype (default: keep the stored dtype)")
+    importer.set_defaults(handler=cmd_import)
+    export = sub.add_parser("export", help="write a text run as a Hugging Face model folder",
+                            description="Write the run's model as a Hugging Face folder (config.json, model.safetensors, "
+                            "tokenizer files, chat template, generation_config.json) that AutoModelForCausalLM and "
+                            "AutoTokenizer load. Imported runs export back bit for bit.")
+    export.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    export.add_argument("out", metavar="OUT_DIR")
+    export.set_defaults(handler=cmd_export)
     serve = sub.add_parser("serve", help="serve runs behind an OpenAI-compatible HTTP API with a web playground",
                            description="Serve every run given at /v1 (completions, chat completions, images, models) "
                            "with a playground at /. See docs/serving.md.")

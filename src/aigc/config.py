@@ -74,6 +74,16 @@ class TokenizerConfig(Section):
     separate: bool = Field(False, description="pairs: one tokenizer per side (source, target) instead of a joint one")
 
 
+class RopeScaling(Section):
+    """Llama 3.1's RoPE scaling: low frequencies divided by ``factor``, high ones kept, a smooth blend between."""
+
+    type: Literal["llama3"] = Field("llama3", description="the scaling rule (llama3)")
+    factor: float = Field(8.0, gt=0, description="how much longer the context is than the original")
+    low_freq_factor: float = Field(1.0, gt=0, description="wavelengths above original / low_freq_factor are scaled")
+    high_freq_factor: float = Field(4.0, gt=0, description="wavelengths below original / high_freq_factor are kept")
+    original_context: int = Field(8192, ge=1, description="the context the model was first trained with")
+
+
 class ModelConfig(Section):
     """Shape and options of the model: the decoder-only GPT or the encoder-decoder (``aigc.models``)."""
 
@@ -92,7 +102,20 @@ class ModelConfig(Section):
     mlp_hidden: int | None = Field(None, ge=1, description="feed-forward width; default 4*n_embd, ~8/3*n_embd for swiglu")
     position: Literal["learned", "rope"] = Field("learned", description="position information")
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base")
+    rope_scaling: RopeScaling | None = Field(None, description="RoPE frequency scaling for long contexts (Llama 3.1's llama3)")
     bias: bool = Field(True, description="bias in linear layers and LayerNorm")
+    qkv_bias: bool | None = Field(None, description="bias in the query/key/value projection; default model.bias (Qwen2: true)")
+    head_size: int | None = Field(None, ge=1, description="size of one attention head; default n_embd / n_head")
+    sliding_window: int | None = Field(
+        None, ge=1, description="attention window of a Mistral-style model; block_size may not pass it (aigc "
+        "computes full attention, which equals windowed attention only within the window)"
+    )
+    eos_token_ids: list[int] = Field(
+        default_factory=list, description="ids that end a sequence: generation stops at any of them; default the "
+        "tokenizer's <|endoftext|>"
+    )
+    bos_token_id: int | None = Field(None, ge=0, description="id of the beginning-of-sequence token, if the model has one")
+    pad_token_id: int | None = Field(None, ge=0, description="id of the padding token, if the model has one")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability in training")
     tie_embeddings: bool = Field(True, description="share the token embedding with the output projection")
     share_embeddings: bool = Field(True, description="seq2seq: one embedding table for encoder and decoder")
@@ -103,12 +126,18 @@ class ModelConfig(Section):
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
-        if self.n_embd % self.n_head:
+        if self.head_size is None and self.n_embd % self.n_head:
             raise ValueError(f"model.n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})")
         if self.n_head % self.kv_heads:
             raise ValueError(f"model.n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.kv_heads})")
-        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ValueError("RoPE needs an even head size (model.n_embd / model.n_head)")
+        if self.position == "rope" and self.head_dim % 2:
+            raise ValueError("RoPE needs an even head size (model.head_size, default model.n_embd / model.n_head)")
+        if self.sliding_window is not None and self.block_size > self.sliding_window:
+            raise ValueError(
+                f"model.block_size ({self.block_size}) is longer than model.sliding_window ({self.sliding_window}): "
+                "aigc computes full attention, which differs from windowed attention past the window; "
+                f"set model.block_size={self.sliding_window} or less"
+            )
         return self
 
     @property
@@ -117,7 +146,12 @@ class ModelConfig(Section):
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_size or self.n_embd // self.n_head
+
+    @property
+    def attention_bias(self) -> bool:
+        """Bias in the fused query/key/value projection."""
+        return self.bias if self.qkv_bias is None else self.qkv_bias
 
     @property
     def hidden(self) -> int:

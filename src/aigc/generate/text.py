@@ -7,14 +7,16 @@ until it is final (:class:`~aigc.generate.stream.TextStream`), so streamed and w
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer
 
 from aigc.checkpoint import load_checkpoint
 from aigc.errors import GenerationError
+from aigc.generate.chat import ChatTemplate
 from aigc.generate.decode import Event
 from aigc.generate.engine import Engine
 from aigc.generate.sampling import SamplingParams
@@ -36,16 +38,24 @@ class Completion:
 class TextGenerator:
     """Prompts in, text out, for the decoder-only GPT: a tokenizer and the one decode core."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer):
+    def __init__(self, model: GPT, tokenizer: Tokenizer, eos_ids: Iterable[int] = (), chat: ChatTemplate | None = None):
+        """``eos_ids``: the ids that end a sequence (an imported model's); default the tokenizer's <|endoftext|>.
+        ``chat``: how a conversation becomes a prompt; default aigc's plain template."""
         self.model, self.tokenizer = model, tokenizer
         self.engine = Engine(model)
-        self.eot = eot_id(tokenizer)
+        self.eos_ids = frozenset(eos_ids) or frozenset({eot_id(tokenizer)})
+        self.chat = chat or ChatTemplate()
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: str = "cpu") -> TextGenerator:
         """Load a checkpoint folder or a run directory (its latest checkpoint)."""
         checkpoint = load_checkpoint(path)
-        return cls(checkpoint.load_model(device), Tokenizer.from_file(str(checkpoint.path / "tokenizer.json")))
+        return cls(checkpoint.load_model(device), Tokenizer.from_file(str(checkpoint.path / "tokenizer.json")),
+                   checkpoint.config.model.eos_token_ids, ChatTemplate.from_checkpoint(checkpoint.path))
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> tuple[str, list[str]]:
+        """A conversation as the text to continue (the run's chat template) and the stop strings it implies."""
+        return self.chat.render(messages, add_generation_prompt=True), list(self.chat.stop)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
@@ -67,7 +77,7 @@ class TextGenerator:
         """Text increments of every prompt as they are decoded, batched; each row ends with a finish reason."""
         encoded = [self.encode_prompt(p, params) for p in prompts]
         limit = self.engine.steps_for(encoded, params)
-        stop_ids = frozenset() if params.ignore_eos else frozenset({self.eot})
+        stop_ids = frozenset() if params.ignore_eos else self.eos_ids
         rows = self.engine.rows(encoded, params, limit, decode=self.decode, stop_ids=stop_ids)
         for step in self.engine.steps(encoded, params, rows=rows):
             yield from (event for event in step if event is not None)

@@ -12,6 +12,10 @@ bias        true                         false
 heads       n_kv_head = n_head           n_kv_head < n_head (GQA)
 ==========  ===========================  ===============================
 
+Imported families (:mod:`aigc.pretrained`) are these with a few more options: Qwen2 is Llama with
+``qkv_bias`` and an explicit ``head_size``; Llama 3.1 adds ``rope_scaling`` (llama3); Mistral is Llama
+whose ``block_size`` may not pass its ``sliding_window``.
+
 Each block computes ``x = x + attn(norm1(x)); x = x + mlp(norm2(x))``.
 
 With ``image_size`` set it is also the caption-prefix image model: a sequence is the caption's tokens
@@ -56,7 +60,8 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.position == "learned" else None
         self.rope = (
-            RotaryEmbedding(config.head_dim, config.block_size, config.rope_theta) if config.position == "rope" else None
+            RotaryEmbedding(config.head_dim, config.block_size, config.rope_theta, config.rope_scaling)
+            if config.position == "rope" else None
         )
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))

@@ -1,7 +1,7 @@
 """Building blocks shared by every aigc Transformer: norms, rotary positions, attention, MLPs, KV cache.
 
 Shapes use B = batch, T = new tokens in this call, S = all key positions (cache + new), C = model
-width, H = query heads, Hkv = key/value heads, D = head size (C // H).
+width, H = query heads, Hkv = key/value heads, D = head size (C // H unless model.head_size says).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aigc.config import ModelConfig
+from aigc.config import ModelConfig, RopeScaling
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -29,9 +29,11 @@ class RotaryEmbedding(nn.Module):
     dot product of a query and a key depends only on their distance.
     """
 
-    def __init__(self, head_dim: int, max_positions: int, theta: float):
+    def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: RopeScaling | None = None):
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        if scaling is not None:
+            inv_freq = llama3_frequencies(inv_freq, scaling)
         angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)  # (P, D/2)
         angles = torch.cat([angles, angles], dim=-1)  # (P, D)
         self.register_buffer("cos", angles.cos(), persistent=False)
@@ -43,6 +45,20 @@ class RotaryEmbedding(nn.Module):
         if positions.dim() == 2:
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         return cos, sin
+
+
+def llama3_frequencies(inv_freq: torch.Tensor, scaling: RopeScaling) -> torch.Tensor:
+    """Llama 3.1's rule (D/2,) -> (D/2,): wavelengths longer than ``original / low_freq_factor`` are stretched
+    by ``factor``, shorter than ``original / high_freq_factor`` kept, and the band between blended linearly."""
+    low_wavelen = scaling.original_context / scaling.low_freq_factor
+    high_wavelen = scaling.original_context / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (scaling.original_context / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor)
+    blended = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+    return torch.where(medium, blended, scaled)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -85,15 +101,16 @@ class KVCache:
 class SelfAttention(nn.Module):
     """Multi-head self-attention, softmax(Q K^T / sqrt(D) + mask) V, with grouped-query heads and RoPE.
 
-    Q, K and V come from one fused projection (C -> (H + 2 Hkv) D). With ``n_kv_head < n_head`` each
-    key/value head serves ``n_head / n_kv_head`` query heads (GQA); equal counts are classic multi-head.
+    Q, K and V come from one fused projection (C -> (H + 2 Hkv) D), with a bias when
+    ``config.attention_bias`` (Qwen2 has it there only). With ``n_kv_head < n_head`` each key/value head
+    serves ``n_head / n_kv_head`` query heads (GQA); equal counts are classic multi-head.
     """
 
     def __init__(self, config: ModelConfig, causal: bool = True):
         super().__init__()
         self.n_head, self.kv_heads, self.head_dim = config.n_head, config.kv_heads, config.head_dim
         self.causal = causal
-        self.qkv = nn.Linear(config.n_embd, (self.n_head + 2 * self.kv_heads) * self.head_dim, bias=config.bias)
+        self.qkv = nn.Linear(config.n_embd, (self.n_head + 2 * self.kv_heads) * self.head_dim, bias=config.attention_bias)
         self.proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 

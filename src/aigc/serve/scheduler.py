@@ -138,7 +138,7 @@ class Scheduler(QueueWorker):
         self.max_running, self.max_waiting_tokens = max_running, max_waiting_tokens
         self.batch = SlotBatch(self.model, max_running)
         self.rows: list[_Sequence] = []  # rows[slot] is the sequence in that slot
-        self._eot = generator.eot
+        self._eos_ids = generator.eos_ids
         self._vocab = self.model.config.vocab_size
 
     def _check(self, request: Request) -> None:
@@ -230,7 +230,7 @@ class Scheduler(QueueWorker):
         self._retire()
 
     def _stop_ids(self, params: SamplingParams) -> frozenset[int]:
-        return frozenset() if params.ignore_eos else frozenset({self._eot})
+        return frozenset() if params.ignore_eos else self._eos_ids
 
     def _accept(self, sequence: _Sequence, logits: torch.Tensor) -> None:
         """The decode core's next token for ``sequence``; a failure ends its request only."""

@@ -17,6 +17,7 @@ from typing import ClassVar
 
 from aigc.config import GenerateConfig
 from aigc.errors import AigcError
+from aigc.generate.chat import ChatTemplateError
 from aigc.generate.text import TextGenerator
 from aigc.generate.translate import Translator
 from aigc.serve.settings import ServeSettings
@@ -177,7 +178,6 @@ class CompletionModel(TextModel):
     """A decoder-only GPT: the prompt and the generated tokens share the context."""
 
     kind, api = "gpt", "completions"
-    CHAT_STOP = "\nUser:"
 
     @classmethod
     def create(cls, model_id: str, generator: TextGenerator, defaults: GenerateConfig,
@@ -185,9 +185,12 @@ class CompletionModel(TextModel):
         return cls(model_id, generator, Scheduler(generator, settings.max_batch, settings.max_waiting), defaults)
 
     def chat_prompt(self, messages: list[Message]) -> tuple[str, list[str]]:
-        """The plain default chat template: one "Role: text" line per message, then "Assistant:"; stop at a new user line."""
-        lines = [f"{'System' if m.role in ('system', 'developer') else m.role.capitalize()}: {m.text}" for m in messages]
-        return "\n".join([*lines, "Assistant:"]), [self.CHAT_STOP]
+        """The run's chat template (an imported model's own, else aigc's plain "Role: text" lines then
+        "Assistant:", stopping at a new user line; :mod:`aigc.generate.chat`)."""
+        try:
+            return self.generator.chat_prompt([{"role": m.role, "content": m.text} for m in messages])
+        except ChatTemplateError as err:
+            raise InvalidRequest(str(err), "messages", "invalid_chat") from None
 
     def new_tokens(self, prompt_tokens: int, requested: int | None, server_cap: int | None, default: int,
                    param: str = "prompt") -> int:
