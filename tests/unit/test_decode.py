@@ -105,3 +105,22 @@ def test_extreme_settings_decode_or_are_refused(generator):
 def test_seed_beyond_63_bits_is_refused():
     with pytest.raises(Exception, match="seed must be in"):
         SamplingParams(seed=2**64)
+
+
+def test_slot_storage_grows_with_the_rows_and_decodes_the_same(generator, monkeypatch):
+    import functools
+
+    import aigc.serve.scheduler as scheduler
+    from aigc.generate.slots import SlotBatch
+
+    monkeypatch.setattr(scheduler, "SlotBatch", functools.partial(SlotBatch, positions=4))  # grows 4 -> 8 -> ... -> 48
+    params = SamplingParams(max_new_tokens=40, temperature=1.0, seed=5, top_k=10)
+    expected = [c.text for c in generator.complete(["the quick"] * 2, params)]
+    served = serve(generator, [(generator.encode_prompt("the quick", params), params, 2)])[0]
+    assert [text_of(served, i) for i in range(2)] == expected
+    batch = SlotBatch(generator.model, 2, positions=4)
+    assert batch.caches[0].keys.shape[2] == 4
+    batch.reserve(5)
+    assert batch.allocated == 8 and batch.caches[0].keys.shape[2] == 8
+    batch.reserve(1000)
+    assert batch.allocated == generator.model.config.block_size  # never past the context

@@ -5,8 +5,11 @@ Each decoder layer gets one :class:`SlotCache` of ``slots`` rows. The live seque
 views of the storage and never gathers. All layers share one ``lengths`` tensor (positions filled per
 row), owned by :class:`SlotBatch`, which also builds the per-row positions and key mask of a step.
 
-Shapes: N = slots, Hkv = key/value heads, P = capacity (the model's context), D = head size,
-B = active rows, S = the longest active row after this step.
+The storage grows as rows get longer (doubling, up to the model's context), so a server for a model
+with a long context does not hold ``slots x context`` keys and values from the start.
+
+Shapes: N = slots, Hkv = key/value heads, P = positions allocated (at most the model's context),
+D = head size, B = active rows, S = the longest active row after this step.
 """
 
 from __future__ import annotations
@@ -21,10 +24,18 @@ class SlotCache:
 
     length = 0  # SelfAttention reads it only when no mask is given; a SlotBatch always gives one
 
-    def __init__(self, batch: SlotBatch, kv_heads: int, head_dim: int, capacity: int, dtype, device):
+    def __init__(self, batch: SlotBatch, kv_heads: int, head_dim: int, positions: int, dtype, device):
         self.batch = batch
-        self.keys = torch.zeros(batch.slots, kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        self.keys = torch.zeros(batch.slots, kv_heads, positions, head_dim, dtype=dtype, device=device)
         self.values = torch.zeros_like(self.keys)
+
+    def grow(self, positions: int) -> None:
+        """Room for ``positions`` keys per row, the stored ones kept."""
+        keys = self.keys.new_zeros(*self.keys.shape[:2], positions, self.keys.shape[3])
+        values = torch.zeros_like(keys)
+        keys[:, :, : self.keys.shape[2]] = self.keys
+        values[:, :, : self.values.shape[2]] = self.values
+        self.keys, self.values = keys, values
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store one new key/value per active row, (B, Hkv, 1, D), at that row's length; return (B, Hkv, S, D) views."""
@@ -39,16 +50,25 @@ class SlotCache:
 class SlotBatch:
     """The rows of a continuous batch across all layers: load a prefilled sequence, step, move, free."""
 
-    def __init__(self, model, slots: int):
+    def __init__(self, model, slots: int, positions: int = 256):
         c, param = model.config, model.wte.weight
         self.slots, self.capacity, self.active = slots, c.block_size, 0
+        self.allocated = min(positions, c.block_size)
         self.lengths = torch.zeros(slots, dtype=torch.long, device=param.device)
-        self.caches = [SlotCache(self, c.kv_heads, c.head_dim, c.block_size, param.dtype, param.device)
+        self.caches = [SlotCache(self, c.kv_heads, c.head_dim, self.allocated, param.dtype, param.device)
                        for _ in range(c.n_layer)]
+
+    def reserve(self, positions: int) -> None:
+        """Make room for ``positions`` keys per row (doubling, up to the context ``capacity``)."""
+        if positions > self.allocated:
+            self.allocated = min(self.capacity, max(positions, 2 * self.allocated))
+            for cache in self.caches:
+                cache.grow(self.allocated)
 
     def add(self, prefilled: list[KVCache], row: int = 0) -> int:
         """Copy row ``row`` of a prefilled per-layer cache into the next free slot; return the slot."""
         slot, length = self.active, prefilled[0].length
+        self.reserve(length + 1)
         for cache, source in zip(self.caches, prefilled):
             cache.keys[slot, :, :length] = source.keys[row, :, :length]
             cache.values[slot, :, :length] = source.values[row, :, :length]
@@ -70,7 +90,9 @@ class SlotBatch:
     def step_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Positions (B, 1) of the next token of each active row and its key mask (B, 1, 1, S)."""
         lengths = self.lengths[: self.active]
-        keys = torch.arange(int(lengths.max()) + 1, device=lengths.device)
+        longest = int(lengths.max()) + 1
+        self.reserve(longest)
+        keys = torch.arange(longest, device=lengths.device)
         return lengths[:, None], (keys[None, :] <= lengths[:, None])[:, None, None, :]
 
     def advance(self) -> None:
