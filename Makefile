@@ -7,7 +7,11 @@ TORCH  := torch==2.13.0
 
 .PHONY: setup run test bench clean
 
+# Debian and Ubuntu ship venv's pip bootstrap (ensurepip) in a package of its own: say so before venv fails obscurely.
 $(PYTHON):
+	@python3 -m venv --help >/dev/null 2>&1 && python3 -c "import ensurepip" 2>/dev/null || { \
+	    echo "error: python3 cannot create a virtual environment (no venv/ensurepip module); on Debian or Ubuntu: apt-get install python3-venv" >&2; \
+	    exit 1; }
 	python3 -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(PYTHON)
