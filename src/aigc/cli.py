@@ -212,6 +212,16 @@ def _add_config_command(sub: argparse._SubParsersAction, name: str, handler: Cal
     return parser
 
 
+def _sampling_command(parser: argparse.ArgumentParser, handler: Callable) -> None:
+    """The run, seed and device of a command that samples from a run, and the sampling flags (run defaults)."""
+    parser.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    parser.add_argument("--seed", type=int, default=None, help="same seed, same output")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_flags(parser.add_argument_group("sampling (default: the run's generate settings)"), GenerateConfig,
+              defaults_from="the run's")
+    parser.set_defaults(handler=handler)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from aigc import __version__
 
@@ -242,30 +252,20 @@ def build_parser() -> argparse.ArgumentParser:
         "for a newline inside a prompt). Sampling settings default to the run's own (its recipe's generate "
         "section, what its evaluation used); flags override them for this call.",
     )
-    generate.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    _sampling_command(generate, cmd_generate)
     generate.add_argument("--prompt", help="text to continue, translate or draw")
     generate.add_argument("--n", type=int, default=1, help="samples per prompt")
-    generate.add_argument("--seed", type=int, default=None, help="same seed, same output")
     generate.add_argument("--stream", action="store_true", help="text runs: print text as it is generated")
     generate.add_argument("--no-truncate", action="store_true", help="error on prompts longer than the context")
     generate.add_argument("--out", help="image runs: grid.png (one sheet) or folder/ (one PNG per sample)")
-    generate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    add_flags(generate.add_argument_group("sampling (default: the run's generate settings)"), GenerateConfig,
-              defaults_from="the run's")
-    generate.set_defaults(handler=cmd_generate)
     chat = sub.add_parser(
         "chat", help="chat with a text run in the terminal (its chat template; /reset, /exit)",
         description="An interactive chat with a text run (an imported model uses its own chat template; aigc's own "
         "runs a plain 'User: ... / Assistant:' one). The reply is streamed; /reset forgets the conversation, /exit "
         "quits. With stdin not a terminal, each input line is a one-turn conversation and its reply one output line.",
     )
-    chat.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
+    _sampling_command(chat, cmd_chat)
     chat.add_argument("--system", default=None, help="a system message that starts every conversation")
-    chat.add_argument("--seed", type=int, default=None, help="same seed, same replies")
-    chat.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    add_flags(chat.add_argument_group("sampling (default: the run's generate settings)"), GenerateConfig,
-              defaults_from="the run's")
-    chat.set_defaults(handler=cmd_chat)
     importer = sub.add_parser(
         "import", help="turn a Hugging Face model folder into a run (gpt2, llama, qwen2, mistral)",
         description="Import a Hugging Face model folder (config.json, model.safetensors or shards with "
