@@ -46,6 +46,8 @@ from aigc.images.pixels import dequantise
 from aigc.images.sampler import PrefixSampler
 from aigc.training.optim import build_optimizer, learning_rate
 
+from loadwatch import LoadWatch  # benchmarks/loadwatch.py, beside this script
+
 BATCH = 64  # images sampled together, as ImageGenerator does
 
 
@@ -208,6 +210,7 @@ def main() -> None:
     if args.quick:
         args.digits_minutes = args.shapes_minutes = 0.2
         args.samples_per_prompt = args.samples_per_prompt or 2
+    load = LoadWatch().start()
     work = Path(tempfile.mkdtemp(prefix="aigc-images-"))
     print(f"{torch.get_num_threads()} threads; work in {work}", flush=True)
     results = []
@@ -243,6 +246,7 @@ def main() -> None:
             if name.endswith("g=1") and (reasons := learned(columns[name], result["unigram_bpp"])):
                 print(f"COMPARISON VOID: {name.split(',')[0]} has not learned: {'; '.join(reasons)}")
     print("\ntargets: digits adherence >= 95%; shapes held-out adherence >= 90%")
+    print(load.verdict())
 
 
 if __name__ == "__main__":

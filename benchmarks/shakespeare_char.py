@@ -42,6 +42,8 @@ from aigc.config import load_config
 from aigc.tasks import prepare
 from aigc.training.loop import train
 
+from loadwatch import LoadWatch  # benchmarks/loadwatch.py, beside this script
+
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 NANOGPT = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0, iterations=2000, lr=1e-3,
                min_lr=1e-4, warmup=100, decay_iters=2000, beta1=0.9, beta2=0.99, weight_decay=0.1, grad_clip=1.0)
@@ -175,6 +177,7 @@ def main() -> None:
     args = parser.parse_args()
     if not SHAKESPEARE.is_file():
         sys.exit(f"{SHAKESPEARE} is missing")
+    load = LoadWatch().start()
     iterations = 100 if args.quick else args.iterations
     candidates = CANDIDATES[:1] if args.no_search else CANDIDATES[:2] if args.quick else CANDIDATES
     text = SHAKESPEARE.read_text(encoding="utf-8")
@@ -215,6 +218,7 @@ def main() -> None:
     verdict = "PASS" if ours["test"] <= 1.70 and ours["test"] < peer["test"] else "FAIL"
     print(f"target: held-out loss <= 1.70 and below the peer's at the peer's wall time: {verdict}"
           + (" (void)" if not learned else ""))
+    print(load.verdict())
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from loadwatch import LoadWatch  # benchmarks/loadwatch.py, beside this script
+
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 CONFIGS = {
     "nanoGPT CPU (4L 128w ctx64 b12)": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch=12),
@@ -165,6 +167,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
+    load = LoadWatch(threads=args.threads).start()
     configs = dict(list(CONFIGS.items())[:1]) if args.quick else CONFIGS
     steps = 3 if args.quick else args.steps
     peak = matmul_gflops(args.threads, torch.bfloat16 if args.precision == "bf16" else torch.float32)
@@ -193,6 +196,7 @@ def main() -> None:
     print("\nRSS: peak resident memory of a worker process that builds only that model (the HF one also imports"
           "\ntransformers; both import torch and aigc and hold the same data)")
     print("target: ratio >= 1.3 on both configs, eager and compiled")
+    print(load.verdict())
 
 
 if __name__ == "__main__":

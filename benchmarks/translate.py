@@ -49,6 +49,8 @@ from aigc.tasks import prepare
 from aigc.training.loop import train
 from aigc.training.optim import build_optimizer, learning_rate
 
+from loadwatch import LoadWatch  # benchmarks/loadwatch.py, beside this script
+
 TATOEBA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tatoeba_eng_cmn.tsv"
 BATCH = 64
 OURS_GRID = {"lr": [1e-3, 3e-3, 6e-3], "warmup": [100, 400]}  # the recipe has 3e-3 and 100
@@ -156,6 +158,7 @@ def main() -> None:
         args.minutes, args.search_minutes, args.test_pairs = 0.2, 0.1, 100
     if not TATOEBA.is_file():
         sys.exit(f"{TATOEBA} is missing")
+    load = LoadWatch().start()
     work = Path(tempfile.mkdtemp(prefix="aigc-translate-"))
     base = [f"data.paths=[{TATOEBA}]", "data.test_fraction=0.05", "train.schedule=time", *args.overrides]
 
@@ -275,6 +278,7 @@ def main() -> None:
             print(f"COMPARISON VOID: {side}'s BLEU {bleu:.2f} is not well above the baseline's {baseline:.2f} "
                   "(3x and +2): it has not learned to use the source")
     print("targets: BLEU and chrF ratio >= 1.00; tokens/s and sentences/s ratio >= 1.30")
+    print(load.verdict())
     print("sample translations (source / ours / Marian / reference):")
     for i in range(3):
         print(f"  {sources[i]} / {ours_out[i]} / {hf_out[i]} / {references[i]}")

@@ -1,0 +1,54 @@
+"""Is anything else using the CPUs while a benchmark runs? Timed comparisons on a shared machine are not.
+
+On a small machine a second busy process does not just halve the speed of a multi-threaded torch
+step: threads that wait for each other at every operator are descheduled, and a step can become ten
+times slower, differently for each model (more small operators suffer more). Wall-time budgets and
+tokens/s measured then compare the load, not the models. ``LoadWatch`` samples the 1-minute load
+average while a benchmark runs and says, under its table, whether the run was alone.
+
+    load = LoadWatch().start()
+    ...                      # the measurements
+    print(load.verdict())    # stops sampling; under the table
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+
+class LoadWatch:
+    def __init__(self, every_s: float = 10.0, threads: int | None = None):
+        import torch
+
+        self.cores = os.cpu_count() or 1
+        self.threads = threads or torch.get_num_threads()  # what the benchmark itself adds to the load
+        self.every_s, self.samples = every_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while True:
+            self.samples.append(os.getloadavg()[0])
+            if self._stop.wait(self.every_s):
+                return
+
+    def start(self) -> LoadWatch:
+        self._thread.start()
+        return self
+
+    def verdict(self) -> str:
+        """Stop sampling; one line: the load seen, and whether timings from this run can be trusted."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if not self.samples:
+            return "load: not sampled"
+        peak, first = max(self.samples), self.samples[0]
+        # the 1-minute average lags: our own threads account for up to ``threads``; allow one more for noise
+        limit = min(self.threads, self.cores) + 1.0
+        line = f"load average: {first:.2f} at the start, at most {peak:.2f} during the run, on {self.cores} cores"
+        if first > 1.5 or peak > limit:
+            return (f"{line}. WARNING: other processes shared the CPUs; the timings, the wall-time budgets "
+                    "and the results that depend on them are not reliable. Run again on an idle machine.")
+        return f"{line}: the run was alone"
