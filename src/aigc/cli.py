@@ -85,7 +85,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from aigc.tasks import evaluate
 
-    print(evaluate(Path(args.run), log=lambda line: print(line, file=sys.stderr)).summary())
+    stray = [item for item in args.items if "=" not in item]
+    if stray:
+        raise AigcError(f"expected key=value after the run, got {' '.join(stray)!r} (e.g. data.paths=[notes/])")
+    log = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    print(evaluate(Path(args.run), log=log, overrides=args.items, quantize=args.quantize).summary())
     return 0
 
 
@@ -113,13 +117,13 @@ def _stdin_prompts():
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from aigc.checkpoint import load_checkpoint
-    from aigc.tasks import task_for
+    from aigc.tasks import load_generator, task_for
     from aigc.tasks.base import GenerateRequest
 
     saved = load_checkpoint(Path(args.run)).config
     settings = with_flags(saved.generate, args)
     task = task_for(saved)
-    generator = task.generator(Path(args.run), args.device)
+    generator = load_generator(Path(args.run), args.device, args.quantize)
     request = GenerateRequest(args.prompt, n=args.n, seed=args.seed, stream=args.stream, out=args.out,
                               truncate=not args.no_truncate, lines=_stdin_prompts() if args.prompt is None else ())
     task.generate(generator, request, settings, lambda text: print(text, end="", flush=True))
@@ -131,11 +135,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
     With stdin not a terminal, each input line is a one-turn conversation and its reply one output line."""
     from aigc.checkpoint import load_checkpoint
     from aigc.generate.sampling import sampling_params
-    from aigc.generate.text import TextGenerator
+    from aigc.tasks import load_generator, task_for
 
     saved = load_checkpoint(Path(args.run)).config
+    if task_for(saved).api != "completions":
+        raise AigcError(f"aigc chat talks to text runs; {args.run} is a {saved.data.kind} run (use aigc generate)")
     settings = with_flags(saved.generate, args)
-    generator = TextGenerator.from_checkpoint(Path(args.run), args.device)
+    generator = load_generator(Path(args.run), args.device, args.quantize)
     interactive = sys.stdin.isatty()
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
@@ -217,9 +223,17 @@ def _sampling_command(parser: argparse.ArgumentParser, handler: Callable) -> Non
     parser.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
     parser.add_argument("--seed", type=int, default=None, help="same seed, same output")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    _quantize_flag(parser)
     add_flags(parser.add_argument_group("sampling (default: the run's generate settings)"), GenerateConfig,
               defaults_from="the run's")
     parser.set_defaults(handler=handler)
+
+
+def _quantize_flag(parser: argparse.ArgumentParser) -> None:
+    from aigc.models.quantize import QUANTIZE_MODES
+
+    parser.add_argument("--quantize", choices=QUANTIZE_MODES, default=None,
+                        help="int8: linear weights as int8 with a scale per row (weight-only; docs/pretrained.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,8 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="score a run on its held-out data and write eval/report.md",
                               description="The run's best checkpoint on its held-out data: loss, perplexity, bits "
                               "per byte and sample diversity (text), code validity (code), BLEU and chrF (translation), "
-                              "bits per pixel, prompt adherence and memorisation (images); writes RUN_DIR/eval/.")
+                              "bits per pixel, prompt adherence and memorisation (images); writes RUN_DIR/eval/. --quantize int8 scores int8 weights and reports the perplexity change they cause.")
     evaluate.add_argument("run", metavar="RUN_DIR")
+    evaluate.add_argument("items", nargs="*", metavar="key=value",
+                          help="data.*, eval.* or generate.* settings; data.paths=[files] scores those files instead "
+                          "of the run's held-out split (e.g. an imported model on your notes)")
+    _quantize_flag(evaluate)
     evaluate.set_defaults(handler=cmd_eval)
     generate = sub.add_parser(
         "generate",
@@ -301,7 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    settings = [item for item in extra if "=" in item and not item.startswith("-")]
+    if extra and (settings != extra or not hasattr(args, "items")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if settings:  # key=value after a flag (`aigc eval RUN --quantize int8 eval.samples=0`): argparse leaves them over
+        args.items = [*args.items, *settings]
     try:
         return args.handler(args)
     except AigcError as err:

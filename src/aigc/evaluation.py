@@ -54,6 +54,10 @@ class EvalResult:
             f"val loss {r['loss']:.4f}, perplexity {r['perplexity']:.2f}"
             + (f", {r['bits_per_byte']:.3f} bits/byte" if "bits_per_byte" in r else "")
             + f" ({r['tokens_scored']:,} tokens)"]
+        if "quantization" in r:
+            q = r["quantization"]
+            lines.append(f"{q['mode']} weights: perplexity {q['perplexity_change_percent']:+.2f}% against the stored "
+                         f"weights (loss {q['loss_stored_weights']:.4f} -> {q['loss']:.4f})")
         if "bleu" in r:
             lines.append(f"{r['split']} ({r['pairs']:,} pairs): BLEU {r['bleu']:.2f} (tokenize {r['bleu_tokenize']}), "
                          f"chrF {r['chrf']:.2f}, {r['sentences_per_s']:.1f} sentences/s")
@@ -83,18 +87,25 @@ class EvalResult:
 
 @torch.inference_mode()
 def score(model, tokens: np.ndarray, block: int, max_tokens: int, batch: int = 16) -> tuple[float, int, np.ndarray]:
-    """Summed NLL (nats) over non-overlapping windows covering up to ``max_tokens`` targets; the targets scored."""
-    usable = min(len(tokens) - 1, max_tokens) // block * block
-    if usable == 0:
-        raise DataError(f"the val split has {len(tokens):,} tokens, fewer than one window of {block + 1}")
-    inputs = torch.from_numpy(tokens[:usable].astype(np.int64)).view(-1, block)
-    targets = torch.from_numpy(tokens[1 : usable + 1].astype(np.int64)).view(-1, block)
+    """Summed NLL (nats) over the first ``min(len - 1, max_tokens)`` targets, every one of them: consecutive
+    non-overlapping windows of ``block`` (batched), then the rest as one shorter window. Returns the NLL,
+    the number of targets and the targets themselves."""
+    usable = min(len(tokens) - 1, max_tokens)
+    if usable < 1:
+        raise DataError(f"the held-out data has {len(tokens):,} tokens; scoring needs at least 2")
+    whole = usable // block * block
+    windows = [(torch.from_numpy(tokens[:whole].astype(np.int64)).view(-1, block),
+                torch.from_numpy(tokens[1 : whole + 1].astype(np.int64)).view(-1, block))]
+    if usable > whole:  # the tail: (1, usable - whole)
+        windows.append((torch.from_numpy(tokens[whole:usable].astype(np.int64))[None],
+                        torch.from_numpy(tokens[whole + 1 : usable + 1].astype(np.int64))[None]))
     total = 0.0
-    for start in range(0, len(inputs), batch):
-        logits = model(inputs[start : start + batch]).float()
-        total += torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), targets[start : start + batch].reshape(-1), reduction="sum"
-        ).item()
+    for inputs, targets in windows:
+        for start in range(0, len(inputs), batch):
+            logits = model(inputs[start : start + batch]).float()
+            total += torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), targets[start : start + batch].reshape(-1), reduction="sum"
+            ).item()
     return total, usable, tokens[1 : usable + 1]
 
 
@@ -206,6 +217,12 @@ def _markdown(report: dict[str, Any], plotted: bool, samples: list[str]) -> str:
         if report.get(key) is not None:
             value = report[key]
             lines.append(f"| {key} | {value:,.4f} |" if isinstance(value, float) else f"| {key} | {value:,} |")
+    if "quantization" in report:
+        q = report["quantization"]
+        lines.append(f"| {q['mode']} perplexity change | {q['perplexity_change_percent']:+.2f}% "
+                     f"(loss {q['loss_stored_weights']:.4f} with the stored weights) |")
+    if "data" in report:
+        lines.append(f"| data | {', '.join(report['data'])} |")
     if "code" in report:
         for key, value in report["code"].items():
             lines.append(f"| code {key} | {value:.3f} |" if isinstance(value, float) else f"| code {key} | {value} |")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -96,10 +96,14 @@ def load_tokenizer(path: Path) -> Tokenizer:
         raise DataError(f"{path} is not a valid tokenizer.json ({err}); re-run `aigc prepare` to rebuild it") from None
 
 
-def eot_id(tokenizer: Tokenizer) -> int:
-    """Id of ``<|endoftext|>``; every aigc tokenizer has it."""
+def eot_id(tokenizer: Tokenizer, eos_ids: Sequence[int] = ()) -> int:
+    """Id of the token that ends a document: ``<|endoftext|>`` (every tokenizer aigc trains has it), else the
+    model's first eos id (``eos_ids``: an imported model's ``model.eos_token_ids``, e.g. Llama's ``</s>``)."""
     token_id = tokenizer.token_to_id(EOT)
+    if token_id is None and eos_ids:
+        return eos_ids[0]
     if token_id is None:
-        raise DataError(f"the tokenizer has no {EOT} token; aigc needs it to separate documents")
+        raise DataError(f"the tokenizer has no {EOT} token and the model no eos id; aigc needs one to separate "
+                        "documents (set model.eos_token_ids=[ID])")
     return token_id
 

@@ -236,6 +236,35 @@ def test_eval_on_its_own(text_run, tmp_path):
     assert not_a_run.returncode == 2 and "Traceback" not in not_a_run.stderr and "error:" in not_a_run.stderr
 
 
+def test_eval_with_int8_weights_reports_the_perplexity_change(text_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(text_run, run_dir, symlinks=True)
+    done = aigc("eval", str(run_dir), "--quantize", "int8", "eval.samples=0")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((run_dir / "eval" / "report.json").read_text())
+    change = report["quantization"]["perplexity_change_percent"]
+    assert abs(change) < 2, f"int8 changed the perplexity by {change:+.2f}%"
+    assert report["quantization"]["loss_stored_weights"] == pytest.approx(
+        json.loads((text_run / "eval" / "report.json").read_text())["loss"], rel=1e-6)
+    assert "int8 perplexity change" in (run_dir / "eval" / "report.md").read_text()
+    generated = aigc("generate", str(run_dir), "--quantize", "int8", "--prompt", "ROMEO:", "--seed", "1")
+    assert generated.returncode == 0 and generated.stdout.strip(), generated.stderr
+    wrong = aigc("generate", str(run_dir), "--quantize", "int4", "--prompt", "x")
+    assert wrong.returncode == 2 and "invalid choice" in wrong.stderr
+
+
+def test_eval_on_other_files_leaves_the_runs_data_alone(text_run, tmp_path, notes):
+    run_dir = tmp_path / "run"
+    shutil.copytree(text_run, run_dir, symlinks=True)
+    manifest = (run_dir / "data" / "manifest.json").read_bytes()
+    done = aigc("eval", str(run_dir), f"data.paths=[{notes}]", "eval.samples=0")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((run_dir / "eval" / "report.json").read_text())
+    assert sorted(Path(f).name for f in report["data"]) == sorted(p.name for p in notes.rglob("*.txt"))
+    assert 0 < report["tokens_scored"] < 200 and report["loss"] > 0
+    assert (run_dir / "data" / "manifest.json").read_bytes() == manifest
+
+
 # --- data.val_paths ----------------------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -198,3 +198,52 @@ def test_export_of_an_aigc_run_loads_in_transformers(tmp_path, style):
     assert hf_tokenizer.encode("the king", add_special_tokens=False) == tokenizer.encode("the king").ids
     assert hf_tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                             add_generation_prompt=True) == "User: hi\nAssistant:"
+
+
+def test_int8_chat_and_serve_match_the_quantized_generator(qwen):
+    """--quantize int8 reaches chat and serve: their greedy replies are those of the int8 model (not the float one)."""
+    _, run, _ = qwen
+    from aigc.generate.sampling import SamplingParams
+    from aigc.models.quantize import Int8Linear
+    from aigc.tasks import load_generator
+
+    generator = load_generator(run, quantize="int8")
+    assert isinstance(generator.model.lm_head, Int8Linear)
+    messages = [{"role": "user", "content": "hello"}]
+    prompt, stops = generator.chat_prompt(messages)
+    expected = generator.complete([prompt], SamplingParams(max_new_tokens=8, temperature=0.0, stop=tuple(stops)))[0]
+    done = subprocess.run([sys.executable, "-m", "aigc", "chat", str(run), "--quantize", "int8", "--temperature", "0",
+                           "--max-new-tokens", "8"], input="hello\n", capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == expected.text.replace("\n", " ") + "\n"
+    server = Server([run], "--quantize", "int8")
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        reply = client.chat.completions.create(model="qwen", messages=messages, max_tokens=8, temperature=0)
+        assert reply.choices[0].message.content == expected.text
+    finally:
+        server.stop()
+
+
+def test_eval_scores_an_imported_model_on_the_users_files(qwen, tmp_path):
+    _, run, _ = qwen
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("the king is dead, long live the king\n" * 20, encoding="utf-8")
+    (notes / "b.txt").write_text("a quick brown fox jumps over the lazy dog\n" * 20, encoding="utf-8")
+    no_data = aigc("eval", str(run))
+    assert no_data.returncode == 2 and "Traceback" not in no_data.stderr and "data.paths=" in no_data.stderr
+    done = aigc("eval", str(run), f"data.paths=[{notes}]", "eval.samples=1", "generate.max_new_tokens=4",
+                "--quantize", "int8")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((run / "eval" / "report.json").read_text())
+    assert sorted(Path(f).name for f in report["data"]) == ["a.txt", "b.txt"]
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(run / "tokenizer.json"))
+    tokens = sum(len(tokenizer.encode(p.read_text(), add_special_tokens=False).ids) + 1 for p in notes.iterdir())
+    assert report["tokens_scored"] == tokens - 1  # every token of both files (and the eos between them) is predicted
+    assert report["loss"] > 0 and abs(report["quantization"]["perplexity_change_percent"]) < 5
+    assert "int8 weights: perplexity" in done.stdout
+    bad = aigc("eval", str(run), "model.n_layer=3")
+    assert bad.returncode == 2 and "aigc eval takes" in bad.stderr and "Traceback" not in bad.stderr

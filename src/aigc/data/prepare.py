@@ -145,7 +145,7 @@ def write_manifest(config: Config, tokenizer: Tokenizer, model_vocab: int, split
         "tokenizer": {
             "kind": config.tokenizer.kind,
             "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),
-            "eot_id": eot_id(tokenizer),
+            "eot_id": eot_id(tokenizer, config.model.eos_token_ids),
             "file": TOKENIZER_FILE,
             "sha256": file_hash(tokenizer_path),
         },
@@ -177,7 +177,7 @@ def prepare_documents(config: Config) -> PrepareResult:
         list(_documents(sources, config, report))  # fill the report for the message
         raise empty_corpus_error(report, len(sources), keys)
     dtype = token_dtype(tokenizer.get_vocab_size(with_added_tokens=True))
-    eot = eot_id(tokenizer)
+    eot = eot_id(tokenizer, config.model.eos_token_ids)
     fraction = 0.0 if config.data.val_paths else config.data.val_fraction
     writers = shard_writers(data_dir, ["train", "val"], dtype)
     total_bytes = sum(s.path.stat().st_size for s in sources)

@@ -20,7 +20,7 @@ from aigc.errors import AigcError
 from aigc.serve.app import create_app
 from aigc.serve.settings import ServeSettings
 from aigc.serve.workers import SERVED_MODELS, ServedModel
-from aigc.tasks import task_for
+from aigc.tasks import load_generator, task_for
 
 log = logging.getLogger("aigc.serve")
 SHUTDOWN_MESSAGE = "the server shut down before this request finished; retry on another replica"
@@ -30,7 +30,8 @@ def served_model_for(path: Path, model_id: str, settings: ServeSettings) -> Serv
     """The run at ``path`` behind the API its task answers (completions, translations, images), with its worker."""
     config = load_checkpoint(path).config
     task = task_for(config)
-    return SERVED_MODELS[task.api].create(model_id, task.generator(path, settings.device), config.generate, settings)
+    generator = load_generator(path, settings.device, settings.quantize)
+    return SERVED_MODELS[task.api].create(model_id, generator, config.generate, settings)
 
 
 def model_ids(paths: list[Path]) -> list[str]:

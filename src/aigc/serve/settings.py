@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -42,6 +43,9 @@ class ServeSettings(BaseModel):
     drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM / Ctrl-C, seconds to let running requests "
                                    "finish before the rest get 503", json_schema_extra={"flag": "--drain-timeout"})
     device: str = Field("cpu", description="torch device of the models (cpu, cuda, cuda:1, mps)")
+    quantize: Literal["int8"] | None = Field(
+        None, description="int8: every model's linear weights as int8 with a scale per row (a quarter of the float32 "
+        "bytes; see docs/pretrained.md for the quality it costs)")
 
     @field_validator("api_keys")
     @classmethod

@@ -6,15 +6,18 @@ ask the run's task; nothing else in aigc asks what kind a run is.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aigc.checkpoint import CHECKPOINTS, load_checkpoint
-from aigc.config import Config
+from aigc.config import Config, apply_override, validate_config
 from aigc.data.collect import CollectResult
 from aigc.data.prepare import PrepareResult
-from aigc.data.shards import read_manifest
+from aigc.data.shards import MANIFEST, read_manifest
+from aigc.errors import ConfigError, DataError
 from aigc.evaluation import EvalResult, write_report
+from aigc.models.quantize import quantize_model
 from aigc.tasks.registry import task_for
 
 
@@ -28,24 +31,81 @@ def prepare(config: Config) -> PrepareResult:
     return task_for(config).prepare(config)
 
 
-def load_generator(path: Path, device: str = "cpu"):
-    """The generator of a run directory or checkpoint, as its task makes it."""
-    return task_for(load_checkpoint(path).config).generator(path, device)
+def load_generator(path: Path, device: str = "cpu", quantize: str | None = None):
+    """The generator of a run directory or checkpoint, as its task makes it; ``quantize="int8"``: its linear
+    layers' weights as int8 (:func:`~aigc.models.quantize.quantize_model`)."""
+    generator = task_for(load_checkpoint(path).config).generator(path, device)
+    quantize_model(generator.model, quantize)
+    return generator
 
 
-def evaluate(run_dir: Path, log: Callable[[str], None] = print, recipe: Config | None = None) -> EvalResult:
+def evaluate(run_dir: Path, log: Callable[[str], None] = print, recipe: Config | None = None,
+             overrides: Sequence[str] = (), quantize: str | None = None) -> EvalResult:
     """Score the run's best (else latest) checkpoint on its held-out data and write ``eval/report.{json,md}``.
 
     ``recipe``: evaluate with its ``eval`` and ``generate`` sections (``aigc run`` passes the current
-    recipe); by default, the ones saved with the checkpoint.
+    recipe); by default, the ones saved with the checkpoint. ``overrides``: ``eval.*``, ``generate.*`` and
+    ``data.*`` settings; given ``data.*`` settings, the held-out data is every document of those files,
+    prepared with the run's own tokenizer into ``eval/data`` (how an imported model, which has no data of
+    its own, is scored on a user's text). ``quantize``: score the model with int8 weights too, and report
+    the loss and perplexity change it causes against the stored weights.
     """
     best = run_dir / CHECKPOINTS / "best"
     checkpoint = load_checkpoint(best if best.exists() else run_dir)
     config = checkpoint.config
     if recipe is not None:
         config = config.model_copy(update={"eval": recipe.eval, "generate": recipe.generate})
+    config = _with_eval_overrides(config, overrides)
     task = task_for(config)
+    data_root = _held_out_root(task, config, checkpoint.path, run_dir, overrides, log)
+    manifest = read_manifest(data_root / "data")
     generator = task.generator(checkpoint.path)
-    metrics = task.evaluate(generator, run_dir, read_manifest(run_dir / "data"), config, log)
-    report = {"checkpoint": str(checkpoint.path), "step": checkpoint.meta["step"], **metrics}
+    report: dict = {"checkpoint": str(checkpoint.path), "step": checkpoint.meta["step"]}
+    if data_root != run_dir:
+        report["data"] = manifest["sources"]["files"]
+    if quantize is not None:
+        unquantized = config.model_copy(update={"eval": config.eval.model_copy(update={"samples": 0})})
+        stored = task.evaluate(generator, data_root, manifest, unquantized, log)
+        quantize_model(generator.model, quantize)
+    metrics = task.evaluate(generator, data_root, manifest, config, log)
+    if quantize is not None and "loss" in stored:
+        report["quantization"] = {"mode": quantize, "loss_stored_weights": stored["loss"], "loss": metrics["loss"],
+                                  "perplexity_change_percent": 100 * math.expm1(metrics["loss"] - stored["loss"])}
+    report |= metrics
     return write_report(run_dir, report, task.sample_markdown(report["samples"]))
+
+
+EVAL_SECTIONS = ("data", "eval", "generate")
+
+
+def _with_eval_overrides(config: Config, overrides: Sequence[str]) -> Config:
+    """``config`` with ``data.*``, ``eval.*`` and ``generate.*`` overrides; any other key is a clear error."""
+    for assignment in overrides:
+        section = assignment.partition("=")[0].split(".")[0]
+        if section not in EVAL_SECTIONS:
+            raise ConfigError(f"aigc eval takes {', '.join(s + '.*' for s in EVAL_SECTIONS)} settings, not "
+                              f"{assignment!r} (the model and its training are the checkpoint's)")
+    raw = config.model_dump(mode="json")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return validate_config(raw)
+
+
+def _held_out_root(task, config: Config, checkpoint: Path, run_dir: Path, overrides: Sequence[str],
+                   log: Callable[[str], None]) -> Path:
+    """The folder whose ``data/`` holds the held-out split: the run's own, or ``eval/`` prepared from ``data.*``."""
+    if not any(a.startswith("data.") for a in overrides):
+        if not (run_dir / "data" / MANIFEST).is_file():
+            raise DataError(f"no prepared data in {run_dir / 'data'} to score: run `aigc prepare` with the run's "
+                            f"recipe, or score files of your own: aigc eval {run_dir} data.paths=[notes/] (an "
+                            "imported model has no data of its own)")
+        return run_dir
+    root = run_dir / "eval"
+    data = config.data.model_copy(update={"val_paths": [*config.data.paths, *config.data.val_paths]})
+    held_out = config.model_copy(update={
+        "run": config.run.model_copy(update={"dir": root}), "data": data,
+        "tokenizer": config.tokenizer.model_copy(update={"path": checkpoint / "tokenizer.json"}),
+    })
+    log(f"preparing {', '.join(data.val_paths)} with the run's tokenizer into {root / 'data'}")
+    task.prepare(held_out)
+    return root

@@ -1,0 +1,64 @@
+"""Weight-only int8: each Linear close to its float form on both kernels, the whole model's logits close too."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from aigc.config import ModelConfig
+from aigc.errors import ConfigError
+from aigc.models.gpt import GPT
+from aigc.models.quantize import PACKED_MAX_ROWS, Int8Linear, quantize_model
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("rows", [1, PACKED_MAX_ROWS, PACKED_MAX_ROWS + 1, 100])
+def test_int8_linear_is_close_to_the_float_one(rows, bias):
+    torch.manual_seed(0)
+    linear = nn.Linear(67, 45, bias=bias)  # odd sizes: no kernel may assume multiples of 8
+    x = torch.randn(rows, 67)
+    q = Int8Linear(linear)
+    assert q.weight.dtype == torch.int8 and q.weight.shape == (45, 67) and q.scale.shape == (45,)
+    expected, got = linear(x), q(x)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    error = (got - expected).norm() / expected.norm()
+    assert error < 0.02, f"relative error {error:.4f}"  # int8 rounding plus bfloat16 products: about 0.5%
+
+
+def test_int8_linear_keeps_leading_dims_and_bfloat16():
+    linear = nn.Linear(16, 8)
+    x = torch.randn(2, 3, 16, dtype=torch.bfloat16)
+    assert Int8Linear(linear)(x).shape == (2, 3, 8) and Int8Linear(linear)(x).dtype == torch.bfloat16
+
+
+def test_quantize_model_replaces_every_linear_and_keeps_the_logits_close():
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=97, n_layer=2, n_head=4, n_embd=64, block_size=32, tie_embeddings=True)
+    model = GPT(config).eval()
+    idx = torch.randint(0, 97, (2, 20))
+    with torch.no_grad():
+        reference = model(idx)
+        quantize_model(model, "int8")
+        logits = model(idx)
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    assert isinstance(model.lm_head, Int8Linear) and model.wte.weight.dtype == torch.float32  # tied: embedding kept
+    error = (logits - reference).norm() / reference.norm()
+    assert error < 0.03, f"relative logit error {error:.4f}"
+    assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() > 0.9
+
+
+def test_unknown_mode_is_a_clear_error():
+    with pytest.raises(ConfigError, match="int8"):
+        quantize_model(nn.Linear(2, 2), "int4")
+    assert quantize_model(lin := nn.Linear(2, 2), None) is lin
+
+
+@pytest.mark.parametrize("in_features", [8, 24, 40, 48, 72, 100, 576])
+def test_every_width_is_correct_on_the_decode_path(in_features):
+    """torch's int8 kernel gives inf/NaN or crashes for widths that are not multiples of 16: those must not reach it."""
+    torch.manual_seed(0)
+    linear = nn.Linear(in_features, 33, bias=False)
+    x = torch.randn(3, in_features)
+    error = (Int8Linear(linear)(x) - linear(x)).norm() / linear(x).norm()
+    assert torch.isfinite(error) and error < 0.02, f"relative error {error}"
