@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PYTHON) benchmarks/translate.py
 	$(PYTHON) benchmarks/serve.py
 	$(PYTHON) benchmarks/images.py
+	$(PYTHON) benchmarks/pretrained.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
