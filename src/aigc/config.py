@@ -166,7 +166,8 @@ class TrainConfig(Section):
     max_steps: int = Field(1000, ge=0, description="optimizer steps to run (the cosine schedule's length)")
     max_minutes: float | None = Field(None, gt=0, description="stop after this many minutes of training")
     schedule: Literal["steps", "time"] = Field(
-        "steps", description="cosine over max_steps (exactly resumable) or over max_minutes (ends on time)"
+        "steps", description="cosine over max_steps (exactly resumable), or over max_minutes or max_steps, whichever "
+        "runs out first (ends on time)"
     )
     batch_size: int = Field(16, ge=1, description="sequences per micro-batch on each process")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step, over all processes")

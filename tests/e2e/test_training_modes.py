@@ -271,3 +271,19 @@ def test_two_processes_match_one_with_the_pair_and_image_samplers(tmp_path, pair
         for step in expected:
             assert got[step] == pytest.approx(expected[step], rel=ACROSS_WORLD_SIZES), (key, step, got, expected)
     assert _losses(one.run_dir)[4] < _losses(one.run_dir)[1]
+
+
+def test_a_step_budget_inside_a_time_budget_still_ends_the_cosine(tmp_path, corpus):
+    """train.max_steps=12 on a time schedule with minutes to spare: the learning rate reaches min_lr at step 12
+    (before, the cosine followed only the clock and the run stopped at a high learning rate)."""
+    run_dir = tmp_path / "steps-in-time"
+    done = subprocess.run([sys.executable, "-m", "aigc", "train", "text", f"run.dir={run_dir}", f"data.paths=[{corpus}]",
+                           *TINY, "train.max_steps=12", "train.warmup_steps=2", "train.max_minutes=30",
+                           "train.schedule=time", "train.lr=0.003", "train.min_lr=0.0003"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lrs = [r["lr"] for r in _records(run_dir) if "lr" in r]
+    last_step = max(r["step"] for r in _records(run_dir) if "lr" in r)
+    expected = 3e-4 + 0.5 * (1 + math.cos(math.pi * (last_step - 1 - 2) / 10)) * 2.7e-3  # the step's progress
+    assert last_step == 12 and lrs[-1] == pytest.approx(expected, rel=1e-3), lrs
+    assert lrs[-1] < 4e-4, lrs  # the clock alone (12 steps of 30 minutes) would have kept it near 3e-3

@@ -229,10 +229,9 @@ class Trainer:
         A non-finite loss or gradient saves the state before the step and raises :class:`TrainingError`.
         """
         tc = self.tc
+        progress = (self.step - tc.warmup_steps) / max(tc.max_steps - tc.warmup_steps, 1)
         if tc.schedule == "time":  # wall-clock dependent: ends on time, not bit-exact on resume
-            progress = elapsed / self.budget_s
-        else:
-            progress = (self.step - tc.warmup_steps) / max(tc.max_steps - tc.warmup_steps, 1)
+            progress = max(progress, elapsed / self.budget_s)  # whichever budget runs out first ends the cosine
         self.lr = learning_rate(tc, self.step, progress)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
