@@ -62,3 +62,19 @@ def test_every_width_is_correct_on_the_decode_path(in_features):
     x = torch.randn(3, in_features)
     error = (Int8Linear(linear)(x) - linear(x)).norm() / linear(x).norm()
     assert torch.isfinite(error) and error < 0.02, f"relative error {error}"
+
+
+def test_the_encoder_decoder_quantizes_too():
+    from aigc.models.seq2seq import Seq2Seq
+
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(kind="seq2seq", n_layer=2, n_encoder_layer=2, n_head=4, n_embd=64, block_size=16,
+                                vocab_size=50, norm="rmsnorm", mlp="swiglu", position="rope", bias=False)).eval()
+    src, tgt = torch.randint(1, 50, (3, 9)), torch.randint(1, 50, (3, 7))
+    with torch.no_grad():
+        reference = model(src, torch.ones_like(src, dtype=torch.bool), tgt)
+        quantize_model(model, "int8")
+        logits = model(src, torch.ones_like(src, dtype=torch.bool), tgt)
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    error = (logits - reference).norm() / reference.norm()
+    assert error < 0.03, f"relative logit error {error:.4f}"
