@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+
+IDLE = 1.5  # a 1-minute load average below this on start: nothing else is running
 
 
 class LoadWatch:
@@ -33,7 +36,13 @@ class LoadWatch:
             if self._stop.wait(self.every_s):
                 return
 
-    def start(self) -> LoadWatch:
+    def start(self, settle_s: float = 90.0) -> LoadWatch:
+        """Start sampling once the 1-minute load average has fallen below ``IDLE`` (waiting up to ``settle_s``):
+        it lags by about a minute, so a benchmark started right after another one would otherwise be
+        judged by the load its predecessor left behind."""
+        deadline = time.monotonic() + settle_s
+        while os.getloadavg()[0] > IDLE and time.monotonic() < deadline:
+            time.sleep(5)
         self._thread.start()
         return self
 
@@ -48,7 +57,7 @@ class LoadWatch:
         # the 1-minute average lags: our own threads account for up to ``threads``; allow one more for noise
         limit = min(self.threads, self.cores) + 1.0
         line = f"load average: {first:.2f} at the start, at most {peak:.2f} during the run, on {self.cores} cores"
-        if first > 1.5 or peak > limit:
+        if first > IDLE or peak > limit:
             return (f"{line}. WARNING: other processes shared the CPUs; the timings, the wall-time budgets "
                     "and the results that depend on them are not reliable. Run again on an idle machine.")
         return f"{line}: the run was alone"

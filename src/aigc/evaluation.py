@@ -85,14 +85,24 @@ class EvalResult:
         return "\n".join(lines)
 
 
+SCORE_WINDOW = 2048  # at most this many tokens of context per scored window
+SCORE_BATCH_TOKENS = 2048  # tokens per forward pass: the logits of an imported 150k vocabulary stay ~1 GB
+
+
 @torch.inference_mode()
-def score(model, tokens: np.ndarray, block: int, max_tokens: int, batch: int = 16) -> tuple[float, int, np.ndarray]:
+def score(model, tokens: np.ndarray, block: int, max_tokens: int) -> tuple[float, int, np.ndarray]:
     """Summed NLL (nats) over the first ``min(len - 1, max_tokens)`` targets, every one of them: consecutive
-    non-overlapping windows of ``block`` (batched), then the rest as one shorter window. Returns the NLL,
-    the number of targets and the targets themselves."""
+    non-overlapping windows of ``min(block, SCORE_WINDOW)`` tokens, batched to ``SCORE_BATCH_TOKENS``, then
+    the rest as one shorter window. Returns the NLL, the number of targets and the targets themselves.
+
+    An imported model's context can be 8k to 128k tokens; scoring with windows that long would hold
+    gigabytes of logits, so its perplexity is measured with 2,048 tokens of context at most.
+    """
     usable = min(len(tokens) - 1, max_tokens)
     if usable < 1:
         raise DataError(f"the held-out data has {len(tokens):,} tokens; scoring needs at least 2")
+    block = min(block, SCORE_WINDOW)
+    batch = max(1, SCORE_BATCH_TOKENS // block)
     whole = usable // block * block
     windows = [(torch.from_numpy(tokens[:whole].astype(np.int64)).view(-1, block),
                 torch.from_numpy(tokens[1 : whole + 1].astype(np.int64)).view(-1, block))]
@@ -313,9 +323,10 @@ def evaluate_documents(generator: TextGenerator, run_dir: Path, manifest: dict, 
 
 
 
-def write_report(run_dir: Path, report: dict[str, Any], samples: list[str]) -> EvalResult:
-    """Write ``eval/report.json``, ``eval/report.md`` (``samples``: its markdown lines) and ``eval/loss.png``."""
-    folder = run_dir / "eval"
+def write_report(run_dir: Path, report: dict[str, Any], samples: list[str], folder: Path | None = None) -> EvalResult:
+    """Write ``report.json``, ``report.md`` (``samples``: its markdown lines) and ``loss.png`` (the run's
+    training curve) into ``folder``, by default ``<run>/eval``."""
+    folder = folder or run_dir / "eval"
     folder.mkdir(parents=True, exist_ok=True)
     plotted = plot_losses(run_dir / "metrics.jsonl", folder / "loss.png")
     write_json(folder / "report.json", report)

@@ -257,11 +257,21 @@ def test_eval_on_other_files_leaves_the_runs_data_alone(text_run, tmp_path, note
     run_dir = tmp_path / "run"
     shutil.copytree(text_run, run_dir, symlinks=True)
     manifest = (run_dir / "data" / "manifest.json").read_bytes()
+    own_report = (run_dir / "eval" / "report.json").read_bytes()
     done = aigc("eval", str(run_dir), f"data.paths=[{notes}]", "eval.samples=0")
     assert done.returncode == 0, done.stderr
-    report = json.loads((run_dir / "eval" / "report.json").read_text())
+    assert (run_dir / "eval" / "report.json").read_bytes() == own_report  # the run's own report is kept
+    report = json.loads((run_dir / "eval" / "files" / "report.json").read_text())
+    assert f"report: {run_dir / 'eval' / 'files' / 'report.md'}" in done.stdout
     assert sorted(Path(f).name for f in report["data"]) == sorted(p.name for p in notes.rglob("*.txt"))
     assert 0 < report["tokens_scored"] < 200 and report["loss"] > 0
+    assert (run_dir / "data" / "manifest.json").read_bytes() == manifest
+    kind = aigc("eval", str(run_dir), f"data.paths=[{notes}]", "data.kind=pairs")
+    assert kind.returncode == 2 and "data.kind" in kind.stderr and "Traceback" not in kind.stderr
+    unnamed = aigc("eval", str(run_dir), "data.document=line")
+    assert unnamed.returncode == 2 and "data.paths=" in unnamed.stderr and "Traceback" not in unnamed.stderr
+    missing = aigc("eval", str(run_dir), f"data.paths=[{tmp_path / 'nowhere'}]")
+    assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
     assert (run_dir / "data" / "manifest.json").read_bytes() == manifest
 
 

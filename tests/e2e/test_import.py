@@ -221,6 +221,14 @@ def test_int8_chat_and_serve_match_the_quantized_generator(qwen):
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
         reply = client.chat.completions.create(model="qwen", messages=messages, max_tokens=8, temperature=0)
         assert reply.choices[0].message.content == expected.text
+        # the log-probabilities tell the int8 model from the float one, whatever tokens they choose
+        params = SamplingParams(max_new_tokens=4, temperature=0.0, logprobs=True, ignore_eos=True)
+        int8 = generator.complete(["the king"], params)[0].logprobs
+        stored = load_generator(run).complete(["the king"], params)[0].logprobs
+        served = client.completions.create(model="qwen", prompt="the king", max_tokens=4, temperature=0, logprobs=0,
+                                           extra_body={"ignore_eos": True}).choices[0].logprobs.token_logprobs
+        assert served == pytest.approx(int8, abs=1e-4)
+        assert max(abs(a - b) for a, b in zip(int8, stored)) > 1e-4, (int8, stored)
     finally:
         server.stop()
 
@@ -236,7 +244,7 @@ def test_eval_scores_an_imported_model_on_the_users_files(qwen, tmp_path):
     done = aigc("eval", str(run), f"data.paths=[{notes}]", "eval.samples=1", "generate.max_new_tokens=4",
                 "--quantize", "int8")
     assert done.returncode == 0, done.stderr
-    report = json.loads((run / "eval" / "report.json").read_text())
+    report = json.loads((run / "eval" / "files" / "report.json").read_text())
     assert sorted(Path(f).name for f in report["data"]) == ["a.txt", "b.txt"]
     from tokenizers import Tokenizer
 

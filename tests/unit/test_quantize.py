@@ -12,16 +12,18 @@ from aigc.models.gpt import GPT
 from aigc.models.quantize import PACKED_MAX_ROWS, Int8Linear, quantize_model
 
 
+@pytest.mark.parametrize("in_features", [64, 67])  # 64 takes the int8 kernel up to PACKED_MAX_ROWS rows, 67 never
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("rows", [1, PACKED_MAX_ROWS, PACKED_MAX_ROWS + 1, 100])
-def test_int8_linear_is_close_to_the_float_one(rows, bias):
+def test_int8_linear_is_close_to_the_float_one(rows, bias, in_features):
     torch.manual_seed(0)
-    linear = nn.Linear(67, 45, bias=bias)  # odd sizes: no kernel may assume multiples of 8
-    x = torch.randn(rows, 67)
+    linear = nn.Linear(in_features, 45, bias=bias)
+    x = torch.randn(rows, in_features)
     q = Int8Linear(linear)
-    assert q.weight.dtype == torch.int8 and q.weight.shape == (45, 67) and q.scale.shape == (45,)
+    assert q.weight.dtype == torch.int8 and q.weight.shape == (45, in_features) and q.scale.shape == (45,)
     expected, got = linear(x), q(x)
     assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert q.packed == (in_features == 64)
     error = (got - expected).norm() / expected.norm()
     assert error < 0.02, f"relative error {error:.4f}"  # int8 rounding plus bfloat16 products: about 0.5%
 
@@ -78,3 +80,20 @@ def test_the_encoder_decoder_quantizes_too():
     assert not any(type(m) is nn.Linear for m in model.modules())
     error = (logits - reference).norm() / reference.norm()
     assert error < 0.03, f"relative logit error {error:.4f}"
+
+
+def test_a_bfloat16_model_decodes_a_batch_on_the_int8_kernel():
+    """A bfloat16 model's last-position slice is not contiguous: the kernel must still get dense rows (it
+    refused them with an error before), and the logits stay close to the bfloat16 model's."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=97, n_layer=2, n_head=4, n_embd=64, block_size=32, tie_embeddings=True)
+    model = GPT(config).eval().to(torch.bfloat16)
+    idx = torch.randint(0, 97, (3, 10))
+    with torch.no_grad():
+        reference = model(idx, last_only=True).float()
+        quantize_model(model, "int8")
+        assert all(m.packed for m in model.modules() if isinstance(m, Int8Linear))
+        logits = model(idx, last_only=True).float()
+    assert logits.shape == (3, 1, 97)
+    error = (logits - reference).norm() / reference.norm()
+    assert error < 0.05, f"relative logit error {error:.4f}"

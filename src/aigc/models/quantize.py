@@ -8,9 +8,10 @@ Why our own small module and not ``torchao``: torchao 0.18 (the newest) with tor
 to load its compiled extensions, warns on import, and its ``Int8WeightOnlyConfig`` linear measured
 2.3x *slower* than the dense float32 one on this machine (a 3072x768 product at batch 1: 280 us
 against 122 us), while torch's own ``_weight_int8pack_mm`` kernel (the one gpt-fast uses) takes 35 us.
-That kernel wants bfloat16 activations and scales, so the product runs in bfloat16 and is cast back,
-and it does not check its shapes: with ``in_features`` not a multiple of 16 (8, 24, 40, 67, 72, 100) it
-returned inf/NaN or crashed the process (torch 2.13), so such layers dequantize instead.
+That kernel wants contiguous bfloat16 activations and bfloat16 scales, so the product runs in bfloat16
+and is cast back. It does not check its shapes: with ``in_features`` not a multiple of 16 (8, 24, 40,
+67, 72, 100) it returned inf/NaN or crashed the process (torch 2.13), so such layers dequantize instead.
+Off the CPU every call dequantizes to bfloat16: int8 saves neither time nor peak memory there yet.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) in any float dtype -> (..., out) in the same dtype."""
-        rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        rows = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()  # the kernel reads rows densely
         if self.packed and rows.device.type == "cpu" and rows.shape[0] <= PACKED_MAX_ROWS:
             out = torch._weight_int8pack_mm(rows, self.weight, self.scale)
         else:

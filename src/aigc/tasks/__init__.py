@@ -45,10 +45,11 @@ def evaluate(run_dir: Path, log: Callable[[str], None] = print, recipe: Config |
 
     ``recipe``: evaluate with its ``eval`` and ``generate`` sections (``aigc run`` passes the current
     recipe); by default, the ones saved with the checkpoint. ``overrides``: ``eval.*``, ``generate.*`` and
-    ``data.*`` settings; given ``data.*`` settings, the held-out data is every document of those files,
-    prepared with the run's own tokenizer into ``eval/data`` (how an imported model, which has no data of
-    its own, is scored on a user's text). ``quantize``: score the model with int8 weights too, and report
-    the loss and perplexity change it causes against the stored weights.
+    ``data.*`` settings; with ``data.paths=[...]`` the held-out data is every document of those files,
+    prepared with the run's own tokenizer into ``eval/files/data`` and reported in ``eval/files/`` (how an
+    imported model, which has no data of its own, is scored on a user's text; the run's own report stays).
+    ``quantize``: score the model with int8 weights, and report the change of the held-out loss and
+    perplexity against the stored weights where the task has such a loss.
     """
     best = run_dir / CHECKPOINTS / "best"
     checkpoint = load_checkpoint(best if best.exists() else run_dir)
@@ -63,16 +64,17 @@ def evaluate(run_dir: Path, log: Callable[[str], None] = print, recipe: Config |
     report: dict = {"checkpoint": str(checkpoint.path), "step": checkpoint.meta["step"]}
     if data_root != run_dir:
         report["data"] = manifest["sources"]["files"]
-    if quantize is not None:
-        unquantized = config.model_copy(update={"eval": config.eval.model_copy(update={"samples": 0})})
-        stored = task.evaluate(generator, data_root, manifest, unquantized, log)
-        quantize_model(generator.model, quantize)
+    stored = task.held_out_loss(generator, data_root, manifest, config) if quantize is not None else None
+    quantize_model(generator.model, quantize)
     metrics = task.evaluate(generator, data_root, manifest, config, log)
-    if quantize is not None and "loss" in stored:
-        report["quantization"] = {"mode": quantize, "loss_stored_weights": stored["loss"], "loss": metrics["loss"],
-                                  "perplexity_change_percent": 100 * math.expm1(metrics["loss"] - stored["loss"])}
+    if stored is not None:
+        report["quantization"] = {"mode": quantize, "loss_stored_weights": stored, "loss": metrics["loss"],
+                                  "perplexity_change_percent": 100 * math.expm1(metrics["loss"] - stored)}
+    elif quantize is not None:
+        log(f"{task.name} runs have no held-out loss to compare: the report scores the {quantize} weights alone")
     report |= metrics
-    return write_report(run_dir, report, task.sample_markdown(report["samples"]))
+    folder = run_dir / "eval" if data_root == run_dir else data_root
+    return write_report(run_dir, report, task.sample_markdown(report["samples"]), folder)
 
 
 EVAL_SECTIONS = ("data", "eval", "generate")
@@ -81,10 +83,10 @@ EVAL_SECTIONS = ("data", "eval", "generate")
 def _with_eval_overrides(config: Config, overrides: Sequence[str]) -> Config:
     """``config`` with ``data.*``, ``eval.*`` and ``generate.*`` overrides; any other key is a clear error."""
     for assignment in overrides:
-        section = assignment.partition("=")[0].split(".")[0]
-        if section not in EVAL_SECTIONS:
-            raise ConfigError(f"aigc eval takes {', '.join(s + '.*' for s in EVAL_SECTIONS)} settings, not "
-                              f"{assignment!r} (the model and its training are the checkpoint's)")
+        key = assignment.partition("=")[0]
+        if key.split(".")[0] not in EVAL_SECTIONS or key == "data.kind":
+            raise ConfigError(f"aigc eval takes {', '.join(s + '.*' for s in EVAL_SECTIONS)} settings (but not "
+                              f"data.kind), not {assignment!r}: the model, its kind and its training are the checkpoint's")
     raw = config.model_dump(mode="json")
     for assignment in overrides:
         apply_override(raw, assignment)
@@ -93,15 +95,22 @@ def _with_eval_overrides(config: Config, overrides: Sequence[str]) -> Config:
 
 def _held_out_root(task, config: Config, checkpoint: Path, run_dir: Path, overrides: Sequence[str],
                    log: Callable[[str], None]) -> Path:
-    """The folder whose ``data/`` holds the held-out split: the run's own, or ``eval/`` prepared from ``data.*``."""
+    """The folder whose ``data/`` holds the held-out split: the run itself, or ``eval/files`` prepared from
+    the files ``data.paths`` names (every document held out; no built-in corpus, no saved ``val_paths``)."""
     if not any(a.startswith("data.") for a in overrides):
         if not (run_dir / "data" / MANIFEST).is_file():
             raise DataError(f"no prepared data in {run_dir / 'data'} to score: run `aigc prepare` with the run's "
                             f"recipe, or score files of your own: aigc eval {run_dir} data.paths=[notes/] (an "
                             "imported model has no data of its own)")
         return run_dir
-    root = run_dir / "eval"
-    data = config.data.model_copy(update={"val_paths": [*config.data.paths, *config.data.val_paths]})
+    if not task.scores_other_files():
+        raise ConfigError(f"aigc eval scores other files for text runs; this is a {task.name} run, scored on its own "
+                          "held-out split (drop the data.* settings)")
+    if not any(a.startswith("data.paths=") for a in overrides):
+        raise ConfigError("data.* settings describe the files to score: name them with data.paths=[...] (the run's "
+                          "own held-out split is scored when no data.* setting is given)")
+    root = run_dir / "eval" / "files"
+    data = config.data.model_copy(update={"val_paths": list(config.data.paths), "builtin": []})
     held_out = config.model_copy(update={
         "run": config.run.model_copy(update={"dir": root}), "data": data,
         "tokenizer": config.tokenizer.model_copy(update={"path": checkpoint / "tokenizer.json"}),

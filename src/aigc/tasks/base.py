@@ -77,6 +77,16 @@ class Task(ABC):
                  log: Callable[[str], None]) -> dict[str, Any]:
         """The report's metrics and samples for the run's held-out data."""
 
+    def held_out_loss(self, generator: Any, data_root: Path, manifest: dict, config: Config) -> float | None:
+        """Mean loss (nats per token) on the held-out data alone, without sampling: what ``aigc eval --quantize``
+        compares before and after quantizing. None where the task has no such loss."""
+        return None
+
+    def scores_other_files(self) -> bool:
+        """Whether ``aigc eval RUN data.paths=[...]`` can score files other than the run's own held-out split
+        (prepared with the run's tokenizer, every record held out)."""
+        return False
+
     @abstractmethod
     def sample_markdown(self, samples: list[dict[str, Any]]) -> list[str]:
         """The report's samples as markdown lines (``eval/report.md``)."""

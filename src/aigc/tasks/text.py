@@ -12,7 +12,7 @@ from aigc.data.loader import WindowSampler
 from aigc.data.prepare import PrepareResult, prepare_documents
 from aigc.data.shards import open_split
 from aigc.data.sources import read_source
-from aigc.evaluation import evaluate_documents
+from aigc.evaluation import evaluate_documents, score
 from aigc.flags import unescape
 from aigc.generate.sampling import sampling_params
 from aigc.generate.text import TextGenerator
@@ -43,6 +43,14 @@ class TextTask(Task):
     def evaluate(self, generator: TextGenerator, run_dir: Path, manifest: dict, config: Config,
                  log: Callable[[str], None]) -> dict[str, Any]:
         return evaluate_documents(generator, run_dir, manifest, config)
+
+    def held_out_loss(self, generator: TextGenerator, data_root: Path, manifest: dict, config: Config) -> float:
+        val = open_split(data_root / "data", "val", manifest)
+        nll, count, _ = score(generator.model, val, config.model.block_size, config.eval.max_tokens)
+        return nll / count
+
+    def scores_other_files(self) -> bool:
+        return True
 
     def sample_markdown(self, samples: list[dict[str, Any]]) -> list[str]:
         return [line for s in samples for line in ("```", s["prompt"] + s["completion"], "```", "")]
