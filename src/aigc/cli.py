@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", metavar="RUN_DIR")
     evaluate.add_argument("items", nargs="*", metavar="key=value",
                           help="data.*, eval.* or generate.* settings; data.paths=[files] scores those files instead "
-                          "of the run's held-out split (e.g. an imported model on your notes)")
+                          "of the run's held-out split, reported in RUN_DIR/eval/files/ (e.g. an imported model on your notes)")
     _quantize_flag(evaluate)
     evaluate.set_defaults(handler=cmd_eval)
     generate = sub.add_parser(
