@@ -55,9 +55,7 @@ class EvalResult:
             + (f", {r['bits_per_byte']:.3f} bits/byte" if "bits_per_byte" in r else "")
             + f" ({r['tokens_scored']:,} tokens)"]
         if "quantization" in r:
-            q = r["quantization"]
-            lines.append(f"{q['mode']} weights: perplexity {q['perplexity_change_percent']:+.2f}% against the stored "
-                         f"weights (loss {q['loss_stored_weights']:.4f} -> {q['loss']:.4f})")
+            lines.append(quantization_text(r["quantization"]))
         if "bleu" in r:
             lines.append(f"{r['split']} ({r['pairs']:,} pairs): BLEU {r['bleu']:.2f} (tokenize {r['bleu_tokenize']}), "
                          f"chrF {r['chrf']:.2f}, {r['sentences_per_s']:.1f} sentences/s")
@@ -83,6 +81,12 @@ class EvalResult:
                             if "real_nearest_training_distance" in r else ""))
         lines.append(f"report: {self.folder / 'report.md'}")
         return "\n".join(lines)
+
+
+def quantization_text(q: dict[str, Any]) -> str:
+    """One line on what quantizing cost: ``report["quantization"]`` as the CLI summary and report.md show it."""
+    return (f"{q['mode']} weights: perplexity {q['perplexity_change_percent']:+.2f}% against the stored weights "
+            f"(loss {q['loss_stored_weights']:.4f} -> {q['loss']:.4f})")
 
 
 SCORE_WINDOW = 2048  # at most this many tokens of context per scored window
@@ -228,9 +232,7 @@ def _markdown(report: dict[str, Any], plotted: bool, samples: list[str]) -> str:
             value = report[key]
             lines.append(f"| {key} | {value:,.4f} |" if isinstance(value, float) else f"| {key} | {value:,} |")
     if "quantization" in report:
-        q = report["quantization"]
-        lines.append(f"| {q['mode']} perplexity change | {q['perplexity_change_percent']:+.2f}% "
-                     f"(loss {q['loss_stored_weights']:.4f} with the stored weights) |")
+        lines.append(f"| quantization | {quantization_text(report['quantization'])} |")
     if "data" in report:
         lines.append(f"| data | {', '.join(report['data'])} |")
     if "code" in report:

@@ -246,7 +246,7 @@ def test_eval_with_int8_weights_reports_the_perplexity_change(text_run, tmp_path
     assert abs(change) < 2, f"int8 changed the perplexity by {change:+.2f}%"
     assert report["quantization"]["loss_stored_weights"] == pytest.approx(
         json.loads((text_run / "eval" / "report.json").read_text())["loss"], rel=1e-6)
-    assert "int8 perplexity change" in (run_dir / "eval" / "report.md").read_text()
+    assert "| quantization | int8 weights: perplexity" in (run_dir / "eval" / "report.md").read_text()
     generated = aigc("generate", str(run_dir), "--quantize", "int8", "--prompt", "ROMEO:", "--seed", "1")
     assert generated.returncode == 0 and generated.stdout.strip(), generated.stderr
     wrong = aigc("generate", str(run_dir), "--quantize", "int4", "--prompt", "x")
