@@ -6,9 +6,14 @@
         config.json         the whole run config (model.vocab_size filled in)
         model.safetensors   weights (a tied output projection is stored once)
         tokenizer.json      the tokenizer the model was trained with
+        chat.json           the chat template, when the run has one (imported, or fine-tuned from such a model)
         train_state.pt      optimizer, step, RNG states, elapsed time; tensors and plain types only
         meta.json           format and code version, data manifest and tokenizer hashes, file hashes
     checkpoints/latest -> step_000500      checkpoints/best -> step_000400
+
+A LoRA run (``train.lora.rank``) stores only its adapters, in PEFT's files: ``adapter_model.safetensors``
+and ``adapter_config.json`` instead of ``model.safetensors``; its base is ``model.init``'s weights. So
+``peft.PeftModel.from_pretrained(base, checkpoint_folder)`` loads a checkpoint as it is.
 
 A checkpoint is built in a hidden temporary folder and renamed into place, so a crash never leaves a
 half-written one under a real name; ``meta.json`` holds the SHA-256 of every file, so a truncated or
@@ -17,6 +22,8 @@ corrupted file is caught on load with the file's name.
 
 from __future__ import annotations
 
+import copy
+import itertools
 import os
 import shutil
 import time
@@ -29,15 +36,22 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from aigc import __version__
+from aigc.chat_template import CHAT_FILE
 from aigc.config import Config, validate_config
 from aigc.errors import CheckpointError
 from aigc.files import file_hash, read_json, write_json
 from aigc.models import build_model
+from aigc.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, apply_lora, available_targets, load_peft_state, \
+    merge_lora, peft_config
 from aigc.tokenizer import TARGET_TOKENIZER
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
-FILES = ("config.json", "model.safetensors", "tokenizer.json", "train_state.pt")
+
+
+def weights_file(config: Config) -> str:
+    """The checkpoint file that holds the trained tensors: the whole model's, or a LoRA run's adapters."""
+    return ADAPTER_WEIGHTS if config.train.lora.enabled else "model.safetensors"
 
 
 @dataclass
@@ -46,21 +60,50 @@ class Checkpoint:
     config: Config
     meta: dict[str, Any]
 
+    @property
+    def is_adapter(self) -> bool:
+        """A LoRA checkpoint: adapters only, on the weights of ``model.init``."""
+        return self.config.train.lora.enabled
+
     def model_state(self) -> dict[str, torch.Tensor]:
-        state = load_file(self.path / "model.safetensors")
-        if self.config.model.tie_embeddings and "lm_head.weight" not in state:
+        """The stored tensors: the model's (our names), or a LoRA run's adapters (PEFT's names)."""
+        state = load_file(self.path / weights_file(self.config))
+        if not self.is_adapter and self.config.model.tie_embeddings and "lm_head.weight" not in state:
             state["lm_head.weight"] = state["wte.weight"]
         return state
 
-    def load_model(self, device: str = "cpu") -> torch.nn.Module:
+    def load_model(self, device: str = "cpu", merge: bool = True, base: torch.nn.Module | None = None) -> torch.nn.Module:
         """The checkpoint's model with its weights, on ``device``, in eval mode, in the dtype they were stored in
-        (float32 for trained runs; an imported model may be bfloat16)."""
+        (float32 for trained runs; an imported model may be bfloat16).
+
+        A LoRA checkpoint loads its base (``model.init``, or ``base`` when the caller already holds it: several
+        adapters then share its tensors) and its adapters on top, folded into the weights when ``merge``.
+        """
+        if self.is_adapter:
+            return self._load_adapted(device, merge, base)
         model = build_model(self.config.model)
         state = self.model_state()
         stored = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
         if stored != torch.float32:
             model.to(stored)
         model.load_state_dict(state)
+        return model.to(device).eval()
+
+    def _load_adapted(self, device: str, merge: bool, base: torch.nn.Module | None) -> torch.nn.Module:
+        if base is None:
+            try:
+                model = load_checkpoint(self.config.model.init).load_model(device)
+            except CheckpointError as err:
+                raise CheckpointError(f"{self.path} holds LoRA adapters for the base model {self.config.model.init}, "
+                                      f"which cannot be loaded: {err}") from None
+        else:  # the same modules around the caller's tensors: adapters of one base share its memory
+            if merge:
+                raise ValueError("adapters are merged into a base of their own, not into a shared one")
+            model = copy.deepcopy(base, {id(t): t for t in itertools.chain(base.parameters(), base.buffers())})
+        apply_lora(model, self.config.train.lora)
+        load_peft_state(model, self.model_state())
+        if merge:
+            merge_lora(model)
         return model.to(device).eval()
 
     def train_state(self) -> dict[str, Any]:
@@ -79,7 +122,10 @@ def save_checkpoint(
     train_state: dict[str, Any],
     hashes: dict[str, str],
 ) -> Path:
-    """Write ``<run>/checkpoints/step_NNNNNN`` atomically and point ``latest`` at it; return its path."""
+    """Write ``<run>/checkpoints/step_NNNNNN`` atomically and point ``latest`` at it; return its path.
+
+    ``model_state``: the trained tensors (:func:`trained_state`); a LoRA run's also get PEFT's adapter config.
+    """
     root = run_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_name(step)
@@ -89,14 +135,21 @@ def save_checkpoint(
     weights = dict(model_state)
     if config.model.tie_embeddings:
         weights.pop("lm_head.weight", None)  # same storage as wte.weight; safetensors stores a tensor once
-    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+    files = ["config.json", weights_file(config), "tokenizer.json", "train_state.pt"]
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / files[1]),
+              metadata={"format": "pt"})
+    if config.train.lora.enabled:
+        lora = config.train.lora
+        write_json(tmp / ADAPTER_CONFIG, peft_config(lora, lora.targets or available_targets(config.model),
+                                                     config.model, str(config.model.init)))
+        files.append(ADAPTER_CONFIG)
     torch.save(train_state, tmp / "train_state.pt")
     write_json(tmp / "config.json", config.model_dump(mode="json"))
     shutil.copyfile(run_dir / "tokenizer.json", tmp / "tokenizer.json")
-    files = list(FILES)
-    if (run_dir / TARGET_TOKENIZER).is_file():  # pairs with a tokenizer per side
-        shutil.copyfile(run_dir / TARGET_TOKENIZER, tmp / TARGET_TOKENIZER)
-        files.append(TARGET_TOKENIZER)
+    for name in (TARGET_TOKENIZER, CHAT_FILE):  # pairs with a tokenizer per side; a run with a chat template
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, tmp / name)
+            files.append(name)
     meta = {
         "format": FORMAT_VERSION,
         "aigc_version": __version__,
@@ -150,9 +203,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
             raise CheckpointError(f"{file} is corrupt (its SHA-256 differs from meta.json); use an earlier checkpoint")
     config = validate_config(read_json(folder / "config.json"))
     try:
-        load_file(folder / "model.safetensors")
+        load_file(folder / weights_file(config))
     except SafetensorError as err:
-        raise CheckpointError(f"{folder / 'model.safetensors'} cannot be read ({err})") from None
+        raise CheckpointError(f"{folder / weights_file(config)} cannot be read ({err})") from None
     return Checkpoint(folder, config, meta)
 
 

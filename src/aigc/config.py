@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from aigc.errors import ConfigError
 
@@ -31,11 +31,13 @@ class RunConfig(Section):
 class DataConfig(Section):
     kind: str = Field(
         "text", description="the kind of run (aigc.tasks.registry): text = documents for a GPT, pairs = "
-        "source/target pairs for seq2seq, images = captioned images"
+        "source/target pairs for seq2seq, images = captioned images, chat = conversations (OpenAI messages or "
+        "Alpaca JSONL) for fine-tuning a GPT on its assistant turns"
     )
     paths: list[str] = Field(default_factory=list, description="files, folders (recursive) and glob patterns to read")
-    builtin: list[Literal["stdlib", "digits", "shapes"]] = Field(
+    builtin: list[Literal["stdlib", "stdlib_functions", "digits", "shapes"]] = Field(
         default_factory=list, description="built-in sources: stdlib = .py files of this Python's standard library; "
+        "stdlib_functions = instruction pairs (chat) made from its documented functions, split by file; "
         "digits = scikit-learn's 8x8 digits, shapes = drawn shape scenes (images)"
     )
     field: str = Field("text", description="JSONL field that holds the text")
@@ -88,6 +90,10 @@ class ModelConfig(Section):
     """Shape and options of the model: the decoder-only GPT or the encoder-decoder (``aigc.models``)."""
 
     kind: Literal["gpt", "seq2seq"] = Field("gpt", description="decoder-only GPT or encoder-decoder Transformer")
+    init: Path | None = Field(
+        None, description="fine-tune: start from this run, checkpoint or Hugging Face model folder (its weights, "
+        "tokenizer, chat template and model.* settings, which replace the recipe's)"
+    )
     n_encoder_layer: int | None = Field(None, ge=1, description="encoder blocks of a seq2seq model; default n_layer")
     n_layer: int = Field(4, ge=1, description="Transformer blocks")
     n_head: int = Field(4, ge=1, description="attention (query) heads")
@@ -162,6 +168,30 @@ class ModelConfig(Section):
         return 4 * self.n_embd
 
 
+class LoraConfig(Section):
+    """Low-rank adapters (LoRA, Hu et al. 2021): W x + alpha/rank * B A x, with the base W frozen."""
+
+    rank: int | None = Field(None, description="adapter rank; set it to train adapters on a frozen base (none = "
+                             "full fine-tuning)")
+    alpha: float = Field(16.0, gt=0, description="the update is scaled by alpha / rank")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapters' input in training")
+    targets: list[str] = Field(default_factory=list, description="Hugging Face module names to adapt (q_proj, k_proj, "
+                               "v_proj, o_proj, gate_proj, up_proj, down_proj; c_attn, c_proj, c_fc for GPT-2); "
+                               "default every attention and MLP projection")
+
+    @field_validator("rank")
+    @classmethod
+    def _rank_positive(cls, rank: int | None) -> int | None:
+        if rank is not None and rank < 1:
+            raise ValueError(f"a LoRA rank must be at least 1 (got {rank}); leave train.lora.rank unset for full "
+                             "fine-tuning")
+        return rank
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank is not None
+
+
 class TrainConfig(Section):
     max_steps: int = Field(1000, ge=0, description="optimizer steps to run (the cosine schedule's length)")
     max_minutes: float | None = Field(None, gt=0, description="stop after this many minutes of training")
@@ -170,6 +200,8 @@ class TrainConfig(Section):
         "runs out first (ends on time)"
     )
     batch_size: int = Field(16, ge=1, description="sequences per micro-batch on each process")
+    seq_len: int | None = Field(None, ge=2, description="tokens per training sequence; default model.block_size "
+                                "(set it lower to fine-tune a long-context model on short windows)")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step, over all processes")
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
     min_lr: float | None = Field(None, ge=0, description="learning rate at the end of the cosine; default lr/10")
@@ -190,6 +222,7 @@ class TrainConfig(Section):
     compile: bool = Field(False, description="torch.compile the model")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; default all cores")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="low-rank adapters instead of full fine-tuning")
 
     @model_validator(mode="after")
     def _time_schedule_needs_budget(self) -> TrainConfig:
@@ -229,6 +262,9 @@ class EvalConfig(Section):
     samples: int = Field(8, ge=0, description="samples generated for the report (and code checks), with generate.*")
     max_pairs: int = Field(1000, ge=1, description="seq2seq: test pairs translated for BLEU and chrF")
     samples_per_prompt: int = Field(16, ge=2, description="images: samples drawn for each evaluated prompt")
+    execute: bool = Field(False, description="chat runs on stdlib_functions: also run the held-out functions' "
+                          "doctests against the generated code (each in a sandboxed subprocess; opt in, it runs "
+                          "model-written code)")
 
 
 _MOVED_TO_GENERATE = ("max_new_tokens", "temperature", "top_k", "beams", "guidance")
@@ -258,9 +294,24 @@ class Config(Section):
                        "generate": {**moved, **(raw.get("generate") or {})}}
         return raw
 
+    @model_validator(mode="after")
+    def _adapters_need_a_base(self) -> Config:
+        if self.train.lora.enabled and self.model.init is None:
+            raise ValueError("train.lora.rank trains adapters on a frozen pretrained base: set "
+                             "model.init=RUN_OR_HF_DIR (or leave train.lora.rank unset)")
+        if self.model.init is None and self.train.seq_len and self.train.seq_len > self.model.block_size:
+            raise ValueError(f"train.seq_len ({self.train.seq_len}) is longer than model.block_size "
+                             f"({self.model.block_size})")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return self.run.dir if self.run.dir is not None else Path("runs") / self.recipe
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens per training sequence: ``train.seq_len``, else the model's whole context."""
+        return self.train.seq_len or self.model.block_size
 
 
 def builtin_recipes() -> dict[str, str]:
@@ -344,6 +395,9 @@ def _explain(err: ValidationError) -> str:
             lines.append(f"unknown key '{key}'; valid keys: {', '.join(_valid_keys(model))}")
         else:
             got = problem.get("input")
+            if problem["type"] == "value_error":  # our own validators' messages say what was wrong
+                lines.append(f"{key}: {problem['msg'].removeprefix('Value error, ')}")
+                continue
             shown = "" if isinstance(got, dict) else f" (got {got!r})"
             lines.append(f"{key}: {problem['msg']}{shown}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
@@ -371,6 +425,12 @@ def describe_keys() -> list[tuple[str, str, str]]:
     for section_name in ("run", "data", "tokenizer", "model", "train", "eval", "generate"):
         section = Config.model_fields[section_name].annotation
         for name, field in section.model_fields.items():
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                for sub, inner in field.annotation.model_fields.items():
+                    default = inner.default_factory() if inner.default_factory else inner.default
+                    rows.append((f"{section_name}.{name}.{sub}", "" if default is None else str(default),
+                                 inner.description or ""))
+                continue
             default = field.default_factory() if field.default_factory else field.default
             rows.append((f"{section_name}.{name}", "" if default is None else str(default), field.description or ""))
     return rows

@@ -23,6 +23,7 @@ from aigc.data.shards import MANIFEST
 from aigc.errors import DataError
 from aigc.data.sources import fingerprint, resolve_sources
 from aigc.files import file_hash, read_json, write_json
+from aigc.pretrained.init import resolve_init
 from aigc.tasks import collect, evaluate, prepare, task_for
 from aigc.training.loop import METRICS, train
 
@@ -102,6 +103,7 @@ def prepare_if_needed(config: Config, rank: int = 0, wait_s: float = 3600.0) -> 
 
     Under torchrun only ``rank`` 0 prepares; the other processes wait (at most ``wait_s``) for its manifest.
     """
+    config = resolve_init(config, log=lambda line: None)
     if rank == 0:
         return None if is_prepared(config) else "\n".join([collect(config).summary(), prepare(config).summary()])
     deadline = time.monotonic() + wait_s
@@ -116,6 +118,7 @@ def run_pipeline(config: Config, log: Callable[[str], None] = print) -> Pipeline
     """Run collect -> prepare -> train -> eval (+ samples); return what ran, what was skipped and the outputs."""
     run_dir = config.run_dir
     stages = _Stages(run_dir, log)
+    config = resolve_init(config, log)
     result = stages.result
     _data_stages(config, stages)
     manifest_hash = file_hash(run_dir / "data" / MANIFEST)

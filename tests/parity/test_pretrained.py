@@ -11,7 +11,7 @@ import torch
 
 from aigc.checkpoint import load_checkpoint
 from aigc.errors import ConfigError
-from aigc.generate.chat import ChatTemplate, ChatTemplateError
+from aigc.chat_template import ChatTemplate, ChatTemplateError
 from aigc.generate.sampling import SamplingParams
 from aigc.generate.text import TextGenerator
 from aigc.pretrained import import_model

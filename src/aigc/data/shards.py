@@ -60,7 +60,7 @@ class ShardWriter:
 
     def close(self) -> dict[str, Any]:
         self._handle.close()
-        return {"file": self.path.name, "tokens": self.tokens, "documents": self.documents}
+        return {"file": self.path.name, "tokens": self.tokens, "documents": self.documents, "dtype": self.dtype.name}
 
 
 def read_manifest(data_dir: Path) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def open_split(data_dir: Path, split: str, manifest: dict[str, Any] | None = Non
     manifest = manifest or read_manifest(data_dir)
     info = manifest["splits"][split]
     path = data_dir / info["file"]
-    dtype = np.dtype(manifest["dtype"])
+    dtype = np.dtype(info.get("dtype", manifest["dtype"]))  # token ids, or a split's own (a loss mask's uint8)
     expected = info["tokens"] * dtype.itemsize
     if not path.is_file() or path.stat().st_size != expected:
         found = path.stat().st_size if path.is_file() else "no file"

@@ -23,6 +23,7 @@ from aigc.config import DataConfig
 from aigc.data.clean import CleaningReport, Record
 from aigc.errors import DataError
 
+STDLIB_CORPORA = ("stdlib", "stdlib_functions")  # built-in corpora read from the standard library's files
 _SNIFF_BYTES = 8192
 _JSONL = {".jsonl", ".ndjson"}
 _DELIMITED = {".csv": ",", ".tsv": "\t"}
@@ -38,7 +39,7 @@ class SourceFile:
 
     @property
     def label(self) -> str:
-        if self.builtin == "stdlib":
+        if self.builtin in STDLIB_CORPORA:
             return f"stdlib:{self.path.relative_to(stdlib_root()).as_posix()}"
         return str(self.path)
 
@@ -47,12 +48,12 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"]).resolve()
 
 
-def _stdlib_files() -> list[SourceFile]:
+def _stdlib_files(builtin: str) -> list[SourceFile]:
     """The ``.py`` files of the running interpreter's standard library, without installed packages."""
     root = stdlib_root()
     skip = {"site-packages", "dist-packages"}
     return [
-        SourceFile(path, "stdlib")
+        SourceFile(path, builtin)
         for path in sorted(root.rglob("*.py"))
         if not skip.intersection(path.relative_to(root).parts) and path.is_file()
     ]
@@ -91,8 +92,8 @@ def resolve_sources(config: DataConfig) -> list[SourceFile]:
     """Expand ``data.paths``, ``data.builtin`` and ``data.val_paths`` into a de-duplicated file list, in order."""
     files = _expand(config.paths, "data.paths", None)
     for name in config.builtin:
-        files.extend(_stdlib_files() if name == "stdlib" else [])
-    if not files and not set(config.builtin) - {"stdlib"}:
+        files.extend(_stdlib_files(name) if name in STDLIB_CORPORA else [])
+    if not files and not set(config.builtin) - set(STDLIB_CORPORA):
         raise DataError("no input data: set data.paths=[file, folder or pattern, ...] or data.builtin=[stdlib]")
     files.extend(_expand(config.val_paths, "data.val_paths", "val"))
     unique: dict[Path, SourceFile] = {}

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 
 from aigc.checkpoint import load_checkpoint
 from aigc.errors import GenerationError
-from aigc.generate.chat import ChatTemplate
+from aigc.chat_template import ChatTemplate
 from aigc.generate.decode import Event
 from aigc.generate.engine import Engine
 from aigc.generate.sampling import SamplingParams

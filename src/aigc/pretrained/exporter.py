@@ -20,7 +20,7 @@ from aigc.checkpoint import load_checkpoint
 from aigc.config import GenerateConfig
 from aigc.errors import CheckpointError
 from aigc.files import write_json
-from aigc.generate.chat import ChatTemplate
+from aigc.chat_template import ChatTemplate
 from aigc.models import hf
 from aigc.tokenizer import EOT
 

@@ -34,7 +34,7 @@ from aigc.checkpoint import CHECKPOINTS, FORMAT_VERSION, point, step_name
 from aigc.config import Config, apply_override, validate_config
 from aigc.errors import CheckpointError, ConfigError
 from aigc.files import file_hash, read_json, write_json
-from aigc.generate.chat import CHAT_FILE, ChatTemplate
+from aigc.chat_template import CHAT_FILE, ChatTemplate
 from aigc.models import hf
 from aigc.pretrained.weights import SourceWeights, write_streaming
 from aigc.tokenizer import load_tokenizer

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 from aigc.config import GenerateConfig
 from aigc.errors import AigcError
-from aigc.generate.chat import ChatTemplateError
+from aigc.chat_template import ChatTemplateError
 from aigc.generate.text import TextGenerator
 from aigc.generate.translate import Translator
 from aigc.serve.settings import ServeSettings
@@ -186,7 +186,7 @@ class CompletionModel(TextModel):
 
     def chat_prompt(self, messages: list[Message]) -> tuple[str, list[str]]:
         """The run's chat template (an imported model's own, else aigc's plain "Role: text" lines then
-        "Assistant:", stopping at a new user line; :mod:`aigc.generate.chat`)."""
+        "Assistant:", stopping at a new user line; :mod:`aigc.chat_template`)."""
         try:
             return self.generator.chat_prompt([{"role": m.role, "content": m.text} for m in messages])
         except ChatTemplateError as err:

@@ -18,6 +18,7 @@ from aigc.data.shards import MANIFEST, read_manifest
 from aigc.errors import ConfigError, DataError
 from aigc.evaluation import EvalResult, write_report
 from aigc.models.quantize import quantize_model
+from aigc.pretrained.init import resolve_init
 from aigc.tasks.registry import task_for
 
 
@@ -27,8 +28,9 @@ def collect(config: Config) -> CollectResult:
 
 
 def prepare(config: Config) -> PrepareResult:
-    """The prepare stage: clean, tokenize and shard into ``<run>/data``; write ``<run>/tokenizer.json``."""
-    return task_for(config).prepare(config)
+    """The prepare stage: clean, tokenize and shard into ``<run>/data``; write ``<run>/tokenizer.json``
+    (``model.init``'s tokenizer when fine-tuning)."""
+    return task_for(config).prepare(resolve_init(config))
 
 
 def load_generator(path: Path, device: str = "cpu", quantize: str | None = None):

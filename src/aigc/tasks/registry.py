@@ -16,6 +16,7 @@ TASKS = {
     "text": "aigc.tasks.text:TextTask",
     "pairs": "aigc.tasks.pairs:PairsTask",
     "images": "aigc.tasks.images:ImageTask",
+    "chat": "aigc.tasks.chat:ChatTask",
 }
 
 

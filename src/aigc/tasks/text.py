@@ -29,7 +29,7 @@ class TextTask(Task):
         return prepare_documents(config)
 
     def samplers(self, config: Config, manifest: dict, rank: int, world: int) -> tuple[Any, Any | None]:
-        tc, data_dir, block = config.train, config.run_dir / "data", config.model.block_size
+        tc, data_dir, block = config.train, config.run_dir / "data", config.seq_len
         train = WindowSampler(open_split(data_dir, "train", manifest), block, tc.batch_size, tc.grad_accum,
                               config.seed, rank, world, "train")
         val_tokens = open_split(data_dir, "val", manifest)
@@ -63,7 +63,7 @@ class TextTask(Task):
         """Continue ``request.prompt``, or every prompt line (``\\n`` inside a line is a newline); samples
         of one prompt are separated by a blank line, so only generated text reaches stdout."""
         params = sampling_params(settings, seed=request.seed, truncate_prompt=request.truncate)
-        prompts = [request.prompt] if request.prompt is not None else _prompt_lines(request)
+        prompts = [request.prompt] if request.prompt is not None else prompt_lines(request)
         for prompt in prompts:
             batch = [prompt] * request.n
             if request.stream:
@@ -78,7 +78,7 @@ class TextTask(Task):
                 write("\n\n".join(c.text for c in generator.complete(batch, params)) + "\n")
 
 
-def _prompt_lines(request: GenerateRequest):
+def prompt_lines(request: GenerateRequest):
     """The non-empty lines of ``request.lines``; ``\\n`` inside a line is a newline (:func:`~aigc.flags.unescape`)."""
     for line in request.lines:
         prompt = line.rstrip("\n")

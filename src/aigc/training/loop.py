@@ -37,7 +37,8 @@ from aigc.errors import TrainingError
 from aigc.files import file_hash
 from aigc.models import build_model
 from aigc.tasks import task_for
-from aigc.training import distributed, rng
+from aigc.pretrained.init import resolve_init
+from aigc.training import distributed, finetune, rng
 from aigc.training.metrics_log import METRICS, MetricsLog
 from aigc.training.optim import build_optimizer, learning_rate
 from aigc.training.stopping import StopRequest
@@ -117,19 +118,23 @@ def _train(config: Config, resume: bool, log: Callable[[str], None], env: distri
     tc = config.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
+    config = resolve_init(config, log if env.is_main else lambda _: None)
     manifest = read_manifest(config.run_dir / "data")
     hashes = _data_hashes(config.run_dir, manifest)
+    finetune.check_tokenizer(config, manifest)
     task = task_for(config)
     config = task.model_config(config, manifest)
     samplers = task.samplers(config, manifest, env.rank, env.world)
     if samplers[1] is None:
         log("the val split is too small for one evaluation batch: no evaluation")
     torch.manual_seed(config.seed)  # the same initial weights on every process
-    model = build_model(config.model).to(env.device)
+    model = build_model(config.model)
     task.init_model(model, manifest)
     checkpoint = latest_valid(config.run_dir, warn=log) if resume else None
     if resume and checkpoint is None:
         log(f"no checkpoint in {config.run_dir / 'checkpoints'} yet: starting from step 0")
+    finetune.start_from_init(model, config, checkpoint is not None, log if env.is_main else lambda _: None)
+    model.to(env.device)
     run = Trainer(config, env, model, samplers, hashes, log, checkpoint)
     interrupted = False
     with StopRequest() as stop, run.bar:
@@ -202,7 +207,7 @@ class Trainer:
             torch.manual_seed(self.config.seed + self.env.rank)  # dropout masks differ between processes
             return
         _check_resumable(self.config, checkpoint.config, checkpoint.path)
-        self.model.load_state_dict(checkpoint.model_state())
+        finetune.restore_trained_state(self.model, checkpoint)
         state = checkpoint.train_state()
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.elapsed_before, self.best_val = state["step"], state["elapsed_s"], state["best_val_loss"]
@@ -217,9 +222,11 @@ class Trainer:
         """Training seconds of the whole run, across resumes."""
         return self.elapsed_before + time.perf_counter() - self.started
 
-    def loss(self, inputs: tuple[torch.Tensor, ...], targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of the model's logits against ``targets`` (-1 = ignored), with label smoothing."""
-        logits = self.forward(*(t.to(self.env.device) for t in inputs))
+    def loss(self, inputs: tuple[torch.Tensor | None, ...], targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the model's logits against ``targets`` (-1 = ignored), with label smoothing.
+
+        ``inputs`` are the model's positional arguments (None where a sampler leaves one at its default)."""
+        logits = self.forward(*(t if t is None else t.to(self.env.device) for t in inputs))
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.to(self.env.device).reshape(-1),
                                ignore_index=-1, label_smoothing=self.tc.label_smoothing)
 
@@ -313,7 +320,8 @@ class Trainer:
         state = {"optimizer": self.optimizer.state_dict(), "step": self.step,
                  "elapsed_s": self.elapsed() if elapsed is None else elapsed, "best_val_loss": self.best_val,
                  "tokens": self.tokens, "rng": rng_states}
-        path = save_checkpoint(self.config.run_dir, self.step, self.config, self.model.state_dict(), state, self.hashes)
+        path = save_checkpoint(self.config.run_dir, self.step, self.config,
+                               finetune.trained_state(self.model, self.config), state, self.hashes)
         if best:
             point(path.parent, "best", path.name)
         prune(self.config.run_dir, self.tc.keep_checkpoints)

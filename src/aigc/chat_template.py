@@ -24,7 +24,8 @@ from typing import Any
 from aigc.errors import GenerationError
 from aigc.files import read_json
 
-CHAT_FILE = "chat.json"  # in a checkpoint folder: {"template": ..., "tokens": {"bos_token": ..., ...}}
+CHAT_FILE = "chat.json"  # in a run or checkpoint folder: {"template": ..., "tokens": {"bos_token": ..., ...}}
+
 
 DEFAULT_TEMPLATE = (
     "{% for message in messages %}"
@@ -113,6 +114,9 @@ class ChatTemplate:
     source: str = DEFAULT_TEMPLATE
     tokens: dict[str, str] = field(default_factory=dict)  # bos_token, eos_token, unk_token, pad_token
     stop: tuple[str, ...] = DEFAULT_STOP
+    # a rendered conversation is one document: aigc's template ends it with <|endoftext|> (which a fine-tuned
+    # model learns to say after its answer); a model's own template closes turns with its own tokens
+    ends_with_eot: bool = True
 
     @classmethod
     def from_checkpoint(cls, folder: Path) -> ChatTemplate:
@@ -121,7 +125,7 @@ class ChatTemplate:
         if not file.is_file():
             return cls()
         saved = read_json(file)
-        return cls(saved["template"], dict(saved.get("tokens", {})), ())
+        return cls(saved["template"], dict(saved.get("tokens", {})), (), ends_with_eot=False)
 
     def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
         """The conversation as text to continue; :class:`ChatTemplateError` when the template refuses it."""

@@ -1,0 +1,209 @@
+"""Conversations for supervised fine-tuning: read, render with the chat template, mark what the model learns.
+
+Rows are JSONL in either common shape::
+
+    {"messages": [{"role": "system", "content": "..."}, {"role": "user", "content": "..."},
+                  {"role": "assistant", "content": "..."}]}                   OpenAI / ShareGPT-as-messages
+    {"instruction": "...", "input": "...", "output": "...", "system": "..."}  Alpaca ("input", "system" optional)
+
+or the built-in ``stdlib_functions`` corpus (:mod:`aigc.data.stdlib_functions`). A conversation is
+rendered with the run's chat template (:class:`~aigc.chat_template.ChatTemplate`) into one token
+sequence plus a loss mask that is 1 exactly on the assistant's tokens: the text each assistant turn adds
+to the rendering (its content and the template's end-of-turn tokens), found by rendering the
+conversation up to that turn with and without it. A row that cannot be used is counted in the prepare
+report under its reason, with examples, and the rest go on.
+"""
+
+from __future__ import annotations
+
+import json
+import tokenize
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from aigc.config import Config, DataConfig
+from aigc.data.clean import CleaningReport
+from aigc.data.prepare import PrepareResult, data_folder, empty_corpus_error, finish_shards, shard_writers, write_manifest
+from aigc.data.shards import token_dtype
+from aigc.data.sources import SourceFile, json_objects, resolve_sources
+from aigc.data.split import assign_split
+from aigc.data.stdlib_functions import as_messages, functions_in
+from aigc.errors import DataError
+from aigc.chat_template import ChatTemplate, ChatTemplateError
+from aigc.tokenizer import eot_id, load_tokenizer
+
+ROLES = ("system", "developer", "user", "assistant")
+SPLITS = ("train", "val")
+HELD_OUT = "val_conversations.jsonl"  # the val split's messages, for the evaluation's sample answers
+_JSONL = {".jsonl", ".ndjson", ".json"}
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """Messages (role/content), where they came from, and the key whose hash decides their split
+    (the row itself, or for the built-in corpus its file: functions of one file share a split)."""
+
+    messages: list[dict[str, str]]
+    source: str
+    key: str
+    split: str | None = None
+
+
+class Unusable(ValueError):
+    """A conversation that cannot be trained on: ``reason`` is its row in the prepare report."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def messages_of(row: Any) -> list[dict[str, str]]:
+    """The messages of one JSONL row (either shape); :class:`Unusable` says why a row has none."""
+    if not isinstance(row, dict):
+        raise Unusable("malformed_row", f"a row is a JSON object, not {type(row).__name__}")
+    if "messages" in row:
+        messages = row["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise Unusable("malformed_message", "'messages' must be a non-empty list of {role, content} objects")
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
+                    or not isinstance(message.get("content"), str):
+                raise Unusable("malformed_message", f"message {i} is not an object with string 'role' and 'content'")
+            if message["role"] not in ROLES:
+                raise Unusable("unknown_role", f"message {i} has role {message['role']!r}; known: {', '.join(ROLES)}")
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    elif "instruction" in row and "output" in row:
+        fields = {k: row.get(k) or "" for k in ("instruction", "input", "output", "system")}
+        if not all(isinstance(v, str) for v in fields.values()):
+            raise Unusable("malformed_message", "Alpaca fields instruction, input, output and system must be strings")
+        prompt = fields["instruction"] + (f"\n\n{fields['input']}" if fields["input"] else "")
+        messages = [{"role": "system", "content": fields["system"]}] if fields["system"] else []
+        messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": fields["output"]}]
+    else:
+        raise Unusable("malformed_row", "a row needs 'messages' (OpenAI) or 'instruction' and 'output' (Alpaca)")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise Unusable("no_assistant_turn", "no assistant message to learn from")
+    return messages
+
+
+def read_conversations(source: SourceFile, config: DataConfig, report: CleaningReport) -> Iterator[Conversation]:
+    """The conversations of one file: JSONL rows, or the functions of a standard-library file."""
+    if source.builtin == "stdlib_functions":
+        try:
+            with tokenize.open(source.path) as handle:  # honours a file's coding cookie (PEP 263)
+                text = handle.read()
+        except (OSError, SyntaxError, UnicodeDecodeError) as err:
+            report.drop("unreadable", source.label, 0, str(err))
+            return
+        for example in functions_in(text):
+            yield Conversation(as_messages(example), f"{source.label}:{example.line}", source.label, source.split)
+        return
+    if source.path.suffix.lower() not in _JSONL:
+        report.drop("not_jsonl", source.label, source.path.stat().st_size,
+                    "chat data is JSONL with 'messages' or Alpaca fields (.jsonl)")
+        return
+    for row, where, size in json_objects(source, report):
+        try:
+            messages = messages_of(row)
+        except Unusable as err:
+            report.drop(err.reason, where, size, err.detail)
+            continue
+        yield Conversation(messages, where, json.dumps(messages, sort_keys=True), source.split)
+
+
+def encode_conversation(messages: list[dict[str, str]], template: ChatTemplate, tokenizer: Tokenizer,
+                        eot: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids (T,) and loss mask (T,) uint8 of one conversation: 1 on every assistant token.
+
+    With aigc's own template the conversation ends with ``eot`` (masked in when an assistant spoke last).
+    :class:`Unusable` when the template refuses it or does not render earlier turns as a prefix.
+    """
+    try:
+        text = template.render(messages, add_generation_prompt=False)
+        spans = []
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            before = template.render(messages[:i], add_generation_prompt=True)
+            through = template.render(messages[: i + 1], add_generation_prompt=False)
+            if not (through.startswith(before) and text.startswith(through)):
+                raise Unusable("template_not_prefix", f"the chat template does not render turn {i} as a prefix of "
+                               "the conversation, so its tokens cannot be found")
+            spans.append((len(before), len(through)))
+    except ChatTemplateError as err:
+        raise Unusable("template_error", str(err)) from None
+    encoding = tokenizer.encode(text, add_special_tokens=False)
+    ids = np.asarray(encoding.ids, dtype=np.int64)
+    starts = np.asarray([start for start, _ in encoding.offsets], dtype=np.int64)
+    mask = np.zeros(len(ids), dtype=np.uint8)
+    for start, end in spans:
+        mask[(starts >= start) & (starts < end)] = 1
+    if template.ends_with_eot:
+        ids = np.append(ids, eot)
+        mask = np.append(mask, np.uint8(messages[-1]["role"] == "assistant"))
+    return ids, mask
+
+
+def prepare_conversations(config: Config) -> PrepareResult:
+    """Render, encode and shard conversations: per split, token ids, a uint8 loss mask (``<split>.mask``) and each
+    conversation's length (``<split>.lengths``, uint32), so the sampler can pack them without crossing one;
+    the val conversations' messages also go to ``val_conversations.jsonl`` for the evaluation's samples.
+
+    The tokenizer and chat template are ``model.init``'s (the run's copies); conversations longer than the
+    training length (``train.seq_len``, default ``model.block_size``) are counted, not cut.
+    """
+    if config.tokenizer.path is None:
+        raise DataError("chat runs fine-tune an existing model with its tokenizer and chat template: set "
+                        "model.init=RUN_OR_HF_DIR (an aigc run, or a Hugging Face model folder)")
+    sources = resolve_sources(config.data)
+    data_dir = data_folder(config)
+    tokenizer = load_tokenizer(config.tokenizer.path)
+    template = ChatTemplate.from_checkpoint(config.run_dir)
+    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    eot = eot_id(tokenizer, config.model.eos_token_ids)
+    writers = (shard_writers(data_dir, list(SPLITS), token_dtype(vocab))
+               | shard_writers(data_dir, [f"{s}.mask" for s in SPLITS], np.dtype(np.uint8))
+               | shard_writers(data_dir, [f"{s}.lengths" for s in SPLITS], np.dtype(np.uint32)))
+    fraction = 0.0 if config.data.val_paths else config.data.val_fraction
+    report = CleaningReport()
+    held_out = data_dir / f".{HELD_OUT}.tmp"
+    handle = held_out.open("w", encoding="utf-8")
+    for source in sources:
+        for conversation in read_conversations(source, config.data, report):
+            size = sum(len(m["content"]) for m in conversation.messages)
+            try:
+                ids, mask = encode_conversation(conversation.messages, template, tokenizer, eot)
+            except Unusable as err:
+                report.drop(err.reason, conversation.source, size, err.detail)
+                continue
+            if len(ids) > config.seq_len:
+                report.drop("too_long", conversation.source, size,
+                            f"{len(ids)} tokens, the training length is {config.seq_len} (train.seq_len)")
+                continue
+            split = conversation.split or assign_split(conversation.key, config.seed, fraction)
+            writers[split].write(ids, 1, len(ids))
+            writers[f"{split}.mask"].write(mask, 1, len(mask))
+            writers[f"{split}.lengths"].write(np.asarray([len(ids)]), 1, 1)
+            if split == "val":
+                handle.write(json.dumps({"messages": conversation.messages, "source": conversation.source},
+                                        ensure_ascii=False) + "\n")
+            report.keep(size)
+    handle.close()
+    held_out.replace(data_dir / HELD_OUT)
+    splits = finish_shards(writers, data_dir)
+    if report.kept == 0:
+        for info in splits.values():
+            (data_dir / info["file"]).unlink()
+        raise empty_corpus_error(report, len(sources), "the rows' fields ('messages', or 'instruction' and 'output')")
+    return write_manifest(config, tokenizer, vocab, splits, sources, report,
+                          chat={"template": "model" if not template.ends_with_eot else "aigc",
+                                "assistant_tokens": {s: int(np.sum(_mask(data_dir, splits, s))) for s in SPLITS}})
+
+
+def _mask(data_dir, splits: dict, split: str) -> np.ndarray:
+    info = splits[f"{split}.mask"]
+    return np.fromfile(data_dir / info["file"], dtype=np.uint8) if info["tokens"] else np.zeros(0, np.uint8)
