@@ -188,7 +188,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from aigc.pretrained.exporter import export_run
 
-    print(export_run(Path(args.run), Path(args.out)).summary())
+    print(export_run(Path(args.run), Path(args.out), merge=args.merge).summary())
     return 0
 
 
@@ -300,9 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a text run as a Hugging Face model folder",
                             description="Write the run's model as a Hugging Face folder (config.json, model.safetensors, "
                             "tokenizer files, chat template, generation_config.json) that AutoModelForCausalLM and "
-                            "AutoTokenizer load. Imported runs export back bit for bit.")
+                            "AutoTokenizer load. Imported runs export back bit for bit. A LoRA run exports its base "
+                            "with the adapters in OUT_DIR/adapter (PEFT's format), or merged with --merge.")
     export.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
     export.add_argument("out", metavar="OUT_DIR")
+    export.add_argument("--merge", action="store_true", help="fold a LoRA run's adapters into the weights: one plain model")
     export.set_defaults(handler=cmd_export)
     serve = sub.add_parser("serve", help="serve runs behind an OpenAI-compatible HTTP API with a web playground",
                            description="Serve every run given at /v1 (completions, chat completions, images, models) "

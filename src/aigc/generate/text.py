@@ -47,10 +47,12 @@ class TextGenerator:
         self.chat = chat or ChatTemplate()
 
     @classmethod
-    def from_checkpoint(cls, path: Path, device: str = "cpu") -> TextGenerator:
-        """Load a checkpoint folder or a run directory (its latest checkpoint)."""
+    def from_checkpoint(cls, path: Path, device: str = "cpu", base: GPT | None = None) -> TextGenerator:
+        """Load a checkpoint folder or a run directory (its latest checkpoint); a LoRA run's adapters go on
+        ``base`` when given (sharing its weights with other adapters), else merged into a base of their own."""
         checkpoint = load_checkpoint(path)
-        return cls(checkpoint.load_model(device), Tokenizer.from_file(str(checkpoint.path / "tokenizer.json")),
+        model = checkpoint.load_model(device, merge=base is None, base=base)
+        return cls(model, Tokenizer.from_file(str(checkpoint.path / "tokenizer.json")),
                    checkpoint.config.model.eos_token_ids, ChatTemplate.from_checkpoint(checkpoint.path))
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> tuple[str, list[str]]:

@@ -19,20 +19,28 @@ from safetensors.torch import save_file
 from aigc.checkpoint import load_checkpoint
 from aigc.config import GenerateConfig
 from aigc.errors import CheckpointError
-from aigc.files import write_json
+from aigc.files import read_json, write_json
 from aigc.chat_template import ChatTemplate
 from aigc.models import hf
-from aigc.tokenizer import EOT
+from aigc.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from aigc.tokenizer import EOT, load_tokenizer
+
+
+ADAPTER_DIR = "adapter"  # a LoRA run's adapters, exported beside their base
 
 
 @dataclass
 class ExportResult:
     out_dir: Path
     model_type: str
+    adapters: str = ""  # how a LoRA run's adapters were exported
 
     def summary(self) -> str:
-        return (f"exported a {self.model_type} model to {self.out_dir}; load it with "
-                f"AutoModelForCausalLM.from_pretrained('{self.out_dir}')")
+        text = (f"exported a {self.model_type} model {self.adapters + ' ' if self.adapters else ''}to {self.out_dir}; "
+                f"load it with AutoModelForCausalLM.from_pretrained('{self.out_dir}')")
+        if self.adapters.startswith("with its"):
+            text += f" and peft.PeftModel.from_pretrained(model, '{self.out_dir / ADAPTER_DIR}')"
+        return text
 
 
 def generation_config(settings: GenerateConfig, model) -> dict[str, Any]:
@@ -47,16 +55,25 @@ def generation_config(settings: GenerateConfig, model) -> dict[str, Any]:
                   "top_p": settings.top_p, "repetition_penalty": settings.repetition_penalty}
 
 
-def export_run(run: Path, out_dir: Path) -> ExportResult:
-    """Export the run (or checkpoint) ``run`` to ``out_dir`` (which must not exist yet)."""
+def export_run(run: Path, out_dir: Path, merge: bool = False) -> ExportResult:
+    """Export the run (or checkpoint) ``run`` to ``out_dir`` (which must not exist yet).
+
+    A LoRA run exports its base model with the adapters in ``out_dir/adapter`` (PEFT's files, for
+    ``PeftModel.from_pretrained``), or with ``merge`` one model with the adapters folded into its weights.
+    """
     checkpoint = load_checkpoint(run)
     config = checkpoint.config
     if config.model.kind != "gpt" or config.model.image_size:
         raise CheckpointError(f"{run} is not a text GPT run; only those export to a Hugging Face causal LM")
+    if merge and not checkpoint.is_adapter:
+        raise CheckpointError(f"{run} holds a whole model, no LoRA adapters to merge; export it without --merge")
     mapping = hf.hf_config(config.model)
+    if not config.model.eos_token_ids:  # aigc's own tokenizers end documents with <|endoftext|>
+        mapping["eos_token_id"] = load_tokenizer(checkpoint.path / "tokenizer.json").token_to_id(EOT)
     if out_dir.exists():
         raise CheckpointError(f"{out_dir} already exists; give a new folder to export into")
-    model = checkpoint.load_model()
+    separate = checkpoint.is_adapter and not merge
+    model = load_checkpoint(config.model.init).load_model() if separate else checkpoint.load_model()
     weights = hf.hf_state_dict(model)
     if config.model.tie_embeddings:
         weights.pop("lm_head.weight")  # transformers ties it from tie_word_embeddings
@@ -77,7 +94,13 @@ def export_run(run: Path, out_dir: Path) -> ExportResult:
                                                     "chat_template": chat.source})
         (tmp / "chat_template.jinja").write_text(chat.source, encoding="utf-8")
         write_json(tmp / "generation_config.json", generation_config(config.generate, config.model))
+        if separate:
+            (tmp / ADAPTER_DIR).mkdir()
+            shutil.copyfile(checkpoint.path / ADAPTER_WEIGHTS, tmp / ADAPTER_DIR / ADAPTER_WEIGHTS)
+            adapter = read_json(checkpoint.path / ADAPTER_CONFIG) | {"base_model_name_or_path": str(out_dir.resolve())}
+            write_json(tmp / ADAPTER_DIR / ADAPTER_CONFIG, adapter)
         os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return ExportResult(out_dir, mapping["model_type"])
+    what = "with its LoRA adapters in adapter/" if separate else "with the LoRA adapters merged" if merge else ""
+    return ExportResult(out_dir, mapping["model_type"], what)

@@ -26,11 +26,12 @@ log = logging.getLogger("aigc.serve")
 SHUTDOWN_MESSAGE = "the server shut down before this request finished; retry on another replica"
 
 
-def served_model_for(path: Path, model_id: str, settings: ServeSettings) -> ServedModel:
-    """The run at ``path`` behind the API its task answers (completions, translations, images), with its worker."""
+def served_model_for(path: Path, model_id: str, settings: ServeSettings, bases: dict | None = None) -> ServedModel:
+    """The run at ``path`` behind the API its task answers (completions, translations, images), with its worker.
+    ``bases``: base models shared by the LoRA runs served (:func:`~aigc.tasks.load_generator`)."""
     config = load_checkpoint(path).config
     task = task_for(config)
-    generator = load_generator(path, settings.device, settings.quantize)
+    generator = load_generator(path, settings.device, settings.quantize, bases)
     return SERVED_MODELS[task.api].create(model_id, generator, config.generate, settings)
 
 
@@ -51,9 +52,11 @@ def model_ids(paths: list[Path]) -> list[str]:
 
 
 def load_models(paths: list[Path], settings: ServeSettings | None = None) -> list[ServedModel]:
-    """One :class:`ServedModel` per run directory or checkpoint; ids are folder names, made unique."""
+    """One :class:`ServedModel` per run directory or checkpoint; ids are folder names, made unique. LoRA runs of
+    one base share its weights: one base in memory, each adapter under its own model id."""
     settings = settings or ServeSettings()
-    return [served_model_for(path, model_id, settings) for path, model_id in zip(paths, model_ids(paths))]
+    bases: dict = {}
+    return [served_model_for(path, model_id, settings, bases) for path, model_id in zip(paths, model_ids(paths))]
 
 
 class _DrainingServer(uvicorn.Server):

@@ -69,8 +69,9 @@ class Task(ABC):
         """Copy into a fresh model what the data fixes (nothing, unless a task says otherwise)."""
 
     @abstractmethod
-    def generator(self, path: Path, device: str = "cpu") -> Any:
-        """The generator of a run directory or checkpoint: text, translations or images from prompts."""
+    def generator(self, path: Path, device: str = "cpu", base: nn.Module | None = None) -> Any:
+        """The generator of a run directory or checkpoint: text, translations or images from prompts.
+        ``base``: the loaded base model of a LoRA run, shared with other adapters (text GPTs only have them)."""
 
     @abstractmethod
     def evaluate(self, generator: Any, run_dir: Path, manifest: dict, config: Config,

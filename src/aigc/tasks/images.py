@@ -64,7 +64,7 @@ class ImageTask(Task):
         """The palette (the pixels' colours) is saved with the weights."""
         model.palette.copy_(torch.tensor(manifest["image"]["palette"], dtype=torch.uint8))
 
-    def generator(self, path: Path, device: str = "cpu") -> ImageGenerator:
+    def generator(self, path: Path, device: str = "cpu", base: nn.Module | None = None) -> ImageGenerator:
         return ImageGenerator.from_checkpoint(path, device)
 
     def evaluate(self, generator: ImageGenerator, run_dir: Path, manifest: dict, config: Config,

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from aigc.config import Config, GenerateConfig
 from aigc.data.collect import CollectResult, collect_files
 from aigc.data.pairs import PairSampler, read_pairs, split_pairs, target_start
@@ -37,7 +39,7 @@ class PairsTask(Task):
                if len(val_pairs) >= tc.batch_size else None)
         return train, val
 
-    def generator(self, path: Path, device: str = "cpu") -> Translator:
+    def generator(self, path: Path, device: str = "cpu", base: nn.Module | None = None) -> Translator:
         return Translator.from_checkpoint(path, device)
 
     def evaluate(self, generator: Translator, run_dir: Path, manifest: dict, config: Config,

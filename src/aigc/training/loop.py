@@ -188,7 +188,9 @@ class Trainer:
         resume_step = self.start_step if checkpoint is not None else None
         self.metrics = MetricsLog(config.run_dir / METRICS, env.is_main, resume_step)
         if env.is_main:
-            log(f"model: {model.num_params():,} parameters, {model.flops_per_token():,} FLOPs/token; "
+            trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            adapters = f" ({trained:,} trained in adapters)" if config.train.lora.enabled else ""
+            log(f"model: {model.num_params():,} parameters{adapters}, {model.flops_per_token():,} FLOPs/token; "
                 f"{env.world} process(es) on {env.device}")
         self.ddp = DistributedDataParallel(model) if env.world > 1 else None
         forward = self.ddp or model
