@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PYTHON) benchmarks/serve.py
 	$(PYTHON) benchmarks/images.py
 	$(PYTHON) benchmarks/pretrained.py
+	$(PYTHON) benchmarks/finetune.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -41,7 +41,6 @@ from pathlib import Path
 
 import torch
 from loadwatch import LoadWatch  # benchmarks/loadwatch.py, beside this script
-from pretrained import REPORT_PEAK, SHAPES, save_hf_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the tests' tiny tokenizer
@@ -56,6 +55,8 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
 
 def aigc(*args: str, peak: bool = False) -> int | None:
     """Run ``aigc args`` in a fresh process; with ``peak``, its peak RSS in bytes (its own VmHWM)."""
+    from pretrained import REPORT_PEAK  # here, not at the top: the peer's worker process stays free of it
+
     command = [sys.executable, "-c", REPORT_PEAK, *args] if peak else [sys.executable, "-m", "aigc", *args]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -67,6 +68,8 @@ def aigc(*args: str, peak: bool = False) -> int | None:
 
 def model_folder(folder: Path, quick: bool) -> tuple[str, int]:
     """A random Qwen2-family model in bfloat16 with a small tokenizer; (its name, weight bytes)."""
+    from pretrained import SHAPES, save_hf_folder
+
     from tests.parity.tiny_hf import tokenizer
 
     name, model_type, template, shape = SHAPES["qwen2.5"]
@@ -101,9 +104,6 @@ def ours(folder: Path, work: Path, steps: int, warmup: int, threads: int) -> dic
                 import_rss=import_rss, loss=by_step[steps]["loss"], data=str(run_dir / "data"))
 
 
-WORKER_PEAK = "VmHWM:"
-
-
 def theirs_worker(spec: dict) -> dict:
     """transformers + peft on the same folder, windows, batch, steps and threads (see the module docstring)."""
     from peft import LoraConfig, get_peft_model
@@ -127,13 +127,13 @@ def theirs_worker(spec: dict) -> dict:
     for step in range(spec["steps"]):
         ((inputs,), _), = windows.step_batches(step)  # ours predicts inputs' next tokens; HF shifts labels itself
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(input_ids=inputs, labels=inputs).loss
+            loss = model(input_ids=inputs, labels=inputs, use_cache=False).loss  # no KV cache to build
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ends.append(time.perf_counter())
     seconds = ends[-1] - ends[spec["warmup"]]
-    peak = next(line for line in open("/proc/self/status") if line.startswith(WORKER_PEAK))
+    peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
     return dict(tokens_per_s=(spec["steps"] - spec["warmup"]) * BATCH * SEQ_LEN / seconds,
                 peak_rss=int(peak.split()[1]) * 1024, loss=loss.item(),
                 trained=sum(p.numel() for p in trainable), fused=optimizer.defaults.get("fused") is True)
@@ -149,8 +149,9 @@ def theirs(spec: dict) -> dict:
 def lora_table(name: str, weight_bytes: int, mine: dict, peer: dict, steps: int, warmup: int, threads: int) -> bool:
     ratio = mine["tokens_per_s"] / peer["tokens_per_s"]
     passed = ratio >= SPEED_TARGET and mine["peak_rss"] <= peer["peak_rss"]
-    print(f"LoRA rank {RANK} (alpha {ALPHA}) on {', '.join(TARGETS)} of a random {name} ({weight_bytes / 1e6:,.0f} MB "
-          f"bf16 weights); {BATCH} x {SEQ_LEN} tokens a step, {steps} steps ({warmup} warm-up, not timed), "
+    size = f"{weight_bytes / 1e6:,.0f}" if weight_bytes > 1e8 else f"{weight_bytes / 1e6:.2f}"
+    print(f"LoRA rank {RANK} (alpha {ALPHA}) on {', '.join(TARGETS)} of a random {name} ({size} MB bf16 weights); "
+          f"{BATCH} x {SEQ_LEN} tokens a step, {steps} steps ({warmup} warm-up, not timed), "
           f"{threads} threads\n")
     header = (f"| {'side':<22} | {'tokens/s':>8} | {'peak RSS MB':>11} | {'last loss':>9} | "
               f"{'vs transformers + peft':<40} |")
@@ -198,22 +199,28 @@ def base_report(code: Path, sft: Path) -> dict:
 
 
 def sft_table(code: Path, sft: Path, before: dict, after: dict, train_s: float) -> None:
-    print(f"\nthe code model ({code}) on {after['code']['completions']} held-out standard library functions of "
-          f"{sft}, before and after SFT\n")
+    print(f"\nthe code model ({code}) answering {after['code']['completions']} held-out standard library functions, "
+          "before and after SFT\n")
     header = (f"| {'model':<28} | {'held-out loss':>13} | {'parses':>12} | {'compiles':>12} | "
               f"{'doctests pass':>13} |")
     print(header)
     print("|" + "|".join("-" * len(cell) for cell in header.split("|")[1:-1]) + "|")
     for name, report in (("code, no fine-tuning", before), (f"code + SFT ({train_s:.0f} s)", after)):
         checks, doctests = report["code"], report["code"]["doctests"]
-        tests = f"{doctests['passed']}/{doctests['with_doctests']} {doctests['pass_rate']:.0%}"
+        tests = (f"{doctests['passed']}/{doctests['with_doctests']} {doctests['pass_rate']:.0%}"
+                 if doctests["with_doctests"] else "- (none)")
         print(f"| {name:<28} | {report['loss']:>13.3f} | {checks['parses']:>4} {checks['syntax_valid_rate']:>6.0%} | "
               f"{checks['compiles']:>4} {checks['compile_rate']:>6.0%} | {tests:>13} |")
+    manifest = json.loads((sft / "data" / "manifest.json").read_text())
+    kept, too_long = manifest["cleaning"]["kept"]["documents"], manifest["cleaning"]["dropped"].get("too_long", {})
+    print(f"\nloss: mean over the held-out assistant tokens. Answers: to the first eval.samples held-out functions, "
+          f"{after['code']['doctests']['with_doctests']} of them with doctests; the corpus kept {kept:,} functions and "
+          f"dropped {too_long.get('documents', 0):,} as longer than the training length (the model's context)")
 
 
 def sft_seconds(sft: Path) -> float:
     lines = [json.loads(line) for line in (sft / "metrics.jsonl").read_text().splitlines()]
-    return max(line.get("elapsed_s", 0.0) for line in lines)
+    return max(line["elapsed_s"] for line in lines if "tokens_per_s" in line)  # training, not the evaluations
 
 
 def main() -> None:

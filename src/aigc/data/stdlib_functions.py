@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import inspect
 import re
+import warnings
 from dataclasses import dataclass
 
 # Python ends a line at \n, \r\n or a lone \r (never at \f or \v as str.splitlines does), so ast's line
@@ -70,7 +71,9 @@ def functions_in(text: str) -> list[FunctionExample]:
     with "_") are skipped. A file that does not parse (SyntaxError, ValueError for null bytes, RecursionError
     for too deep nesting, also when rendering a signature) gives []."""
     try:
-        tree = ast.parse(text)
+        with warnings.catch_warnings():  # old files' invalid escapes warn; they are read, not run
+            warnings.simplefilter("ignore")
+            tree = ast.parse(text)
         lines = _LINE_END.split(text)
         nodes = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
         return [example for node in nodes if (example := _example(node, lines)) is not None]

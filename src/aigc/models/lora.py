@@ -116,21 +116,27 @@ def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
     return model.get_submodule(head), leaf
 
 
+def check_targets(settings: LoraConfig, config: ModelConfig) -> list[str]:
+    """The modules ``settings`` adapts in a model with ``config``; a clear :class:`ConfigError` when one is unknown."""
+    try:
+        known = available_targets(config)
+    except ConfigError as err:
+        raise ConfigError(f"LoRA names its targets as Hugging Face does, and this model has no Hugging Face "
+                          f"family: {err}") from None
+    targets = settings.targets or known
+    unknown = [t for t in targets if t not in known]
+    if unknown:
+        raise ConfigError(f"train.lora.targets {unknown} name no module of this model; it has {', '.join(known)}")
+    return targets
+
+
 def apply_lora(model: nn.Module, settings: LoraConfig) -> list[str]:
     """Freeze ``model`` and wrap the targeted linear layers in :class:`LoRALinear` (in place); return the targets.
 
     A clear :class:`ConfigError` for a target that names no module of this model, or a rank the layer cannot hold.
     """
-    try:
-        table = linear_slices(model.config)
-    except ConfigError as err:
-        raise ConfigError(f"LoRA names its targets as Hugging Face does, and this model has no Hugging Face "
-                          f"family: {err}") from None
-    known = available_targets(model.config)
-    targets = settings.targets or known
-    unknown = [t for t in targets if t not in known]
-    if unknown:
-        raise ConfigError(f"train.lora.targets {unknown} name no module of this model; it has {', '.join(known)}")
+    targets = check_targets(settings, model.config)
+    table = linear_slices(model.config)
     for param in model.parameters():
         param.requires_grad_(False)
     for path, slices in table.items():

@@ -15,11 +15,15 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from aigc.checkpoint import CHECKPOINTS, load_checkpoint
 from aigc.chat_template import CHAT_FILE
 from aigc.config import Config
 from aigc.errors import CheckpointError, ConfigError
 from aigc.files import file_hash, read_json
+from aigc.models import build_model
+from aigc.models.lora import apply_lora
 from aigc.pretrained.importer import import_model
 
 BASE_DIR = "base"  # <run>/base: a Hugging Face init, imported
@@ -74,6 +78,9 @@ def resolve_init(config: Config, log: Callable[[str], None] = print) -> Config:
     if resolved.train.seq_len and resolved.train.seq_len > model.block_size:
         raise ConfigError(f"train.seq_len ({resolved.train.seq_len}) is longer than model.init's context "
                           f"({model.block_size} tokens)")
+    if resolved.train.lora.enabled:  # unknown targets and impossible ranks fail now, before any data work
+        with torch.device("meta"):
+            apply_lora(build_model(model), resolved.train.lora)
     _copy_chat_template(checkpoint.path, config.run_dir)
     return resolved
 

@@ -1,0 +1,215 @@
+"""Fine-tuning end to end, as a user runs it: model.init, LoRA, SFT on conversations, adapters served, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from aigc import prepare
+from aigc.config import load_config
+from aigc.data.shards import read_manifest
+from aigc.data.split import assign_split
+from aigc.errors import TrainingError
+from aigc.evaluation_chat import evaluate_conversations
+from aigc.files import file_hash
+from aigc.serve.server import load_models
+from aigc.tasks import load_generator
+from aigc.training.loop import train
+from tests.conftest import fixture
+from tests.e2e.test_serve import Server
+
+TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=48", "model.block_size=256", "train.seq_len=96",
+        "train.batch_size=8",
+        "train.warmup_steps=5", "train.eval_batches=2", "train.threads=2", "train.max_minutes=null",
+        "train.schedule=steps", "eval.max_tokens=4000"]
+STEPS = ["train.eval_every=1000", "train.checkpoint_every=1000", "train.log_every=1"]
+
+
+def aigc(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aigc", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def _fails_cleanly(done: subprocess.CompletedProcess, *words: str) -> None:
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    for word in words:
+        assert word in done.stderr, done.stderr
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A small character-level text model of our own, trained here: what the fine-tunes start from."""
+    root = tmp_path_factory.mktemp("finetune")
+    corpus = root / "shakespeare.txt"
+    corpus.write_text(fixture("tinyshakespeare_head.txt").read_text(encoding="utf-8")[:40_000], encoding="utf-8")
+    config = load_config("text", [f"run.dir={root / 'base'}", f"data.paths=[{corpus}]", *TINY, "train.max_steps=150",
+                                  "train.lr=3e-3", "train.eval_every=150"])
+    prepare(config)
+    train(config, log=lambda line: None)
+    return root / "base"
+
+
+def _chats(path: Path, count: int, seed: int) -> Path:
+    """Conversations with a pattern to learn (join the two words asked for), half OpenAI, half Alpaca, plus rows
+    that cannot be used. Identical rows share a split, so the pairs are drawn without repeats."""
+    rng = np.random.default_rng(seed)
+    words = ["king", "queen", "lord", "love", "night", "sweet", "death", "heart", "sword", "crown", "blood", "honour",
+             "rose", "storm", "grace", "fool"]
+    pairs = [(a, b) for a in words for b in words if a != b]
+    rows = []
+    for i, k in enumerate(rng.permutation(len(pairs))[:count]):
+        a, b = pairs[k]
+        if i % 2:
+            rows.append({"messages": [{"role": "user", "content": f"Join {a} and {b}."},
+                                      {"role": "assistant", "content": f"{a}-{b}."}]})
+        else:
+            rows.append({"instruction": f"Join {a} and {b}.", "output": f"{a}-{b}."})
+    rows += [{"messages": [{"role": "narrator", "content": "x"}, {"role": "assistant", "content": "y"}]},
+             {"messages": [{"role": "user", "content": "no answer"}]}, {"messages": "hello"},
+             {"instruction": "long " * 200, "output": "x"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_full_fine_tuning_starts_from_the_init_with_its_tokenizer(base, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text(fixture("tinyshakespeare_head.txt").read_text(encoding="utf-8")[40_000:60_000], encoding="utf-8")
+    run = tmp_path / "full"
+    done = aigc("train", "text", f"data.paths=[{notes}]", f"run.dir={run}", f"model.init={base}", *TINY,
+                "train.max_steps=20", "train.eval_every=10", "train.log_every=1", "train.lr=1e-3",
+                "tokenizer.kind=bpe", "model.n_layer=7")  # the init's settings win over the recipe's
+    assert done.returncode == 0, done.stderr
+    assert (run / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()  # no new tokenizer
+    config = json.loads((run / "checkpoints" / "latest" / "config.json").read_text())
+    assert config["model"]["n_layer"] == 2 and Path(config["model"]["init"]).parent.parent == base.resolve()
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    base_last = [json.loads(line) for line in (base / "metrics.jsonl").read_text().splitlines()]
+    base_loss = [r["loss"] for r in base_last if "loss" in r][-1]
+    assert first < base_loss + 0.3, (first, base_loss)  # a fresh model would start near ln(vocab) ~ 4
+    assert aigc("generate", run, "--prompt", "ROMEO:", "--seed", "1", "--max-new-tokens", "8").returncode == 0
+
+
+def test_bad_fine_tuning_input_is_a_clear_error(base, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(fixture("tinyshakespeare_head.txt").read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    common = [f"data.paths=[{corpus}]", *TINY, "train.max_steps=2"]
+    _fails_cleanly(aigc("train", "text", *common, f"run.dir={tmp_path / 'a'}", f"model.init={tmp_path / 'nowhere'}"),
+                   "model.init=", "no such run")
+    _fails_cleanly(aigc("train", "text", *common, f"run.dir={tmp_path / 'b'}", f"model.init={base}",
+                        "train.lora.rank=4", "train.lora.targets=[q_proj]"), "name no module", "c_attn, c_proj, c_fc")
+    _fails_cleanly(aigc("train", "text", *common, f"run.dir={tmp_path / 'c'}", f"model.init={base}",
+                        "train.lora.rank=4096"), "larger than")
+    _fails_cleanly(aigc("train", "text", *common, f"run.dir={tmp_path / 'd'}", "train.lora.rank=0"), "at least 1")
+    # data prepared with a tokenizer of its own, then trained with an init: refused, nothing overwritten
+    run = tmp_path / "e"
+    assert aigc("prepare", "text", *common, f"run.dir={run}", "tokenizer.kind=bpe", "tokenizer.vocab_size=300",
+                "data.document=line").returncode == 0
+    manifest = (run / "data" / "manifest.json").read_bytes()
+    with pytest.raises(TrainingError, match="another tokenizer than model.init's"):
+        train(load_config("text", [*common, f"run.dir={run}", f"model.init={base}", "data.document=line"]),
+              log=lambda line: None)
+    assert (run / "data" / "manifest.json").read_bytes() == manifest
+    _fails_cleanly(aigc("train", "sft", f"run.dir={tmp_path / 'f'}", "model.init=null", "data.builtin=[]",
+                        f"data.paths=[{corpus}]"), "set model.init")
+
+
+def _lora_args(base: Path, corpus: Path, run: Path, *extra: str) -> list[str]:
+    return ["train", "text", f"data.paths=[{corpus}]", f"run.dir={run}", f"model.init={base}", *TINY, *STEPS,
+            "train.lora.rank=4", "train.lora.alpha=8", "train.lora.dropout=0.1", "train.lr=5e-3", *extra]
+
+
+@pytest.mark.slow
+def test_lora_resumes_exactly_after_sigkill(base, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(fixture("tinyshakespeare_head.txt").read_text(encoding="utf-8")[40_000:70_000], encoding="utf-8")
+    common = ["train.max_steps=40", "train.checkpoint_every=4"]
+    assert aigc(*_lora_args(base, corpus, tmp_path / "straight", *common)).returncode == 0
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "aigc", *_lora_args(base, corpus, killed, *common)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    latest, deadline = killed / "checkpoints" / "latest", time.monotonic() + 120
+    while not (latest.exists() and int(latest.resolve().name.split("_")[-1]) >= 8):
+        assert time.monotonic() < deadline and process.poll() is None, "no LoRA checkpoint at step 8"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert int(latest.resolve().name.split("_")[-1]) < 40  # killed mid-run
+    resumed = aigc(*_lora_args(base, corpus, killed, *common), "--resume")
+    assert resumed.returncode == 0 and "resumed from" in resumed.stderr, resumed.stderr
+    name = "adapter_model.safetensors"
+    straight = load_file(str(tmp_path / "straight" / "checkpoints" / "latest" / name))
+    again = load_file(str(latest / name))
+    assert straight.keys() == again.keys() and len(straight) == 2 * 2 * 4  # A and B, 4 modules, 2 layers
+    for key, value in straight.items():
+        assert np.array_equal(value, again[key]), key
+    assert file_hash(base / "checkpoints" / "latest" / "model.safetensors") == json.loads(
+        (base / "checkpoints" / "latest" / "meta.json").read_text())["files"]["model.safetensors"]  # base untouched
+
+
+def test_sft_end_to_end_learns_the_held_out_assistant_turns(base, tmp_path):
+    chats = _chats(tmp_path / "chats.jsonl", 240, seed=0)
+    run = tmp_path / "sft"
+    done = aigc("run", "sft", f"run.dir={run}", f"model.init={base}", "data.builtin=[]", f"data.paths=[{chats}]",
+                "data.val_fraction=0.2", *TINY, *STEPS, "train.max_steps=60", "train.lr=3e-3", "train.batch_size=8",
+                "train.eval_every=30", "eval.task=text", "eval.samples=4", "generate.max_new_tokens=12",
+                "generate.temperature=0")
+    assert done.returncode == 0, done.stderr
+    assert "no_assistant_turn" in done.stdout and "unknown_role" in done.stdout and "too_long" in done.stdout
+    report = json.loads((run / "eval" / "report.json").read_text())
+    manifest = read_manifest(run / "data")
+    before = evaluate_conversations(load_generator(base), run, manifest,
+                                    load_config("sft", [f"model.init={base}", "eval.samples=0", "eval.task=text",
+                                                        "model.block_size=256", "train.seq_len=96"]))
+    assert report["scored"] == "held-out assistant tokens" and report["tokens_scored"] > 100
+    assert report["loss"] < before["loss"] - 0.5, (report["loss"], before["loss"])  # measured: 2.8 -> 1.4
+    answers = [s["answer"] for s in report["samples"]]
+    assert len(answers) == 4 and all(s["reference"].count("-") == 1 for s in report["samples"])
+    chat = aigc("generate", run, "--prompt", "Join crown and rose.", "--temperature", "0", "--max-new-tokens", "12")
+    assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
+
+
+def test_the_stdlib_functions_corpus_is_split_by_file(base, tmp_path):
+    run = tmp_path / "functions"
+    config = load_config("sft", [f"run.dir={run}", f"model.init={base}", "train.seq_len=256"])
+    result = prepare(config)
+    held_out = [json.loads(line) for line in (run / "data" / "val_conversations.jsonl").read_text().splitlines()]
+    files = {row["source"].rsplit(":", 1)[0] for row in held_out}
+    assert held_out and all(assign_split(f, config.seed, config.data.val_fraction) == "val" for f in files)
+    first = held_out[0]["messages"]
+    assert first[0]["content"].startswith("Write a Python function `") and first[1]["content"].startswith(("def", "@"))
+    assert result.manifest["splits"]["train"]["documents"] > result.manifest["splits"]["val"]["documents"] > 0
+
+
+def test_two_adapters_on_one_base_are_served_each_under_its_own_name(base, tmp_path):
+    runs = []
+    for name, line in (("sonnets", "my love is like a red red rose\n"), ("battles", "to arms, to arms, the foe!\n")):
+        corpus = tmp_path / f"{name}.txt"
+        corpus.write_text(line * 400, encoding="utf-8")
+        done = aigc(*_lora_args(base, corpus, tmp_path / name, "train.max_steps=40", "train.lr=2e-2",
+                                "train.lora.dropout=0"))
+        assert done.returncode == 0, done.stderr
+        runs.append(tmp_path / name)
+    models = load_models(runs)
+    weights = [m.generator.model.wte.weight for m in models]
+    assert weights[0].data_ptr() == weights[1].data_ptr()  # one base in memory
+    expected = {}
+    for run in runs:
+        out = aigc("generate", run, "--prompt", "t", "--temperature", "0", "--max-new-tokens", "20")
+        expected[run.name] = out.stdout.rstrip("\n")
+    assert expected["sonnets"] != expected["battles"], expected
+    server = Server(runs)
+    try:
+        for name, text in expected.items():
+            reply = httpx.post(f"{server.url}/v1/completions", json={"model": name, "prompt": "t", "max_tokens": 20,
+                                                                     "temperature": 0}, timeout=60).json()
+            assert reply["model"] == name and reply["choices"][0]["text"] == text, (name, reply)
+    finally:
+        server.stop()

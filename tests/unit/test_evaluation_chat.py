@@ -1,0 +1,33 @@
+"""The code checks of a chat run's report: parse and compile rates, and doctests only when asked."""
+
+from __future__ import annotations
+
+from aigc.evaluation_chat import code_report
+
+REFERENCE = '''def double(x):
+    """Twice x.
+
+    >>> double(2)
+    4
+    >>> double("a")
+    'aa'
+    """
+    return 2 * x'''
+RIGHT = "Here it is:\n```python\ndef double(x):\n    return x + x\n```"
+WRONG = "def double(x):\n    return x * 3"
+BROKEN = "def double(x)\n    return"
+
+
+def test_parse_and_compile_always_doctests_only_when_opted_in():
+    answers, references = [RIGHT, WRONG, BROKEN], [REFERENCE] * 3
+    quiet = code_report(answers, references, execute=False)
+    assert (quiet["parses"], quiet["compiles"], quiet["completions"]) == (2, 2, 3)
+    assert quiet["doctests"]["run"] is False and quiet["doctests"]["with_doctests"] == 3
+    ran = code_report(answers, references, execute=True)["doctests"]
+    assert ran["run"] is True and ran["passed"] == 1 and abs(ran["pass_rate"] - 1 / 3) < 1e-9
+    assert ran["reasons"][0] == "passed" and ran["reasons"][1].startswith("failed")
+
+
+def test_references_without_doctests_are_not_counted():
+    report = code_report([RIGHT], ["def f():\n    \"\"\"No examples.\"\"\"\n    return 1"], execute=True)
+    assert report["doctests"]["with_doctests"] == 0 and report["doctests"]["pass_rate"] == 0.0
