@@ -66,6 +66,10 @@ class EvalResult:
             c = r["code"]
             lines.append(f"code: {c['parses']}/{c['completions']} completions parse ({c['syntax_valid_rate']:.0%}), "
                          f"{c['compile_rate']:.0%} compile")
+            if "doctests" in c:
+                d = c["doctests"]
+                lines.append(f"doctests: {d['passed']}/{d['with_doctests']} pass ({d['pass_rate']:.0%}, sandboxed)"
+                             if d["run"] else f"doctests: {d['with_doctests']} answers have them; {d['note']}")
         if "bits_per_pixel" in r:
             lines.append(f"test bits/pixel {r['bits_per_pixel']:.3f}; {r['samples_per_s']:.1f} samples/s at guidance {r['guidance']:g}")
             if "adherence" in r:
@@ -235,8 +239,15 @@ def _markdown(report: dict[str, Any], plotted: bool, samples: list[str]) -> str:
         lines.append(f"| quantization | {quantization_text(report['quantization'])} |")
     if "data" in report:
         lines.append(f"| data | {', '.join(report['data'])} |")
+    if "scored" in report:
+        lines.append(f"| scored | {report['scored']} |")
     if "code" in report:
         for key, value in report["code"].items():
+            if key == "doctests":
+                shown = {k: v for k, v in value.items() if k != "reasons"}
+                lines.append("| code doctests | " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                                              for k, v in shown.items()) + " |")
+                continue
             lines.append(f"| code {key} | {value:.3f} |" if isinstance(value, float) else f"| code {key} | {value} |")
     if plotted:
         lines += ["", "![loss curve](loss.png)"]

@@ -195,6 +195,8 @@ def prepare_conversations(config: Config) -> PrepareResult:
     handle.close()
     held_out.replace(data_dir / HELD_OUT)
     splits = finish_shards(writers, data_dir)
+    for split in SPLITS:  # the loss mask and the lengths describe their split's tokens
+        splits[f"{split}.mask"]["of"] = splits[f"{split}.lengths"]["of"] = split
     if report.kept == 0:
         for info in splits.values():
             (data_dir / info["file"]).unlink()
