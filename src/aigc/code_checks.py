@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -90,11 +91,14 @@ main()
 
 
 def extract_code(answer: str) -> str:
-    """The code in a model's answer: the first ```python (or bare ```) fenced block if there is one, else the answer."""
+    """The code in a model's answer: the first ```python (or bare ```) fenced block if there is one, else the answer,
+    without the space a reply starts with after ``Assistant:`` (the first line's indentation, not the body's)."""
     for block in _FENCE.finditer(answer):
         if block.group(1).strip().lower() in _PYTHON_INFO:
-            return block.group(2)
-    return answer
+            answer = block.group(2)
+            break
+    first, newline, rest = textwrap.dedent(answer.lstrip("\n")).partition("\n")
+    return first.lstrip() + newline + rest
 
 
 def parses(code: str) -> bool:

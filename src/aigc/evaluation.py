@@ -68,8 +68,12 @@ class EvalResult:
                          f"{c['compile_rate']:.0%} compile")
             if "doctests" in c:
                 d = c["doctests"]
-                lines.append(f"doctests: {d['passed']}/{d['with_doctests']} pass ({d['pass_rate']:.0%}, sandboxed)"
-                             if d["run"] else f"doctests: {d['with_doctests']} answers have them; {d['note']}")
+                if not d["run"]:
+                    lines.append(f"doctests: {d['with_doctests']} answers have them; {d['note']}")
+                elif d["with_doctests"]:
+                    lines.append(f"doctests: {d['passed']}/{d['with_doctests']} pass ({d['pass_rate']:.0%}, sandboxed)")
+                else:
+                    lines.append("doctests: none of the evaluated functions has doctests to run")
         if "bits_per_pixel" in r:
             lines.append(f"test bits/pixel {r['bits_per_pixel']:.3f}; {r['samples_per_s']:.1f} samples/s at guidance {r['guidance']:g}")
             if "adherence" in r:

@@ -117,6 +117,6 @@ def code_report(answers: list[str], references: list[str], execute: bool) -> dic
     outcomes = run_many(jobs)
     passed = sum(o.passed for o in outcomes)
     report["doctests"] = {"with_doctests": len(jobs), "run": True, "passed": passed,
-                          "pass_rate": passed / len(jobs) if jobs else 0.0,
+                          "pass_rate": passed / len(jobs) if jobs else None,
                           "reasons": [o.reason for o in outcomes]}
     return report

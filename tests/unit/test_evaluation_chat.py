@@ -30,4 +30,9 @@ def test_parse_and_compile_always_doctests_only_when_opted_in():
 
 def test_references_without_doctests_are_not_counted():
     report = code_report([RIGHT], ["def f():\n    \"\"\"No examples.\"\"\"\n    return 1"], execute=True)
-    assert report["doctests"]["with_doctests"] == 0 and report["doctests"]["pass_rate"] == 0.0
+    assert report["doctests"]["with_doctests"] == 0 and report["doctests"]["pass_rate"] is None  # 0 of 0 is no rate
+
+
+def test_a_reply_that_starts_after_assistant_colon_still_parses():
+    """aigc's template renders ``Assistant: <reply>``, so a fine-tuned model's reply begins with that space."""
+    assert code_report([" def f(x):\n    return x"], ["def f(x):\n    return x"], execute=False)["parses"] == 1

@@ -66,19 +66,22 @@ class ChatTask(Task):
     def generate(self, generator: TextGenerator, request: GenerateRequest, settings: GenerateConfig,
                  write: Callable[[str], None]) -> None:
         """Answer ``request.prompt`` (or every prompt line) as a user's message, through the model's chat
-        template; answers to one prompt are separated by a blank line."""
+        template; answers to one prompt are separated by a blank line. aigc's template puts a space after
+        ``Assistant:`` that the model learns to say first: it is not part of the answer."""
         prompts = [request.prompt] if request.prompt is not None else list(prompt_lines(request))
         for prompt in prompts:
             text, stops = generator.chat_prompt([{"role": "user", "content": prompt}])
             params = sampling_params(settings, seed=request.seed, truncate_prompt=request.truncate,
                                      stop=tuple(settings.stop) + tuple(stops))
             if request.stream:
-                current = 0
+                current, started = 0, False
                 for event in generator.stream([text] * request.n, params):
                     if event.index != current:
                         write("\n\n")
-                        current = event.index
-                    write(event.text)
+                        current, started = event.index, False
+                    write(event.text if started else event.text.removeprefix(" "))
+                    started = started or bool(event.text)
                 write("\n")
             else:
-                write("\n\n".join(c.text for c in generator.complete([text] * request.n, params)) + "\n")
+                replies = (c.text.removeprefix(" ") for c in generator.complete([text] * request.n, params))
+                write("\n\n".join(replies) + "\n")
