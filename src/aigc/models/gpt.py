@@ -84,8 +84,10 @@ class GPT(nn.Module):
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         last_only: bool = False,
+        hidden: bool = False,
     ) -> torch.Tensor:
-        """Logits (B, T, V), or the mean cross-entropy against ``targets`` (B, T) when given.
+        """Logits (B, T, V), or the mean cross-entropy against ``targets`` (B, T) when given, or with ``hidden``
+        the final-norm hidden states (B, T, C) that the output projection would turn into logits.
 
         ``idx`` (B, T) token ids. ``caches`` (one per block) make this an incremental step: positions
         continue from what is cached. ``positions`` (B, T) overrides them (left-padded batches), and
@@ -108,6 +110,8 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, rope, caches[i] if caches else None, mask)
         x = self.norm(x)
+        if hidden:
+            return x
         if targets is not None:
             logits = self.lm_head(x)
             return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)

@@ -83,25 +83,26 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.ParameterList(nn.Parameter(torch.zeros(s.end - s.start, rank)) for s in self.slices)
         for a in self.lora_A:  # PEFT's (and nn.Linear's) default initialisation of A
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-        ends = [0] + [s.end for s in self.slices]
-        self._whole = [s.start for s in self.slices] == ends[:-1] and ends[-1] == out  # every row adapted, in order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(.., in) -> (.., out)."""
+        """(.., in) -> (.., out): the base output plus every slice's update, added inside one matmul."""
         y = self.base(x)
         a = F.linear(self.dropout(x), torch.cat(list(self.lora_A)).to(x.dtype))  # (.., n*r): every slice's A at once
-        deltas = [F.linear(part, b.to(x.dtype)) for part, b in zip(a.split(self.rank, dim=-1), self.lora_B)]
-        if self._whole:
-            return y + self.scale * torch.cat(deltas, dim=-1)
-        pieces, at = [], 0
-        for s, delta in zip(self.slices, deltas):
+        stacked = self.stacked_b().to(x.dtype)  # (out, n*r)
+        return torch.addmm(y.reshape(-1, y.shape[-1]), a.reshape(-1, a.shape[-1]), stacked.t()).view_as(y)
+
+    def stacked_b(self) -> torch.Tensor:
+        """All B matrices as one (out, n*r) matrix, scaled: slice i's B in its rows and in columns i*r..(i+1)*r,
+        zeros elsewhere (rows no adapter covers too), so the B A x of every slice is one matmul added into W x."""
+        n, r, rows, at = len(self.slices), self.rank, [], 0
+        for i, (s, b) in enumerate(zip(self.slices, self.lora_B)):
             if s.start > at:
-                pieces.append(y.new_zeros(*y.shape[:-1], s.start - at))
-            pieces.append(delta)
+                rows.append(b.new_zeros(s.start - at, n * r))
+            rows.append(F.pad(b * self.scale, (i * r, (n - 1 - i) * r)))
             at = s.end
-        if at < y.shape[-1]:
-            pieces.append(y.new_zeros(*y.shape[:-1], y.shape[-1] - at))
-        return y + self.scale * torch.cat(pieces, dim=-1)
+        if at < self.base.out_features:
+            rows.append(self.lora_B[0].new_zeros(self.base.out_features - at, n * r))
+        return torch.cat(rows)
 
     def delta_weight(self) -> torch.Tensor:
         """The update to the base weight, (out, in) in float32: scale * B A in each adapted slice, zero elsewhere."""

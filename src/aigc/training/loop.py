@@ -39,6 +39,7 @@ from aigc.models import build_model
 from aigc.tasks import task_for
 from aigc.pretrained.init import resolve_init
 from aigc.training import distributed, finetune, rng
+from aigc.training.chunked_loss import frozen_head_cross_entropy
 from aigc.training.metrics_log import METRICS, MetricsLog
 from aigc.training.optim import build_optimizer, learning_rate
 from aigc.training.stopping import StopRequest
@@ -192,6 +193,8 @@ class Trainer:
             adapters = f" ({trained:,} trained in adapters)" if config.train.lora.enabled else ""
             log(f"model: {model.num_params():,} parameters{adapters}, {model.flops_per_token():,} FLOPs/token; "
                 f"{env.world} process(es) on {env.device}")
+        head = getattr(model, "lm_head", None)
+        self.frozen_head = head is not None and not head.weight.requires_grad
         self.ddp = DistributedDataParallel(model) if env.world > 1 else None
         forward = self.ddp or model
         self.forward = torch.compile(forward) if tc.compile else forward
@@ -227,9 +230,16 @@ class Trainer:
     def loss(self, inputs: tuple[torch.Tensor | None, ...], targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the model's logits against ``targets`` (-1 = ignored), with label smoothing.
 
-        ``inputs`` are the model's positional arguments (None where a sampler leaves one at its default)."""
-        logits = self.forward(*(t if t is None else t.to(self.env.device) for t in inputs))
-        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.to(self.env.device).reshape(-1),
+        ``inputs`` are the model's positional arguments (None where a sampler leaves one at its default). When
+        the output projection is frozen (LoRA) the loss is taken from the hidden states in chunks, never holding
+        every logit (:mod:`~aigc.training.chunked_loss`)."""
+        args = [t if t is None else t.to(self.env.device) for t in inputs]
+        targets = targets.to(self.env.device)
+        if self.frozen_head:
+            hidden = self.forward(*args, hidden=True)
+            return frozen_head_cross_entropy(hidden, self.model.lm_head.weight, targets, self.tc.label_smoothing)
+        logits = self.forward(*args)
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
                                ignore_index=-1, label_smoothing=self.tc.label_smoothing)
 
     def train_step(self, elapsed: float) -> None:
