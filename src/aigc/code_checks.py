@@ -110,6 +110,15 @@ def parses(code: str) -> bool:
     return True
 
 
+def defines_function(code: str) -> bool:
+    """Whether the code parses and defines a function at its top level (an empty answer parses, but is no function)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) for node in tree.body)
+
+
 def compiles(code: str) -> bool:
     """Whether the code compiles: also catches what the parser lets through (``return`` outside a function...)."""
     try:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from aigc.code_checks import compiles, extract_code, parses, run_many
+from aigc.code_checks import compiles, defines_function, extract_code, run_many
 from aigc.config import Config
 from aigc.data.conversations import HELD_OUT
 from aigc.data.packing import PackedSampler
@@ -98,11 +98,13 @@ def evaluate_conversations(generator: TextGenerator, data_root: Path, manifest: 
 
 
 def code_report(answers: list[str], references: list[str], execute: bool) -> dict[str, Any]:
-    """Parse and compile rates of the answers' code; with ``execute``, their pass rate on the references' doctests."""
+    """Shares of the answers whose code defines a function that parses and compiles; with ``execute``, their pass
+    rate on the references' doctests."""
     codes = [extract_code(a) for a in answers]
     n = len(codes)
-    parsed = sum(parses(c) for c in codes)
-    compiled = sum(compiles(c) for c in codes)
+    functions = [defines_function(c) for c in codes]  # an answer that is no function (say, empty) does not count
+    parsed = sum(functions)
+    compiled = sum(f and compiles(c) for f, c in zip(functions, codes))
     report: dict[str, Any] = {"completions": n, "parses": parsed, "compiles": compiled,
                               "syntax_valid_rate": parsed / n if n else 0.0, "compile_rate": compiled / n if n else 0.0}
     jobs = []

@@ -232,3 +232,30 @@ def test_lora_under_torchrun_matches_one_process(base, tmp_path):
     one, two = (load_file(str(tmp_path / n / "checkpoints" / "latest" / "adapter_model.safetensors")) for n in ("one", "two"))
     for key, value in one.items():
         assert np.allclose(value, two[key], atol=1e-5), key
+
+
+def test_sft_with_lora_on_a_hugging_face_folder_uses_its_template(tmp_path):
+    """model.init a Hugging Face folder: imported once into <run>/base, its ChatML template renders the rows, the
+    adapters learn the held-out turns, and the run's checkpoints carry the template on."""
+    from tests.parity import tiny_hf
+
+    tiny_hf.save_model(tmp_path / "Tiny-Qwen", "qwen2")
+    chats = _chats(tmp_path / "chats.jsonl", 200, seed=1)
+    run = tmp_path / "qwen-sft"
+    args = ["run", "sft", f"run.dir={run}", f"model.init={tmp_path / 'Tiny-Qwen'}", "data.builtin=[]",
+            f"data.paths=[{chats}]", "data.val_fraction=0.2", "train.lora.rank=8", "train.lora.alpha=16",
+            "train.max_minutes=null", "train.schedule=steps", "train.max_steps=40", "train.lr=1e-2",
+            "train.warmup_steps=5", "train.batch_size=8", "train.eval_every=20", "train.threads=2",
+            "eval.task=text", "eval.samples=2", "generate.max_new_tokens=8", "generate.temperature=0"]
+    done = aigc(*args)
+    assert done.returncode == 0, done.stderr
+    assert (run / "base" / "checkpoints" / "latest" / "meta.json").is_file()  # imported once, reused by a rerun
+    checkpoint = run / "checkpoints" / "latest"
+    assert (checkpoint / "chat.json").read_bytes() == (run / "base" / "checkpoints" / "latest" / "chat.json").read_bytes()
+    assert (checkpoint / "adapter_model.safetensors").is_file() and not (checkpoint / "model.safetensors").exists()
+    report = json.loads((run / "eval" / "report.json").read_text())
+    base = evaluate_conversations(load_generator(run / "base"), run, read_manifest(run / "data"),
+                                  load_config("sft", [f"model.init={run / 'base'}", "eval.samples=0"]))
+    assert report["loss"] < base["loss"] - 1.0, (report["loss"], base["loss"])  # a random base: ~5.7 nats
+    again = aigc(*args)
+    assert again.returncode == 0 and "skipped: collect, prepare, train, eval" in again.stdout, again.stdout

@@ -36,3 +36,8 @@ def test_references_without_doctests_are_not_counted():
 def test_a_reply_that_starts_after_assistant_colon_still_parses():
     """aigc's template renders ``Assistant: <reply>``, so a fine-tuned model's reply begins with that space."""
     assert code_report([" def f(x):\n    return x"], ["def f(x):\n    return x"], execute=False)["parses"] == 1
+
+
+def test_an_answer_that_defines_no_function_does_not_count_as_parsing():
+    report = code_report(["", "x = 1", "def f():\n    return 1"], ["def f():\n    return 1"] * 3, execute=False)
+    assert (report["parses"], report["compiles"]) == (1, 1)

@@ -65,7 +65,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotate (B, H, T, D) queries or keys; ``cos``/``sin`` broadcast to (.., T, D)."""
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # as transformers does: bf16 activations stay bf16
+    return x * cos + rotated * sin
 
 
 class KVCache:

@@ -7,6 +7,10 @@ pass computes the logits, the loss, and at once the loss's gradient with respect
 (softmax minus the target, times the projection). The backward pass only scales that saved (N, C)
 gradient. Memory for the loss drops from O(N V) to O(chunk V), and the big log-softmax backward pass
 over the whole batch disappears (as in Liger-Kernel's fused linear cross-entropy).
+
+Precision: the log-sum-exp of each row, and so the loss, is computed in float32 (or the hidden states'
+wider dtype); the softmax that makes the gradient is in the weights' dtype, as the gradient of the
+logits is in a bf16 transformers model before its matmul.
 """
 
 from __future__ import annotations
@@ -29,18 +33,19 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
             h, t = hidden[start : start + rows], targets[start : start + rows]
             keep = t >= 0
             index = t.clamp(min=0)[:, None]
-            logp = torch.log_softmax(h @ weight.t(), dim=-1, dtype=precision)  # (rows, V), fused per row
-            loss = -logp.gather(1, index).squeeze(1)
+            logits = h @ weight.t()  # (rows, V), in the weights' dtype
+            lse = torch.logsumexp(logits, dim=-1, out=logits.new_empty(len(h), dtype=precision))  # float32 or more
+            loss = lse - logits.gather(1, index).squeeze(1).to(precision)
             if smoothing:
-                loss = (1 - smoothing) * loss - smoothing * logp.mean(dim=-1)
+                loss = (1 - smoothing) * loss + smoothing * (lse - logits.mean(dim=-1, dtype=precision))
             total += (loss * keep).sum()
-            probs = logp.exp_()  # d loss / d logits = softmax - (1 - s) onehot - s / V
+            probs = torch.softmax(logits, dim=-1)  # d loss / d logits = softmax - (1 - s) onehot - s / V
             probs.scatter_add_(1, index, torch.full_like(index, -(1 - smoothing), dtype=probs.dtype))
             if smoothing:
                 probs.sub_(smoothing / vocab)
             if not keep.all():
                 probs[~keep] = 0
-            grad[start : start + rows] = probs.to(weight.dtype) @ weight
+            grad[start : start + rows] = probs @ weight
         count = max(int((targets >= 0).sum()), 1)
         ctx.save_for_backward(grad)
         ctx.count = count
