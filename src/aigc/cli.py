@@ -196,12 +196,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     from aigc.flags import with_flags
-    from aigc.serve.server import serve
+    from aigc.serve.server import named_runs, serve
     from aigc.serve.settings import ServeSettings
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = with_flags(ServeSettings(), args).with_keys_from(os.environ)
-    serve([Path(p) for p in args.runs], settings)
+    paths, names = named_runs(args.runs)
+    serve(paths, settings, names)
     return 0
 
 
@@ -309,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve runs behind an OpenAI-compatible HTTP API with a web playground",
                            description="Serve every run given at /v1 (completions, chat completions, images, models) "
                            "with a playground at /. See docs/serving.md.")
-    serve.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    serve.add_argument("runs", nargs="+", metavar="[NAME=]RUN_DIR",
+                       help="runs to serve, each under its folder name or NAME (LoRA runs of one base share it)")
     from aigc.serve.settings import ServeSettings
 
     add_flags(serve, ServeSettings)

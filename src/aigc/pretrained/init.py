@@ -55,7 +55,8 @@ def resolve_init(config: Config, log: Callable[[str], None] = print) -> Config:
         return config
     folder = Path(init).expanduser()
     if not folder.exists():
-        raise ConfigError(f"model.init={init}: no such run, checkpoint or Hugging Face model folder")
+        raise ConfigError(f"model.init={init}: no such run, checkpoint or Hugging Face model folder (train one first, "
+                          "e.g. `aigc run code`, or name a Hugging Face model folder)")
     if _is_hf_folder(folder):
         folder = _imported_base(folder, config.run_dir, log)
     try:

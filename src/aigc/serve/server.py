@@ -16,7 +16,7 @@ from pathlib import Path
 import uvicorn
 
 from aigc.checkpoint import load_checkpoint
-from aigc.errors import AigcError
+from aigc.errors import AigcError, ConfigError
 from aigc.serve.app import create_app
 from aigc.serve.settings import ServeSettings
 from aigc.serve.workers import SERVED_MODELS, ServedModel
@@ -35,28 +35,56 @@ def served_model_for(path: Path, model_id: str, settings: ServeSettings, bases: 
     return SERVED_MODELS[task.api].create(model_id, generator, config.generate, settings)
 
 
-def model_ids(paths: list[Path]) -> list[str]:
-    """Each run's folder name, or ``name-1``, ``name-2``, ... when several share it (never an id already taken)."""
-    names = [path.resolve().name for path in paths]
-    counts = Counter(names)
-    taken = {name for name in names if counts[name] == 1}
+def named_runs(entries: list[str]) -> tuple[list[Path], list[str | None]]:
+    """``RUN_DIR`` or ``NAME=RUN_DIR`` arguments of ``aigc serve`` -> the paths and the ids asked for (None: the
+    folder's name). An existing path is a path even when it holds ``=``."""
+    paths, names = [], []
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if sep and not Path(entry).exists():
+            if not name.strip() or "/" in name or not path:
+                raise ConfigError(f"{entry!r}: name a served model as NAME=RUN_DIR (a name without '/')")
+            paths.append(Path(path))
+            names.append(name)
+        else:
+            paths.append(Path(entry))
+            names.append(None)
+    return paths, names
+
+
+def model_ids(paths: list[Path], names: list[str | None] | None = None) -> list[str]:
+    """The id of each run: the name asked for, else its folder name, or ``name-1``, ``name-2``, ... when several
+    share it (never an id already taken)."""
+    names = names or [None] * len(paths)
+    chosen = [name for name in names if name]
+    twice = [name for name, count in Counter(chosen).items() if count > 1]
+    if twice:
+        raise ConfigError(f"the model name {twice[0]!r} is given to two runs; give each its own")
+    folders = [path.resolve().name for path, name in zip(paths, names) if not name]
+    counts = Counter(folders)
+    taken = set(chosen) | {folder for folder in folders if counts[folder] == 1}
     ids, suffix = [], Counter()
-    for name in names:
-        candidate = name
-        while counts[name] > 1 and candidate in taken | {name}:
-            suffix[name] += 1
-            candidate = f"{name}-{suffix[name]}"
+    for path, name in zip(paths, names):
+        if name:
+            ids.append(name)
+            continue
+        folder = candidate = path.resolve().name
+        while (counts[folder] > 1 and candidate in taken | {folder}) or candidate in chosen:
+            suffix[folder] += 1
+            candidate = f"{folder}-{suffix[folder]}"
         taken.add(candidate)
         ids.append(candidate)
     return ids
 
 
-def load_models(paths: list[Path], settings: ServeSettings | None = None) -> list[ServedModel]:
-    """One :class:`ServedModel` per run directory or checkpoint; ids are folder names, made unique. LoRA runs of
-    one base share its weights: one base in memory, each adapter under its own model id."""
+def load_models(paths: list[Path], settings: ServeSettings | None = None,
+                names: list[str | None] | None = None) -> list[ServedModel]:
+    """One :class:`ServedModel` per run directory or checkpoint; ids are the ``names`` given, else folder names,
+    made unique. LoRA runs of one base share its weights: one base in memory, each adapter under its own id."""
     settings = settings or ServeSettings()
     bases: dict = {}
-    return [served_model_for(path, model_id, settings, bases) for path, model_id in zip(paths, model_ids(paths))]
+    return [served_model_for(path, model_id, settings, bases)
+            for path, model_id in zip(paths, model_ids(paths, names))]
 
 
 class _DrainingServer(uvicorn.Server):
@@ -99,12 +127,12 @@ class _DrainingServer(uvicorn.Server):
         threading.Thread(target=wait_then_exit, name="aigc-drain", daemon=True).start()
 
 
-def serve(paths: list[Path], settings: ServeSettings | None = None) -> None:
-    """Serve ``paths`` until SIGTERM / Ctrl-C, then drain and return."""
+def serve(paths: list[Path], settings: ServeSettings | None = None, names: list[str | None] | None = None) -> None:
+    """Serve ``paths`` (under ``names`` where given) until SIGTERM / Ctrl-C, then drain and return."""
     settings = settings or ServeSettings()
     if not paths:
         raise AigcError("give at least one run directory or checkpoint to serve")
-    models = load_models(paths, settings)
+    models = load_models(paths, settings, names)
     app = create_app(models, settings)
     for model in models:
         model.worker.start()
