@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import os
 import shutil
 import time
@@ -77,7 +78,8 @@ class Checkpoint:
         (float32 for trained runs; an imported model may be bfloat16).
 
         A LoRA checkpoint loads its base (``model.init``, or ``base`` when the caller already holds it: several
-        adapters then share its tensors) and its adapters on top, folded into the weights when ``merge``.
+        adapters then share its tensors) and its adapters on top, folded into the weights when ``merge`` and the
+        base is float32 (folded into bfloat16 weights, small updates would round away: they stay beside them).
         """
         if self.is_adapter:
             return self._load_adapted(device, merge, base)
@@ -91,20 +93,30 @@ class Checkpoint:
 
     def _load_adapted(self, device: str, merge: bool, base: torch.nn.Module | None) -> torch.nn.Module:
         if base is None:
-            try:
-                model = load_checkpoint(self.config.model.init).load_model(device)
-            except CheckpointError as err:
-                raise CheckpointError(f"{self.path} holds LoRA adapters for the base model {self.config.model.init}, "
-                                      f"which cannot be loaded: {err}") from None
+            model = self.load_base(device)
         else:  # the same modules around the caller's tensors: adapters of one base share its memory
             if merge:
                 raise ValueError("adapters are merged into a base of their own, not into a shared one")
             model = copy.deepcopy(base, {id(t): t for t in itertools.chain(base.parameters(), base.buffers())})
         apply_lora(model, self.config.train.lora)
         load_peft_state(model, self.model_state())
-        if merge:
+        if merge and next(model.parameters()).dtype == torch.float32:
             merge_lora(model)
         return model.to(device).eval()
+
+    def base_identity(self) -> str:
+        """What a LoRA checkpoint's base is, whatever folder holds it: its files' SHA-256 (each fine-tuned run links
+        its base into ``<run>/base``, so runs on one base have different paths to the same bytes)."""
+        meta = Path(self.config.model.init) / "meta.json"
+        return json.dumps(read_json(meta)["files"], sort_keys=True) if meta.is_file() else str(self.config.model.init)
+
+    def load_base(self, device: str = "cpu") -> torch.nn.Module:
+        """A LoRA checkpoint's base model (``model.init``), with a clear error when it cannot be loaded."""
+        try:
+            return load_checkpoint(self.config.model.init).load_model(device)
+        except CheckpointError as err:
+            raise CheckpointError(f"{self.path} holds LoRA adapters for the base model {self.config.model.init}, "
+                                  f"which cannot be loaded: {err}") from None
 
     def train_state(self) -> dict[str, Any]:
         return torch.load(self.path / "train_state.pt", map_location="cpu", weights_only=True)

@@ -107,18 +107,22 @@ def code_report(answers: list[str], references: list[str], execute: bool) -> dic
     compiled = sum(f and compiles(c) for f, c in zip(functions, codes))
     report: dict[str, Any] = {"completions": n, "parses": parsed, "compiles": compiled,
                               "syntax_valid_rate": parsed / n if n else 0.0, "compile_rate": compiled / n if n else 0.0}
-    jobs = []
+    jobs, own = [], []
     for code, reference in zip(codes, references):
         found = functions_in(reference)
         if found and found[0].doctests:
             jobs.append((code, found[0].doctests, found[0].name))
+            own.append((reference, found[0].doctests, found[0].name))
     if not execute:
         report["doctests"] = {"with_doctests": len(jobs), "run": False,
                               "note": "not run: set eval.execute=true to run the generated code in a sandbox"}
         return report
-    outcomes = run_many(jobs)
+    # A reference whose doctests need its module (imports, private helpers) fails them alone too: only the
+    # functions whose own source passes its doctests by itself can tell a right answer from a wrong one.
+    usable = [job for job, outcome in zip(jobs, run_many(own)) if outcome.passed]
+    outcomes = run_many(usable)
     passed = sum(o.passed for o in outcomes)
-    report["doctests"] = {"with_doctests": len(jobs), "run": True, "passed": passed,
-                          "pass_rate": passed / len(jobs) if jobs else None,
-                          "reasons": [o.reason for o in outcomes]}
+    report["doctests"] = {"with_doctests": len(usable), "run": True, "passed": passed,
+                          "pass_rate": passed / len(usable) if usable else None,
+                          "needing_their_module": len(jobs) - len(usable), "reasons": [o.reason for o in outcomes]}
     return report

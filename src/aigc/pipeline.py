@@ -79,7 +79,7 @@ def _data_stages(config: Config, stages: _Stages) -> None:
     sources = fingerprint(resolve_sources(config.data))
     data = config.data.model_dump(mode="json")
     stages.run("collect", _key(data, sources), (data_dir / "sources.json").is_file(), lambda: collect(config).summary())
-    stages.run("prepare", _key(data, config.tokenizer.model_dump(mode="json"), config.seed, sources),
+    stages.run("prepare", _key(task_for(config).prepared_settings(config), config.seed, sources),
                (data_dir / MANIFEST).is_file(), lambda: prepare(config).summary())
 
 
@@ -93,7 +93,7 @@ def is_prepared(config: Config) -> bool:
     if not path.is_file():
         return False
     manifest = read_json(path)
-    settings = {"data": config.data.model_dump(mode="json"), "tokenizer": config.tokenizer.model_dump(mode="json")}
+    settings = task_for(config).prepared_settings(config)
     return (manifest.get("config") == settings and manifest.get("seed") == config.seed
             and manifest.get("sources", {}).get("fingerprint") == fingerprint(resolve_sources(config.data)))
 

@@ -90,7 +90,9 @@ def test_full_fine_tuning_starts_from_the_init_with_its_tokenizer(base, tmp_path
     assert done.returncode == 0, done.stderr
     assert (run / "tokenizer.json").read_bytes() == (base / "tokenizer.json").read_bytes()  # no new tokenizer
     config = json.loads((run / "checkpoints" / "latest" / "config.json").read_text())
-    assert config["model"]["n_layer"] == 2 and Path(config["model"]["init"]).parent.parent == base.resolve()
+    init = Path(config["model"]["init"])  # the base's checkpoint, linked into the run: pruning base cannot take it
+    assert config["model"]["n_layer"] == 2 and init.parent.parent == (run / "base").resolve()
+    assert json.loads((run / "base" / "source.json").read_text())["path"].startswith(str(base.resolve()))
     first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["loss"]
     base_last = [json.loads(line) for line in (base / "metrics.jsonl").read_text().splitlines()]
     base_loss = [r["loss"] for r in base_last if "loss" in r][-1]

@@ -73,6 +73,8 @@ def test_generate_prints_only_the_text(text_run):
     assert done.stdout == again.stdout and 10 < len(done.stdout) <= 32
     streamed = aigc("generate", str(run_dir), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", "1", "--stream")
     assert streamed.stdout == done.stdout
+    several = ["generate", str(run_dir), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--seed", "1", "--n", "3"]
+    assert aigc(*several, "--stream").stdout == aigc(*several).stdout  # samples one after another, not interleaved
     piped = aigc("generate", str(run_dir), "--max-new-tokens", "5", "--n", "2", "--seed", "1",
                  input_text="First\nSecond\n")
     assert piped.returncode == 0 and piped.stdout.count("\n\n") == 2

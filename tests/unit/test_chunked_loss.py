@@ -30,3 +30,11 @@ def test_matches_cross_entropy_of_the_logits(monkeypatch, smoothing):
 def test_a_trainable_projection_is_refused():
     with pytest.raises(ValueError, match="frozen"):
         frozen_head_cross_entropy(torch.randn(1, 2, 4), torch.randn(5, 4, requires_grad=True), torch.zeros(1, 2).long())
+
+
+def test_without_gradients_it_computes_the_loss_alone():
+    torch.manual_seed(1)
+    hidden, weight, targets = torch.randn(2, 5, 8), torch.randn(30, 8), torch.randint(0, 30, (2, 5))
+    with torch.no_grad():
+        value = frozen_head_cross_entropy(hidden, weight, targets)
+    assert abs(value.item() - F.cross_entropy((hidden @ weight.t()).reshape(-1, 30), targets.reshape(-1)).item()) < 1e-5

@@ -86,6 +86,8 @@ def test_openai_and_alpaca_rows(row, expected):
     ({"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]}, "unknown_role"),
     ({"messages": [{"role": "user", "content": "x"}]}, "no_assistant_turn"),
     ({"instruction": 5, "output": "x"}, "malformed_message"),
+    ({"instruction": "say nothing", "output": ""}, "no_assistant_turn"),
+    ({"instruction": "say nothing", "output": None}, "no_assistant_turn"),
 ])
 def test_bad_rows_say_why(row, reason):
     with pytest.raises(Unusable) as caught:
@@ -106,3 +108,14 @@ def test_a_file_with_bad_rows_keeps_the_good_ones_and_counts_the_rest(tmp_path):
     assert report.dropped["unknown_role"].examples == [f"{path}:5: message 0 has role 'bot'; known: system, developer, "
                                                        "user, assistant"]
     assert np.unique([c.key for c in found]).size == 2
+
+
+def test_a_json_array_file_is_read_row_by_row(tmp_path):
+    path = tmp_path / "alpaca_data.json"
+    path.write_text(json.dumps([{"instruction": "a", "output": "b"}, {"text": "no"}]), encoding="utf-8")
+    report = CleaningReport()
+    found = list(read_conversations(SourceFile(path), DataConfig(), report))
+    assert [c.source for c in found] == [f"{path}[0]"] and report.dropped["malformed_row"].count == 1
+    (tmp_path / "object.json").write_text("{}", encoding="utf-8")
+    assert not list(read_conversations(SourceFile(tmp_path / "object.json"), DataConfig(), report))
+    assert report.dropped["bad_json"].count == 1

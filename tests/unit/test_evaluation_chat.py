@@ -41,3 +41,9 @@ def test_a_reply_that_starts_after_assistant_colon_still_parses():
 def test_an_answer_that_defines_no_function_does_not_count_as_parsing():
     report = code_report(["", "x = 1", "def f():\n    return 1"], ["def f():\n    return 1"] * 3, execute=False)
     assert (report["parses"], report["compiles"]) == (1, 1)
+
+
+def test_a_reference_that_fails_its_doctests_alone_is_left_out():
+    needs_module = 'def f(x):\n    """Helper use.\n\n    >>> f(1)\n    2\n    """\n    return _helper(x)'
+    report = code_report(["def f(x):\n    return x + 1"], [needs_module], execute=True)["doctests"]
+    assert report["with_doctests"] == 0 and report["needing_their_module"] == 1 and report["pass_rate"] is None

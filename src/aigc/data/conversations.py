@@ -29,7 +29,7 @@ from aigc.config import Config, DataConfig
 from aigc.data.clean import CleaningReport
 from aigc.data.prepare import PrepareResult, data_folder, empty_corpus_error, finish_shards, shard_writers, write_manifest
 from aigc.data.shards import token_dtype
-from aigc.data.sources import SourceFile, json_objects, resolve_sources
+from aigc.data.sources import JSONL, SourceFile, json_objects, resolve_sources
 from aigc.data.split import assign_split
 from aigc.data.stdlib_functions import as_messages, functions_in
 from aigc.errors import DataError
@@ -39,7 +39,6 @@ from aigc.tokenizer import eot_id, load_tokenizer
 ROLES = ("system", "developer", "user", "assistant")
 SPLITS = ("train", "val")
 HELD_OUT = "val_conversations.jsonl"  # the val split's messages, for the evaluation's sample answers
-_JSONL = {".jsonl", ".ndjson", ".json"}
 
 
 @dataclass(frozen=True)
@@ -85,8 +84,8 @@ def messages_of(row: Any) -> list[dict[str, str]]:
         messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": fields["output"]}]
     else:
         raise Unusable("malformed_row", "a row needs 'messages' (OpenAI) or 'instruction' and 'output' (Alpaca)")
-    if not any(m["role"] == "assistant" for m in messages):
-        raise Unusable("no_assistant_turn", "no assistant message to learn from")
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        raise Unusable("no_assistant_turn", "no assistant message with text to learn from")
     return messages
 
 
@@ -102,17 +101,33 @@ def read_conversations(source: SourceFile, config: DataConfig, report: CleaningR
         for example in functions_in(text):
             yield Conversation(as_messages(example), f"{source.label}:{example.line}", source.label, source.split)
         return
-    if source.path.suffix.lower() not in _JSONL:
+    suffix = source.path.suffix.lower()
+    if suffix not in JSONL and suffix != ".json":
         report.drop("not_jsonl", source.label, source.path.stat().st_size,
-                    "chat data is JSONL with 'messages' or Alpaca fields (.jsonl)")
+                    "chat data is JSONL (.jsonl) or a JSON array (.json) of 'messages' or Alpaca rows")
         return
-    for row, where, size in json_objects(source, report):
+    rows = json_objects(source, report) if suffix in JSONL else _json_array(source, report)
+    for row, where, size in rows:
         try:
             messages = messages_of(row)
         except Unusable as err:
             report.drop(err.reason, where, size, err.detail)
             continue
         yield Conversation(messages, where, json.dumps(messages, sort_keys=True), source.split)
+
+
+def _json_array(source: SourceFile, report: CleaningReport) -> Iterator[tuple[Any, str, int]]:
+    """The rows of a ``.json`` file holding one array (as Alpaca's ``alpaca_data.json``), like JSONL lines."""
+    try:
+        rows = json.loads(source.path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        report.drop("bad_json", source.label, source.path.stat().st_size, str(err))
+        return
+    if not isinstance(rows, list):
+        report.drop("bad_json", source.label, source.path.stat().st_size, "a .json file of rows holds one JSON array")
+        return
+    for i, row in enumerate(rows):
+        yield row, f"{source.label}[{i}]", len(json.dumps(row))
 
 
 def encode_conversation(messages: list[dict[str, str]], template: ChatTemplate, tokenizer: Tokenizer,
@@ -148,7 +163,7 @@ def encode_conversation(messages: list[dict[str, str]], template: ChatTemplate, 
     return ids, mask
 
 
-def prepare_conversations(config: Config) -> PrepareResult:
+def prepare_conversations(config: Config, settings: dict[str, Any]) -> PrepareResult:
     """Render, encode and shard conversations: per split, token ids, a uint8 loss mask (``<split>.mask``) and each
     conversation's length (``<split>.lengths``, uint32), so the sampler can pack them without crossing one;
     the val conversations' messages also go to ``val_conversations.jsonl`` for the evaluation's samples.
@@ -201,7 +216,7 @@ def prepare_conversations(config: Config) -> PrepareResult:
         for info in splits.values():
             (data_dir / info["file"]).unlink()
         raise empty_corpus_error(report, len(sources), "the rows' fields ('messages', or 'instruction' and 'output')")
-    return write_manifest(config, tokenizer, vocab, splits, sources, report,
+    return write_manifest(config, tokenizer, vocab, splits, sources, report, settings,
                           chat={"template": "model" if not template.ends_with_eot else "aigc",
                                 "assistant_tokens": {s: int(np.sum(_mask(data_dir, splits, s))) for s in SPLITS}})
 

@@ -132,11 +132,17 @@ def save_tokenizer(config: Config, tokenizer: Tokenizer) -> Path:
     return tokenizer_path
 
 
+def prepared_settings(config: Config) -> dict[str, Any]:
+    """The settings prepared data depends on, recorded in the manifest: whether a run's data is up to date."""
+    return {"data": config.data.model_dump(mode="json"), "tokenizer": config.tokenizer.model_dump(mode="json")}
+
+
 def write_manifest(config: Config, tokenizer: Tokenizer, model_vocab: int, splits: dict, sources: list[SourceFile],
-                   report: CleaningReport, **extra: Any) -> PrepareResult:
+                   report: CleaningReport, settings: dict[str, Any] | None = None, **extra: Any) -> PrepareResult:
     """Save the tokenizer, then ``manifest.json`` (written last: its presence means the folder is prepared).
 
-    ``extra`` adds kind-specific sections (``target_tokenizer``, ``image``).
+    ``settings``: what the data depends on (default :func:`prepared_settings`); ``extra`` adds kind-specific
+    sections (``target_tokenizer``, ``image``).
     """
     data_dir = config.run_dir / "data"
     tokenizer_path = save_tokenizer(config, tokenizer)
@@ -156,7 +162,7 @@ def write_manifest(config: Config, tokenizer: Tokenizer, model_vocab: int, split
         "sources": {"files": [s.label for s in sources], "bytes": sum(s.path.stat().st_size for s in sources),
                     "fingerprint": fingerprint(sources)},
         "cleaning": report.to_dict(),
-        "config": {"data": config.data.model_dump(mode="json"), "tokenizer": config.tokenizer.model_dump(mode="json")},
+        "config": settings or prepared_settings(config),
         "seed": config.seed,
         **extra,
     }

@@ -25,7 +25,7 @@ from aigc.errors import DataError
 
 STDLIB_CORPORA = ("stdlib", "stdlib_functions")  # built-in corpora read from the standard library's files
 _SNIFF_BYTES = 8192
-_JSONL = {".jsonl", ".ndjson"}
+JSONL = {".jsonl", ".ndjson"}
 _DELIMITED = {".csv": ",", ".tsv": "\t"}
 
 
@@ -216,7 +216,7 @@ def read_source(source: SourceFile, config: DataConfig, report: CleaningReport) 
     """Records of one file, by its format: JSONL, CSV/TSV, or plain text split per ``data.document``."""
     suffix = source.path.suffix.lower()
     try:
-        if suffix in _JSONL:
+        if suffix in JSONL:
             yield from _read_jsonl(source, config, report)
         elif suffix in _DELIMITED:
             yield from _read_delimited(source, config, report)

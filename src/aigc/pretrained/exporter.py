@@ -33,12 +33,13 @@ ADAPTER_DIR = "adapter"  # a LoRA run's adapters, exported beside their base
 class ExportResult:
     out_dir: Path
     model_type: str
-    adapters: str = ""  # how a LoRA run's adapters were exported
+    adapters: str | None = None  # a LoRA run's adapters: "beside" the base in adapter/, or "merged" into it
 
     def summary(self) -> str:
-        text = (f"exported a {self.model_type} model {self.adapters + ' ' if self.adapters else ''}to {self.out_dir}; "
+        how = {None: "", "beside": "with its LoRA adapters in adapter/ ", "merged": "with the LoRA adapters merged "}
+        text = (f"exported a {self.model_type} model {how[self.adapters]}to {self.out_dir}; "
                 f"load it with AutoModelForCausalLM.from_pretrained('{self.out_dir}')")
-        if self.adapters.startswith("with its"):
+        if self.adapters == "beside":
             text += f" and peft.PeftModel.from_pretrained(model, '{self.out_dir / ADAPTER_DIR}')"
         return text
 
@@ -102,5 +103,4 @@ def export_run(run: Path, out_dir: Path, merge: bool = False) -> ExportResult:
         os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    what = "with its LoRA adapters in adapter/" if separate else "with the LoRA adapters merged" if merge else ""
-    return ExportResult(out_dir, mapping["model_type"], what)
+    return ExportResult(out_dir, mapping["model_type"], "beside" if separate else "merged" if merge else None)

@@ -37,17 +37,17 @@ def load_generator(path: Path, device: str = "cpu", quantize: str | None = None,
     """The generator of a run directory or checkpoint, as its task makes it; ``quantize="int8"``: its linear
     layers' weights as int8 (:func:`~aigc.models.quantize.quantize_model`).
 
-    ``bases``: base models already loaded, by checkpoint folder. A LoRA run then puts its adapters on its
+    ``bases``: base models already loaded, by their identity. A LoRA run then puts its adapters on its
     base from there (loading it the first time), so a server with several adapters of one base holds the
     base's weights once. Quantized, each run gets its own base with its adapters merged in.
     """
     checkpoint = load_checkpoint(path)
     base = None
     if bases is not None and checkpoint.is_adapter and quantize is None:
-        init = load_checkpoint(checkpoint.config.model.init).path
-        if init not in bases:
-            bases[init] = load_checkpoint(init).load_model(device)
-        base = bases[init]
+        identity = checkpoint.base_identity()
+        if identity not in bases:
+            bases[identity] = checkpoint.load_base(device)
+        base = bases[identity]
     generator = task_for(checkpoint.config).generator(path, device, base)
     quantize_model(generator.model, quantize)
     return generator

@@ -16,7 +16,7 @@ from torch import nn
 
 from aigc.config import Config, GenerateConfig
 from aigc.data.collect import CollectResult
-from aigc.data.prepare import PrepareResult
+from aigc.data.prepare import PrepareResult, prepared_settings
 from aigc.errors import TrainingError
 
 
@@ -64,6 +64,10 @@ class Task(ABC):
     @abstractmethod
     def samplers(self, config: Config, manifest: dict, rank: int, world: int) -> tuple[Any, Any | None]:
         """Train and val batch samplers for process ``rank`` of ``world``; val is None when it cannot fill a batch."""
+
+    def prepared_settings(self, config: Config) -> dict[str, Any]:
+        """The settings this kind's prepared data depends on (the manifest records them; a change re-prepares)."""
+        return prepared_settings(config)
 
     def init_model(self, model: nn.Module, manifest: dict) -> None:
         """Copy into a fresh model what the data fixes (nothing, unless a task says otherwise)."""

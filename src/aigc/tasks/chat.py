@@ -17,7 +17,7 @@ from aigc.evaluation_chat import assistant_loss, evaluate_conversations, split_s
 from aigc.generate.sampling import sampling_params
 from aigc.generate.text import TextGenerator
 from aigc.tasks.base import GenerateRequest, Task
-from aigc.tasks.text import prompt_lines
+from aigc.tasks.text import prompt_lines, write_samples
 
 
 class ChatTask(Task):
@@ -27,7 +27,10 @@ class ChatTask(Task):
         return collect_files(config, read_conversations)
 
     def prepare(self, config: Config) -> PrepareResult:
-        return prepare_conversations(config)
+        return prepare_conversations(config, self.prepared_settings(config))
+
+    def prepared_settings(self, config: Config) -> dict[str, Any]:
+        return super().prepared_settings(config) | {"seq_len": config.seq_len}  # longer conversations are left out
 
     def model_config(self, config: Config, manifest: dict) -> Config:
         if config.model.init is None:
@@ -73,15 +76,4 @@ class ChatTask(Task):
             text, stops = generator.chat_prompt([{"role": "user", "content": prompt}])
             params = sampling_params(settings, seed=request.seed, truncate_prompt=request.truncate,
                                      stop=tuple(settings.stop) + tuple(stops))
-            if request.stream:
-                current, started = 0, False
-                for event in generator.stream([text] * request.n, params):
-                    if event.index != current:
-                        write("\n\n")
-                        current, started = event.index, False
-                    write(event.text if started else event.text.removeprefix(" "))
-                    started = started or bool(event.text)
-                write("\n")
-            else:
-                replies = (c.text.removeprefix(" ") for c in generator.complete([text] * request.n, params))
-                write("\n\n".join(replies) + "\n")
+            write_samples(generator, text, request, params, write, strip_space=True)

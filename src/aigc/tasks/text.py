@@ -16,7 +16,7 @@ from aigc.data.shards import open_split
 from aigc.data.sources import read_source
 from aigc.evaluation import evaluate_documents, score
 from aigc.flags import unescape
-from aigc.generate.sampling import sampling_params
+from aigc.generate.sampling import SamplingParams, sampling_params
 from aigc.generate.text import TextGenerator
 from aigc.tasks.base import GenerateRequest, Task
 
@@ -67,17 +67,28 @@ class TextTask(Task):
         params = sampling_params(settings, seed=request.seed, truncate_prompt=request.truncate)
         prompts = [request.prompt] if request.prompt is not None else prompt_lines(request)
         for prompt in prompts:
-            batch = [prompt] * request.n
-            if request.stream:
-                current = 0
-                for event in generator.stream(batch, params):
-                    if event.index != current:
-                        write("\n\n")
-                        current = event.index
-                    write(event.text)
-                write("\n")
-            else:
-                write("\n\n".join(c.text for c in generator.complete(batch, params)) + "\n")
+            write_samples(generator, prompt, request, params, write)
+
+
+def write_samples(generator: TextGenerator, text: str, request: GenerateRequest, params: SamplingParams,
+                  write: Callable[[str], None], strip_space: bool = False) -> None:
+    """``request.n`` samples continuing ``text``, separated by a blank line; ``strip_space`` drops the one space
+    each sample starts with (a reply after aigc's ``Assistant:``). Streamed, the first sample is written as it is
+    decoded and the others (decoded beside it, their pieces interleaved) when it ends."""
+    batch = [text] * request.n
+    if not request.stream:
+        samples = (c.text.removeprefix(" ") if strip_space else c.text for c in generator.complete(batch, params))
+        write("\n\n".join(samples) + "\n")
+        return
+    samples = [""] * request.n
+    for event in generator.stream(batch, params):
+        piece = event.text.removeprefix(" ") if strip_space and not samples[event.index] else event.text
+        samples[event.index] += piece
+        if event.index == 0:
+            write(piece)
+    for sample in samples[1:]:
+        write("\n\n" + sample)
+    write("\n")
 
 
 def prompt_lines(request: GenerateRequest):

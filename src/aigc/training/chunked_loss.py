@@ -26,7 +26,7 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
         """hidden (N, C), weight (V, C), targets (N,) with -1 = ignored -> mean loss over the kept targets."""
         n, vocab = hidden.shape[0], weight.shape[0]
         rows = max(1, CHUNK_ELEMENTS // vocab)
-        grad = torch.empty_like(hidden)
+        grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None  # evaluation: the loss alone
         precision = torch.promote_types(hidden.dtype, torch.float32)  # the loss in float32 at least
         total = hidden.new_zeros((), dtype=precision)
         for start in range(0, n, rows):
@@ -39,6 +39,8 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
             if smoothing:
                 loss = (1 - smoothing) * loss + smoothing * (lse - logits.mean(dim=-1, dtype=precision))
             total += (loss * keep).sum()
+            if grad is None:
+                continue
             probs = torch.softmax(logits, dim=-1)  # d loss / d logits = softmax - (1 - s) onehot - s / V
             probs.scatter_add_(1, index, torch.full_like(index, -(1 - smoothing), dtype=probs.dtype))
             if smoothing:
@@ -47,7 +49,8 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
                 probs[~keep] = 0
             grad[start : start + rows] = probs @ weight
         count = max(int((targets >= 0).sum()), 1)
-        ctx.save_for_backward(grad)
+        if grad is not None:
+            ctx.save_for_backward(grad)
         ctx.count = count
         return total / count
 

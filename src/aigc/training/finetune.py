@@ -16,7 +16,7 @@ from aigc.checkpoint import Checkpoint, load_checkpoint
 from aigc.config import Config
 from aigc.errors import TrainingError
 from aigc.files import file_hash
-from aigc.models.lora import adapted_layers, apply_lora, load_peft_state, peft_state
+from aigc.models.lora import apply_lora, load_peft_state, peft_state
 
 
 def check_tokenizer(config: Config, manifest: dict) -> None:
@@ -51,13 +51,8 @@ def start_from_init(model: nn.Module, config: Config, resuming: bool, log) -> No
         return
     if config.train.precision == "bf16":
         model.to(torch.bfloat16)
-    targets = apply_lora(model, config.train.lora)
-    for _, layer in adapted_layers(model):
-        layer.lora_A.float()
-        layer.lora_B.float()
-    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"LoRA rank {config.train.lora.rank} on {', '.join(targets)} of {config.model.init}: {trained:,} trained "
-        "parameters, the base frozen")
+    targets = apply_lora(model, config.train.lora)  # the adapters are made in float32, after the cast
+    log(f"LoRA rank {config.train.lora.rank} on {', '.join(targets)} of {config.model.init}, the base frozen")
 
 
 def trained_state(model: nn.Module, config: Config) -> dict[str, torch.Tensor]:

@@ -36,8 +36,8 @@ from aigc.data.shards import read_manifest
 from aigc.errors import TrainingError
 from aigc.files import file_hash
 from aigc.models import build_model
-from aigc.tasks import task_for
 from aigc.pretrained.init import resolve_init
+from aigc.tasks import task_for
 from aigc.training import distributed, finetune, rng
 from aigc.training.chunked_loss import frozen_head_cross_entropy
 from aigc.training.metrics_log import METRICS, MetricsLog
@@ -89,7 +89,12 @@ def _check_resumable(config: Config, saved: Config, checkpoint: Path) -> None:
     if saved.model != config.model:
         raise TrainingError(
             f"{checkpoint} holds a model with different settings ({saved.model.model_dump(exclude_defaults=True)}); "
-            "use the same model.* settings to resume, or a new run.dir to start over"
+            "use the same model.* settings (and model.init) to resume, or a new run.dir to start over"
+        )
+    if saved.train.lora != config.train.lora:
+        raise TrainingError(
+            f"{checkpoint} was trained with train.lora={saved.train.lora.model_dump()}, not "
+            f"{config.train.lora.model_dump()}; use the same train.lora.* settings to resume, or a new run.dir"
         )
 
 
@@ -254,19 +259,24 @@ class Trainer:
         self.lr = learning_rate(tc, self.step, progress)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
-        loss_sum, step_tokens = 0.0, 0
         batches = self.train_data.step_batches(self.step)
-        for micro, (inputs, targets) in enumerate(batches):
+        # Each micro-batch's mean loss counts by its share of the step's targets (on every process), so a step
+        # is one mean over all its targets even when micro-batches hold different numbers (packed conversations).
+        counts = [int((targets >= 0).sum()) for _, targets in batches]
+        (step_tokens_all,) = self.env.all_sum(sum(counts))
+        loss_sum = 0.0
+        for micro, ((inputs, targets), count) in enumerate(zip(batches, counts)):
             sync = micro == len(batches) - 1  # DDP all-reduces the gradients on the last micro-batch only
             context = self.ddp.no_sync() if self.ddp is not None and not sync else contextlib.nullcontext()
-            step_tokens += int((targets >= 0).sum())
+            share = count * self.env.world / max(step_tokens_all, 1)  # DDP averages the processes' gradients
             with context, self.autocast:
                 loss = self.loss(inputs, targets)
+                loss = loss if count else torch.nan_to_num(loss)  # no targets here: the mean is 0/0
             with context:
-                (loss / len(batches)).backward()
-            loss_sum += loss.item()
+                (loss * share).backward()
+            loss_sum += loss.item() * share
         (loss_total,) = self.env.all_sum(loss_sum)
-        self.last_loss = loss_total / tc.grad_accum
+        self.last_loss = loss_total / self.env.world
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
         if not (math.isfinite(self.last_loss) and torch.isfinite(norm)):
             self.optimizer.zero_grad(set_to_none=True)
@@ -279,7 +289,6 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        (step_tokens_all,) = self.env.all_sum(step_tokens)
         self.window_tokens += step_tokens_all
         self.tokens += step_tokens_all
         self.bar.update(1)
