@@ -93,6 +93,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from aigc.config import load_raw, validate_config
+    from aigc.tuning.study import tune
+
+    recipe, overrides = _split_recipe(args.items)
+    raw = load_raw(recipe, overrides)
+    command = [sys.executable, "-m", "aigc", "tune", *args.items, "--resume", "--worker", "--workers", str(args.workers)]
+    result = tune(validate_config(raw), raw, resume=args.resume, workers=args.workers,
+                  log=lambda line: print(line, file=sys.stderr), worker_command=command, worker=args.worker)
+    print(result.summary())
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from aigc.pipeline import run_pipeline
 
@@ -252,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_command(sub, "prepare", cmd_prepare, "clean, tokenize and shard the data")
     train = _add_config_command(sub, "train", cmd_train, "train the model on the prepared shards")
     train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    tuner = _add_config_command(sub, "tune", cmd_tune, "search settings with Optuna: each trial a training run "
+                                "(tune.trials, tune.space, tune.metric ...; results in <run>/tune)")
+    tuner.add_argument("--resume", action="store_true", help="continue the run's study (no finished trial reruns)")
+    tuner.add_argument("--workers", type=int, default=1, help="trial processes on this machine (the cores are shared)")
+    tuner.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     evaluate = sub.add_parser("eval", help="score a run on its held-out data and write eval/report.md",
                               description="The run's best checkpoint on its held-out data: loss, perplexity, bits "
                               "per byte and sample diversity (text), code validity (code), BLEU and chrF (translation), "

@@ -267,6 +267,23 @@ class EvalConfig(Section):
                           "model-written code)")
 
 
+class TuneConfig(Section):
+    """``aigc tune``: an Optuna study over config keys, each trial a normal training run."""
+
+    trials: int = Field(20, ge=1, description="trials in the study (finished, pruned and failed ones count)")
+    max_minutes: float | None = Field(None, gt=0, description="the whole study's time budget; none = until trials")
+    trial_minutes: float = Field(1.0, gt=0, description="each trial's train.max_minutes")
+    metric: Literal["val_loss", "bits_per_byte", "bleu", "chrf", "adherence", "parse_rate"] = Field(
+        "val_loss", description="what the study optimises (loss and bits/byte down, the others up)")
+    pruner: Literal["median", "hyperband", "none"] = Field(
+        "median", description="stop trials whose evaluations trail the others' at the same step")
+    storage: str | None = Field(None, description="Optuna storage URL; default sqlite in <run>/tune/study.db "
+                                "(postgresql://... shares one study between machines)")
+    space: dict[str, dict[str, list[Any]]] = Field(
+        default_factory=dict, description="key -> {log_float: [lo, hi]} | {float: [lo, hi]} | {int: [lo, hi]} | "
+        "{choice: [a, b, ...]}")
+
+
 _MOVED_TO_GENERATE = ("max_new_tokens", "temperature", "top_k", "beams", "guidance")
 
 
@@ -282,6 +299,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -403,12 +421,17 @@ def _explain(err: ValidationError) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = (), default: str = "code") -> Config:
-    """Build a validated :class:`Config` from a recipe (built-in name or YAML path) and overrides."""
+def load_raw(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = (), default: str = "code") -> dict[str, Any]:
+    """The mapping of a recipe (built-in name or YAML path) with the overrides applied, not yet validated."""
     _, raw = _read_recipe(recipe or default)
     for assignment in overrides:
         apply_override(raw, assignment)
-    return validate_config(raw)
+    return raw
+
+
+def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...] = (), default: str = "code") -> Config:
+    """Build a validated :class:`Config` from a recipe (built-in name or YAML path) and overrides."""
+    return validate_config(load_raw(recipe, overrides, default))
 
 
 def validate_config(raw: dict[str, Any]) -> Config:
@@ -422,7 +445,7 @@ def validate_config(raw: dict[str, Any]) -> Config:
 def describe_keys() -> list[tuple[str, str, str]]:
     """(dotted key, default, meaning) for every setting, for ``--help``."""
     rows = [("seed", str(Config.model_fields["seed"].default), Config.model_fields["seed"].description or "")]
-    for section_name in ("run", "data", "tokenizer", "model", "train", "eval", "generate"):
+    for section_name in ("run", "data", "tokenizer", "model", "train", "eval", "generate", "tune"):
         section = Config.model_fields[section_name].annotation
         for name, field in section.model_fields.items():
             if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):

@@ -38,6 +38,7 @@ class Task(ABC):
 
     name: ClassVar[str]
     model_kind: ClassVar[str]  # the model.kind this task trains ("gpt" or "seq2seq")
+    metrics: ClassVar[tuple[str, ...]] = ("val_loss",)  # what ``aigc tune`` can optimise for this kind
     describes: ClassVar[str]  # a phrase for errors: "documents", "source/target pairs", ...
     api: ClassVar[str]  # what its models answer behind aigc serve: "completions", "translations" or "images"
 

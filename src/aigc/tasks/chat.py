@@ -22,6 +22,7 @@ from aigc.tasks.text import prompt_lines, write_samples
 
 class ChatTask(Task):
     name, model_kind, describes, api = "chat", "gpt", "conversations", "completions"
+    metrics = ("val_loss", "parse_rate")  # what aigc tune can optimise
 
     def collect(self, config: Config) -> CollectResult:
         return collect_files(config, read_conversations)

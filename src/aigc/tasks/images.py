@@ -28,6 +28,7 @@ from aigc.tasks.base import GenerateRequest, Task
 
 class ImageTask(Task):
     name, model_kind, describes, api = "images", "gpt", "captioned images", "images"
+    metrics = ("val_loss", "adherence")  # what aigc tune can optimise
 
     def collect(self, config: Config) -> CollectResult:
         report = CleaningReport()

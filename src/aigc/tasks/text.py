@@ -23,6 +23,7 @@ from aigc.tasks.base import GenerateRequest, Task
 
 class TextTask(Task):
     name, model_kind, describes, api = "text", "gpt", "documents", "completions"
+    metrics = ("val_loss", "bits_per_byte", "parse_rate")  # what aigc tune can optimise
 
     def collect(self, config: Config) -> CollectResult:
         return collect_files(config, read_source)

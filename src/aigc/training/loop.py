@@ -103,12 +103,17 @@ def _out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
-def train(config: Config, resume: bool = False, log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train the run's model on its prepared shards; ``resume`` continues from the newest valid checkpoint."""
+def train(config: Config, resume: bool = False, log: Callable[[str], None] | None = None,
+          on_evaluation: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train the run's model on its prepared shards; ``resume`` continues from the newest valid checkpoint.
+
+    ``on_evaluation(step, val_loss)`` is called after every evaluation (``aigc tune`` prunes a trial from it
+    by raising); an exception it raises ends the run there.
+    """
     log = log or (lambda line: print(line, file=sys.stderr))
     env = distributed.setup(config.train.device)
     try:
-        return _train(config, resume, log, env)
+        return _train(config, resume, log, env, on_evaluation)
     except RuntimeError as err:
         if _out_of_memory(err):
             raise TrainingError(
@@ -120,7 +125,8 @@ def train(config: Config, resume: bool = False, log: Callable[[str], None] | Non
         env.close()
 
 
-def _train(config: Config, resume: bool, log: Callable[[str], None], env: distributed.Distributed) -> TrainResult:
+def _train(config: Config, resume: bool, log: Callable[[str], None], env: distributed.Distributed,
+           on_evaluation: Callable[[int, float], None] | None = None) -> TrainResult:
     tc = config.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -141,7 +147,7 @@ def _train(config: Config, resume: bool, log: Callable[[str], None], env: distri
         log(f"no checkpoint in {config.run_dir / 'checkpoints'} yet: starting from step 0")
     finetune.start_from_init(model, config, checkpoint is not None, log if env.is_main else lambda _: None)
     model.to(env.device)
-    run = Trainer(config, env, model, samplers, hashes, log, checkpoint)
+    run = Trainer(config, env, model, samplers, hashes, log, checkpoint, on_evaluation)
     interrupted = False
     with StopRequest() as stop, run.bar:
         while run.step < tc.max_steps:
@@ -173,9 +179,11 @@ class Trainer:
     """
 
     def __init__(self, config: Config, env: distributed.Distributed, model: nn.Module, samplers: tuple,
-                 hashes: dict[str, str], log: Callable[[str], None], checkpoint: Checkpoint | None = None):
+                 hashes: dict[str, str], log: Callable[[str], None], checkpoint: Checkpoint | None = None,
+                 on_evaluation: Callable[[int, float], None] | None = None):
         """Set up the optimizer, continue from ``checkpoint`` if given, open metrics.jsonl, start the clock."""
         self.config, self.tc, self.env, self.hashes, self.log = config, config.train, env, hashes, log
+        self.on_evaluation = on_evaluation
         self.model = model
         self.train_data, self.val_data = samplers
         self.optimizer = build_optimizer(model, self.tc, env.device)
@@ -327,6 +335,8 @@ class Trainer:
         if self.bar.disable and self.env.is_main:
             self.log(f"step {self.step}: loss {self.last_loss:.4f}, val loss {val_loss:.4f}, {self.rate:,.0f} tokens/s")
         self.bar.set_postfix(loss=f"{self.last_loss:.4f}", val=f"{val_loss:.4f}", tok_s=f"{self.rate:,.0f}")
+        if self.on_evaluation is not None:
+            self.on_evaluation(self.step, val_loss)
         return improved
 
     def save(self, best: bool = False, elapsed: float | None = None) -> Path | None:

@@ -1,0 +1,95 @@
+"""The search space of ``aigc tune``: ``tune.space`` checked before any trial, and turned into Optuna suggestions.
+
+Each entry maps a dotted config key to one distribution::
+
+    train.lr:      {log_float: [1.0e-4, 1.0e-2]}
+    train.dropout: {float: [0.0, 0.3]}
+    model.n_layer: {int: [2, 6]}
+    model.n_embd:  {choice: [64, 128, 192]}
+
+A key that is not a setting, a value of the wrong type, an empty range or an unknown distribution is a
+:class:`~aigc.errors.ConfigError` that names the entry, raised before the study starts.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+
+from aigc.config import Config, apply_override, validate_config
+from aigc.errors import ConfigError
+
+KINDS = ("log_float", "float", "int", "choice")
+
+
+def _values(key: str, spec: dict[str, list[Any]]) -> tuple[str, list[Any]]:
+    if len(spec) != 1 or next(iter(spec)) not in KINDS:
+        raise ConfigError(f"tune.space.{key}: give one of {', '.join(KINDS)}, e.g. {{log_float: [1.0e-4, 1.0e-2]}}")
+    kind, values = next(iter(spec.items()))
+    if kind == "choice":
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"tune.space.{key}: choice needs a non-empty list of values")
+        return kind, values
+    if not isinstance(values, list) or len(values) != 2 or not all(isinstance(v, (int, float)) for v in values):
+        raise ConfigError(f"tune.space.{key}: {kind} needs [low, high], two numbers")
+    low, high = values
+    if kind == "int" and not all(isinstance(v, int) for v in values):
+        raise ConfigError(f"tune.space.{key}: int needs whole numbers, not {values}")
+    if low >= high:
+        raise ConfigError(f"tune.space.{key}: the range [{low}, {high}] is empty; give low < high")
+    if kind == "log_float" and low <= 0:
+        raise ConfigError(f"tune.space.{key}: log_float needs a positive low end, not {low}")
+    return kind, values
+
+
+def check_space(config: Config, raw: dict[str, Any]) -> None:
+    """Every entry of ``config.tune.space`` is a well-formed distribution over a real setting: each of its end
+    values (every choice) set alone into the recipe ``raw`` must validate, or the error names the entry."""
+    if not config.tune.space:
+        raise ConfigError("tune.space is empty: name the settings to search, e.g. "
+                          "tune.space={train.lr: {log_float: [1.0e-4, 1.0e-2]}}")
+    for key, spec in config.tune.space.items():
+        if key.split(".")[0] in ("run", "tune"):
+            raise ConfigError(f"tune.space.{key}: run.* and tune.* are the study's own settings, not a trial's")
+        kind, values = _values(key, spec)
+        for value in values:
+            trial = with_values(raw, {key: value})
+            try:
+                validate_config(trial)
+            except ConfigError as err:
+                if "unknown key" in str(err) or not _only_combination_problem(err):
+                    raise ConfigError(f"tune.space.{key} = {value!r} is not a valid setting:\n{err}") from None
+
+
+def _only_combination_problem(err: ConfigError) -> bool:
+    """Whether a validation error is about settings together (heads not dividing the width), which a trial
+    may hit and is pruned for, rather than about the value itself."""
+    return "must be divisible by" in str(err) or "longer than" in str(err)
+
+
+def with_values(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the recipe mapping ``raw`` with ``values`` set at their dotted keys."""
+    trial = copy.deepcopy(raw)
+    for key, value in values.items():
+        apply_override(trial, f"{key}={_yaml(value)}")
+    return trial
+
+
+def _yaml(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def suggest(trial, space: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
+    """The values an Optuna ``trial`` draws from the space, by key."""
+    values = {}
+    for key, spec in space.items():
+        kind, bounds = _values(key, spec)
+        if kind == "choice":
+            values[key] = trial.suggest_categorical(key, bounds)
+        elif kind == "int":
+            values[key] = trial.suggest_int(key, *bounds)
+        else:
+            values[key] = trial.suggest_float(key, float(bounds[0]), float(bounds[1]), log=kind == "log_float")
+    return values

@@ -1,0 +1,229 @@
+"""``aigc tune``: an Optuna study whose trials are ordinary aigc training runs.
+
+Each trial is the recipe with the trial's values set, trained by the one training loop into
+``<run>/tune/trials/NNNN`` for ``tune.trial_minutes``. Pruning uses the evaluations the loop makes anyway:
+its ``on_evaluation`` hook reports each val loss to the trial and raises ``TrialPruned`` when the pruner
+(median or Hyperband) says so. The data is prepared once (``<run>/tune/data``) and shared by every trial
+unless the space changes ``data.*`` or ``tokenizer.*``.
+
+The study lives in Optuna's storage: SQLite in ``<run>/tune/study.db`` by default, so a study killed at
+any moment continues with ``--resume`` (a trial that was running when it died is marked failed, finished
+ones are kept); ``tune.storage=postgresql://...`` shares it between processes on several machines, and
+``--workers N`` runs N trial processes here. A trial whose settings cannot go together (heads that do not
+divide the width) is pruned with that reason; one that fails (out of memory, NaN) is recorded as failed
+with its reason, and the study goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from aigc.config import Config, validate_config
+from aigc.errors import AigcError, ConfigError
+from aigc.tasks import evaluate, prepare, task_for
+from aigc.training.loop import train
+from aigc.tuning.report import write_report
+from aigc.tuning.space import check_space, suggest, with_values
+
+STUDY = "aigc"
+LOWER_IS_BETTER = ("val_loss", "bits_per_byte")
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+
+
+@dataclass
+class TuneResult:
+    folder: Path
+    best_value: float | None
+    best_params: dict[str, Any]
+    trials: int
+
+    def summary(self) -> str:
+        if self.best_value is None:
+            return f"no trial finished; see {self.folder / 'report.md'}"
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.best_params.items())
+        return (f"{self.trials} trials; best {self.best_value:.4f} with {params}\n"
+                f"best recipe: {self.folder / 'best.yaml'} (aigc run {self.folder / 'best.yaml'})\n"
+                f"report: {self.folder / 'report.md'}")
+
+
+def storage_url(config: Config) -> str:
+    return config.tune.storage or f"sqlite:///{(config.run_dir / 'tune' / 'study.db').resolve()}"
+
+
+def open_study(config: Config) -> optuna.Study:
+    """The run's study (created the first time), or a clear error when its storage cannot be reached."""
+    tc = config.tune
+    pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+              "hyperband": optuna.pruners.HyperbandPruner(), "none": optuna.pruners.NopPruner()}[tc.pruner]
+    (config.run_dir / "tune").mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.create_study(storage=storage_url(config), study_name=STUDY, load_if_exists=True,
+                                   direction="minimize" if tc.metric in LOWER_IS_BETTER else "maximize",
+                                   sampler=optuna.samplers.TPESampler(seed=config.seed), pruner=pruner)
+    except Exception as err:  # sqlalchemy and drivers raise their own kinds for unreachable databases
+        raise ConfigError(f"tune.storage: cannot open the study at {storage_url(config)} "
+                          f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+
+
+def check_study(config: Config, raw: dict[str, Any]) -> None:
+    """Everything that can be wrong before a trial runs: the space, the metric, the storage."""
+    check_space(config, raw)
+    task = task_for(config)
+    if config.tune.metric not in task.metrics:
+        raise ConfigError(f"tune.metric={config.tune.metric}: {task.name} runs report {', '.join(task.metrics)}")
+    if config.tune.metric == "parse_rate" and config.eval.task != "code":
+        raise ConfigError("tune.metric=parse_rate needs eval.task=code (the evaluation then checks the code)")
+
+
+class Trials:
+    """What one process of the study does for each trial: settings, data, training, the metric."""
+
+    def __init__(self, config: Config, raw: dict[str, Any], log: Callable[[str], None]):
+        self.config, self.raw, self.log = config, raw, log
+        self.folder = config.run_dir / "tune"
+        touches_data = any(k.split(".")[0] in ("data", "tokenizer") for k in config.tune.space)
+        self.shared_data = None if touches_data else self.folder / "data-run"
+
+    def prepare_shared(self) -> None:
+        """Prepare the data once for every trial (when the space leaves data and tokenizer alone)."""
+        if self.shared_data is None:
+            return
+        shared = self.trial_config({}, self.shared_data)
+        if not (self.shared_data / "data" / "manifest.json").is_file():
+            self.log(f"preparing the data once for every trial in {self.shared_data}")
+            prepare(shared)
+
+    def trial_config(self, values: dict[str, Any], run_dir: Path) -> Config:
+        raw = with_values(self.raw, values)
+        raw.setdefault("run", {})["dir"] = str(run_dir)
+        raw.setdefault("train", {})["max_minutes"] = self.config.tune.trial_minutes
+        return validate_config(raw)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        values = suggest(trial, self.config.tune.space)
+        trial.set_user_attr("pid", os.getpid())  # which process ran it (--workers)
+        run_dir = self.folder / "trials" / f"{trial.number:04d}"
+        try:
+            config = self.trial_config(values, run_dir)
+        except ConfigError as err:  # settings that cannot go together: pruned with the reason
+            trial.set_user_attr("reason", str(err).splitlines()[-1].strip())
+            raise optuna.TrialPruned(str(err)) from None
+        self.link_data(run_dir)
+
+        def report(step: int, val_loss: float) -> None:
+            trial.report(val_loss, step)
+            if trial.should_prune():
+                trial.set_user_attr("reason", f"pruned at step {step}: val loss {val_loss:.4f}")
+                raise optuna.TrialPruned(f"val loss {val_loss:.4f} at step {step}")
+
+        try:
+            result = train(config, log=lambda line: None, on_evaluation=report if self.config.tune.metric ==
+                           "val_loss" else None)
+            value = self.metric(config, result.best_val_loss)
+        except optuna.TrialPruned:
+            raise
+        except (AigcError, RuntimeError) as err:  # out of memory, NaN, ...: failed, the study goes on
+            trial.set_user_attr("reason", str(err).splitlines()[0][:300])
+            raise
+        if value is None or not math.isfinite(value):
+            trial.set_user_attr("reason", "the run produced no finite metric (no evaluation?)")
+            raise AigcError(f"trial {trial.number} produced no finite {self.config.tune.metric}")
+        return value
+
+    def link_data(self, run_dir: Path) -> None:
+        """The shared prepared data in the trial's run folder (a link; the tokenizer copied)."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if self.shared_data is None:
+            prepare(validate_config({**self.raw, "run": {"dir": str(run_dir)}}))
+            return
+        if not (run_dir / "data").exists():
+            (run_dir / "data").symlink_to((self.shared_data / "data").resolve(), target_is_directory=True)
+        (run_dir / "tokenizer.json").write_bytes((self.shared_data / "tokenizer.json").read_bytes())
+
+    def metric(self, config: Config, best_val_loss: float | None) -> float | None:
+        name = self.config.tune.metric
+        if name == "val_loss":
+            return best_val_loss
+        report = evaluate(config.run_dir, log=lambda line: None, recipe=config).report
+        return report["code"]["syntax_valid_rate"] if name == "parse_rate" else report.get(name)
+
+
+def tune(config: Config, raw: dict[str, Any], resume: bool = False, workers: int = 1,
+         log: Callable[[str], None] = print, worker_command: list[str] | None = None,
+         worker: bool = False) -> TuneResult:
+    """Run (or with ``resume`` continue) the study of ``config.tune``; write ``best.yaml`` and ``report.md``.
+
+    ``raw``: the recipe mapping with the command line's overrides, what each trial starts from. ``workers``:
+    trial processes on this machine: this one and ``workers - 1`` started as ``worker_command`` (the CLI's own
+    command with ``--worker``), each with its share of the cores. ``worker``: this process is such a helper;
+    it runs trials and leaves the report to the one that started it.
+    """
+    if workers > 1:
+        raw = with_values(raw, {"train.threads": max(1, (os.cpu_count() or 1) // workers)})
+    check_study(config, raw)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines below say what matters
+    folder = config.run_dir / "tune"
+    if not resume and not worker and (folder / "study.db").exists() and config.tune.storage is None:
+        raise ConfigError(f"{folder} already holds a study: continue it with --resume, or use another run.dir")
+    study = open_study(config)
+    if not worker and config.tune.storage is None:  # on a shared database, running trials may be another's
+        _fail_stale(study, log)
+    trials = Trials(config, raw, log)
+    trials.prepare_shared()
+    if workers > 1 and not worker and worker_command is None:
+        raise ConfigError("--workers starts more processes of the command line; from Python, run tune() in each")
+    helpers = [] if worker else [subprocess.Popen(worker_command) for _ in range(1, workers)]
+    started, budget = time.monotonic(), (config.tune.max_minutes or math.inf) * 60
+
+    def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+        best = _best(study)
+        left = budget - (time.monotonic() - started)
+        log(f"trial {done} of {config.tune.trials}: {trial.state.name.lower()}"
+            + (f" {trial.value:.4f}" if trial.value is not None else f" ({trial.user_attrs.get('reason', '')})")
+            + (f"; best {best.value:.4f} (trial {best.number})" if best else "")
+            + (f"; {left / 60:.1f} min left" if math.isfinite(left) else ""))
+
+    stop = optuna.study.MaxTrialsCallback(config.tune.trials, states=FINISHED)
+    remaining = budget - (time.monotonic() - started)
+    if sum(t.state in FINISHED for t in study.get_trials(deepcopy=False)) < config.tune.trials and remaining > 0:
+        study.optimize(trials, callbacks=[stop, progress], catch=(AigcError, RuntimeError),
+                       timeout=None if math.isinf(remaining) else remaining, gc_after_trial=True)
+    for helper in helpers:
+        helper.wait()
+    best = _best(study)
+    if not worker:
+        write_report(study, folder, config.tune.metric)
+        if best is not None:
+            best_raw = with_values(raw, {k: v for k, v in best.params.items()})
+            best_raw.pop("run", None)
+            best_raw.pop("tune", None)
+            best_raw["recipe"] = f"{config.recipe}-tuned"  # aigc run best.yaml -> runs/<recipe>-tuned, not the original
+            (folder / "best.yaml").write_text(f"# best of {len(study.trials)} trials of aigc tune ({config.tune.metric} "
+                                              f"{best.value:.4f})\n" + yaml.safe_dump(best_raw, sort_keys=False),
+                                              encoding="utf-8")
+    finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+    return TuneResult(folder, best.value if best else None, dict(best.params) if best else {}, finished)
+
+
+def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    return study.best_trial if complete else None
+
+
+def _fail_stale(study: optuna.Study, log: Callable[[str], None]) -> None:
+    """Trials left running by a process that died: marked failed, so the study counts them and goes on."""
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(trial._trial_id, "reason", "the process running it stopped")
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        log(f"trial {trial.number} was running when the study stopped: marked failed")

@@ -1,0 +1,124 @@
+"""aigc tune end to end on a tiny model: a study, pruning, --resume after SIGKILL, two workers, bad spaces."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from aigc.config import load_config
+from tests.conftest import fixture
+
+TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=8",
+        "train.eval_every=5", "train.eval_batches=2", "train.threads=1", "train.warmup_steps=5",
+        "train.schedule=steps", "train.max_steps=30", "tune.trial_minutes=5"]
+
+
+def aigc(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aigc", *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tune") / "shakespeare.txt"
+    path.write_text(fixture("tinyshakespeare_head.txt").read_text(encoding="utf-8")[:30_000], encoding="utf-8")
+    return path
+
+
+def _study(run: Path) -> optuna.Study:
+    return optuna.load_study(study_name="aigc", storage=f"sqlite:///{run / 'tune' / 'study.db'}")
+
+
+def _args(corpus: Path, run: Path, space: str, *extra: str) -> list[str]:
+    return ["tune", "text", f"data.paths=[{corpus}]", f"run.dir={run}", *TINY, f"tune.space={space}", *extra]
+
+
+def test_a_study_writes_a_best_recipe_that_aigc_run_accepts(corpus, tmp_path):
+    run = tmp_path / "study"
+    done = aigc(*_args(corpus, run, "{train.lr: {log_float: [1.0e-4, 1.0e-2]}, model.n_head: {choice: [2, 3]}}",
+                       "tune.trials=4"))
+    assert done.returncode == 0, done.stderr
+    assert "trial 4 of 4" in done.stderr and "best recipe:" in done.stdout
+    trials = _study(run).trials
+    invalid = [t for t in trials if t.params["model.n_head"] == 3]
+    assert len(trials) == 4 and len(invalid) < 4  # each valid trial trained in a run folder of its own:
+    assert len(list((run / "tune" / "trials").iterdir())) == 4 - len(invalid)
+    assert all(t.state == optuna.trial.TrialState.PRUNED and "divisible" in t.user_attrs["reason"] for t in invalid)
+    best = yaml.safe_load((run / "tune" / "best.yaml").read_text())
+    assert best["model"]["n_head"] == 2 and best["recipe"] == "text-tuned" and "tune" not in best
+    assert (run / "tune" / "report.md").read_text().count("| pruned |") == len(invalid)
+    assert (run / "tune" / "history.png").stat().st_size > 1000
+    config = load_config(str(run / "tune" / "best.yaml"))
+    assert config.train.lr == best["train"]["lr"]
+    again = aigc("run", run / "tune" / "best.yaml", f"run.dir={tmp_path / 'rerun'}", "train.max_steps=5",
+                 "eval.samples=0")
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_clearly_worse_trial_is_pruned(corpus, tmp_path):
+    run = tmp_path / "pruning"
+    done = aigc(*_args(corpus, run, "{train.lr: {choice: [0.01, 1.0e-7]}}", "tune.trials=6", "train.max_steps=40"))
+    assert done.returncode == 0, done.stderr
+    trials = _study(run).trials
+    slow = [t for t in trials if t.params["train.lr"] < 1e-6]
+    assert any(t.state == optuna.trial.TrialState.PRUNED and "pruned at step" in t.user_attrs["reason"] for t in slow), \
+        [(t.params, t.state, t.user_attrs) for t in trials]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials if t.params["train.lr"] > 1e-3)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_finishes_the_study_and_reruns_no_trial(corpus, tmp_path):
+    run = tmp_path / "killed"
+    args = _args(corpus, run, "{train.lr: {log_float: [1.0e-3, 1.0e-2]}}", "tune.trials=4", "tune.pruner=none",
+                 "train.max_steps=60")
+    process = subprocess.Popen([sys.executable, "-m", "aigc", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (run / "tune" / "trials" / "0001").is_dir():  # trial 0 finished, trial 1 running
+        assert time.monotonic() < deadline and process.poll() is None, "the study never reached its second trial"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = {t.number: t.value for t in _study(run).trials if t.state == optuna.trial.TrialState.COMPLETE}
+    assert aigc(*args).returncode != 0  # a second start without --resume is refused, nothing overwritten
+    resumed = aigc(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    trials = _study(run).trials
+    finished = [t for t in trials if t.state != optuna.trial.TrialState.RUNNING]
+    assert len(finished) == len(trials) == 4
+    assert {t.number: t.value for t in trials if t.number in before} == before  # kept, not rerun
+    assert any("stopped" in t.user_attrs.get("reason", "") for t in trials if t.state == optuna.trial.TrialState.FAIL)
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_sqlite_study(corpus, tmp_path):
+    run = tmp_path / "workers"
+    done = aigc(*_args(corpus, run, "{train.lr: {log_float: [1.0e-3, 1.0e-2]}}", "tune.trials=4", "tune.pruner=none"),
+                "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    trials = _study(run).trials
+    assert len(trials) >= 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len({t.user_attrs["pid"] for t in trials}) == 2  # both processes ran trials
+
+
+@pytest.mark.parametrize(("space", "extra", "message"), [
+    ("{train.learning_rate: {float: [0.1, 0.2]}}", [], "unknown key"),
+    ("{train.lr: {float: [0.2, 0.1]}}", [], "is empty"),
+    ("{train.lr: {uniform: [0.1, 0.2]}}", [], "give one of log_float"),
+    ("{model.n_layer: {int: [1.5, 3]}}", [], "whole numbers"),
+    ("{model.norm: {choice: [layernorm, batchnorm]}}", [], "not a valid setting"),
+    ("{train.lr: {log_float: [0, 0.1]}}", [], "positive low end"),
+    ("{}", [], "tune.space is empty"),
+    ("{train.lr: {float: [0.1, 0.2]}}", ["tune.metric=bleu"], "text runs report val_loss, bits_per_byte"),
+    ("{train.lr: {float: [0.1, 0.2]}}", ["tune.storage=postgresql://nobody@127.0.0.1:9/none"], "cannot open the study"),
+])
+def test_bad_studies_are_refused_before_any_trial(corpus, tmp_path, space, extra, message):
+    run = tmp_path / "bad"
+    done = aigc(*_args(corpus, run, space, *extra))
+    assert done.returncode != 0 and "Traceback" not in done.stderr and message in done.stderr, done.stderr
+    assert not (run / "tune" / "trials").exists()
