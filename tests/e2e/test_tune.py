@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -122,3 +127,53 @@ def test_bad_studies_are_refused_before_any_trial(corpus, tmp_path, space, extra
     done = aigc(*_args(corpus, run, space, *extra))
     assert done.returncode != 0 and "Traceback" not in done.stderr and message in done.stderr, done.stderr
     assert not (run / "tune" / "trials").exists()
+
+
+def _postgres_binaries() -> tuple[str, str] | None:
+    """initdb and pg_ctl: on PATH, or where Debian's postgresql package puts them."""
+    for folder in [None, *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]:
+        found = [shutil.which(name, path=folder) for name in ("initdb", "pg_ctl")]
+        if all(found):
+            return found[0], found[1]
+    return None
+
+
+@pytest.fixture
+def postgres():
+    """A PostgreSQL server of the test's own, on a free port, as the postgres user when the tests run as root."""
+    binaries = _postgres_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are missing; .ci/run installs Debian's postgresql")
+    initdb, pg_ctl = binaries
+    folder = Path(tempfile.mkdtemp(prefix="aigc-pg-", dir="/tmp"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(folder, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = folder / "data"
+    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "aigc", "--auth=trust"], check=True, capture_output=True)
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
+                    f"-p {port} -k {folder} -h 127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://aigc@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_study_in_postgresql(corpus, tmp_path, postgres):
+    """As two machines would: two aigc tune processes, each with its own run folder, one study in one database."""
+    common = ["{train.lr: {log_float: [1.0e-3, 1.0e-2]}}", "tune.trials=4", "tune.pruner=none",
+              f"tune.storage={postgres}"]
+    processes = [subprocess.Popen([sys.executable, "-m", "aigc", *_args(corpus, tmp_path / f"machine{i}", *common)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (1, 2)]
+    for process in processes:
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+    trials = optuna.load_study(study_name="aigc", storage=postgres).trials
+    finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) >= 4 and len({t.user_attrs["pid"] for t in finished}) == 2

@@ -36,6 +36,7 @@ from aigc.tuning.report import write_report
 from aigc.tuning.space import check_space, suggest, with_values
 
 STUDY = "aigc"
+OPEN_ATTEMPTS = 4
 LOWER_IS_BETTER = ("val_loss", "bits_per_byte")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
@@ -66,13 +67,18 @@ def open_study(config: Config) -> optuna.Study:
     pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
               "hyperband": optuna.pruners.HyperbandPruner(), "none": optuna.pruners.NopPruner()}[tc.pruner]
     (config.run_dir / "tune").mkdir(parents=True, exist_ok=True)
-    try:
-        return optuna.create_study(storage=storage_url(config), study_name=STUDY, load_if_exists=True,
-                                   direction="minimize" if tc.metric in LOWER_IS_BETTER else "maximize",
-                                   sampler=optuna.samplers.TPESampler(seed=config.seed), pruner=pruner)
-    except Exception as err:  # sqlalchemy and drivers raise their own kinds for unreachable databases
-        raise ConfigError(f"tune.storage: cannot open the study at {storage_url(config)} "
-                          f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    attempt = 0
+    while True:
+        try:
+            return optuna.create_study(storage=storage_url(config), study_name=STUDY, load_if_exists=True,
+                                       direction="minimize" if tc.metric in LOWER_IS_BETTER else "maximize",
+                                       sampler=optuna.samplers.TPESampler(seed=config.seed), pruner=pruner)
+        except Exception as err:  # sqlalchemy and its drivers raise their own kinds
+            attempt += 1
+            if attempt == OPEN_ATTEMPTS:
+                raise ConfigError(f"tune.storage: cannot open the study at {storage_url(config)} "
+                                  f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+            time.sleep(0.5 * attempt)  # processes starting together race to create the tables: try again
 
 
 def check_study(config: Config, raw: dict[str, Any]) -> None:
