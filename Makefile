@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PYTHON) benchmarks/images.py
 	$(PYTHON) benchmarks/pretrained.py
 	$(PYTHON) benchmarks/finetune.py
+	$(PYTHON) benchmarks/tune.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

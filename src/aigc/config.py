@@ -277,6 +277,8 @@ class TuneConfig(Section):
         "val_loss", description="what the study optimises (loss and bits/byte down, the others up)")
     pruner: Literal["median", "hyperband", "none"] = Field(
         "median", description="stop trials whose evaluations trail the others' at the same step")
+    sampler: Literal["tpe", "random"] = Field("tpe", description="how trials pick values: TPE (learns from earlier "
+                                              "trials) or random (the baseline a search should beat)")
     storage: str | None = Field(None, description="Optuna storage URL; default sqlite in <run>/tune/study.db "
                                 "(postgresql://... shares one study between machines)")
     space: dict[str, dict[str, list[Any]]] = Field(

@@ -37,6 +37,7 @@ from aigc.tuning.space import check_space, suggest, with_values
 
 STUDY = "aigc"
 OPEN_ATTEMPTS = 4
+SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
 LOWER_IS_BETTER = ("val_loss", "bits_per_byte")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
@@ -72,7 +73,7 @@ def open_study(config: Config) -> optuna.Study:
         try:
             return optuna.create_study(storage=storage_url(config), study_name=STUDY, load_if_exists=True,
                                        direction="minimize" if tc.metric in LOWER_IS_BETTER else "maximize",
-                                       sampler=optuna.samplers.TPESampler(seed=config.seed), pruner=pruner)
+                                       sampler=SAMPLERS[tc.sampler](seed=config.seed), pruner=pruner)
         except Exception as err:  # sqlalchemy and its drivers raise their own kinds
             attempt += 1
             if attempt == OPEN_ATTEMPTS:
