@@ -177,3 +177,12 @@ def test_two_processes_share_one_study_in_postgresql(corpus, tmp_path, postgres)
     trials = optuna.load_study(study_name="aigc", storage=postgres).trials
     finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(finished) >= 4 and len({t.user_attrs["pid"] for t in finished}) == 2
+
+
+def test_a_space_over_data_settings_prepares_each_trial_itself(corpus, tmp_path):
+    run = tmp_path / "vocab"
+    done = aigc(*_args(corpus, run, "{data.min_chars: {choice: [1, 400]}}", "tune.trials=2", "tune.pruner=none"))
+    assert done.returncode == 0, done.stderr
+    trials = sorted((run / "tune" / "trials").iterdir())
+    assert trials and all((t / "data").is_dir() and not (t / "data").is_symlink() for t in trials)
+    assert not (run / "tune" / "data-run").exists()

@@ -125,7 +125,7 @@ class Trials:
         except ConfigError as err:  # settings that cannot go together: pruned with the reason
             trial.set_user_attr("reason", str(err).splitlines()[-1].strip())
             raise optuna.TrialPruned(str(err)) from None
-        self.link_data(run_dir)
+        self.data_for(config)
 
         def report(step: int, val_loss: float) -> None:
             trial.report(val_loss, step)
@@ -147,11 +147,13 @@ class Trials:
             raise AigcError(f"trial {trial.number} produced no finite {self.config.tune.metric}")
         return value
 
-    def link_data(self, run_dir: Path) -> None:
-        """The shared prepared data in the trial's run folder (a link; the tokenizer copied)."""
+    def data_for(self, config: Config) -> None:
+        """The trial's prepared data: the shared data linked into its run folder (the tokenizer copied), or, when
+        the space changes data or tokenizer settings, prepared with the trial's own."""
+        run_dir = config.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         if self.shared_data is None:
-            prepare(validate_config({**self.raw, "run": {"dir": str(run_dir)}}))
+            prepare(config)
             return
         if not (run_dir / "data").exists():
             (run_dir / "data").symlink_to((self.shared_data / "data").resolve(), target_is_directory=True)
