@@ -95,7 +95,7 @@ def main() -> None:
         tpe["test"] = test_loss(tpe["run"], test)
         random = study("random", work, trainval, minutes, trial_minutes, "tune.sampler=random", "tune.pruner=none")
         random["test"] = test_loss(random["run"], test)
-    print(f"\ntinyshakespeare, character level; test = the last 10% of the text, never seen by a run or a study\n")
+    print("\ntinyshakespeare, character level; test = the last 10% of the text, never seen by a run or a study\n")
     print("| settings | val loss | test loss | trials (complete / pruned) |")
     print("|---|---|---|---|")
     print(f"| text recipe defaults, {trial_minutes * 60:.0f} s | {default_val:.4f} | {default_test:.4f} | |")

@@ -53,7 +53,7 @@ class PrepareResult:
                   if (t := self.manifest.get("target_tokenizer")) else []),
                 *(f"{name}: {s['documents']:,} documents, {s['tokens']:,} tokens" for name, s in splits.items()
                   if "of" not in s),  # a split's loss mask or lengths: described with the split
-                *([f"assistant tokens (the loss is taken on these): "
+                *(["assistant tokens (the loss is taken on these): "
                    + ", ".join(f"{k} {v:,}" for k, v in c["assistant_tokens"].items())] if (c := self.manifest.get("chat")) else []),
                 f"wrote {self.data_dir / MANIFEST}",
             ]
