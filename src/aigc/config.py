@@ -31,14 +31,20 @@ class RunConfig(Section):
 class DataConfig(Section):
     kind: str = Field(
         "text", description="the kind of run (aigc.tasks.registry): text = documents for a GPT, pairs = "
-        "source/target pairs for seq2seq, images = captioned images, chat = conversations (OpenAI messages or "
+        "source/target pairs for seq2seq, images = captioned images, speech = spoken clips with their text, "
+        "chat = conversations (OpenAI messages or "
         "Alpaca JSONL) for fine-tuning a GPT on its assistant turns"
     )
     paths: list[str] = Field(default_factory=list, description="files, folders (recursive) and glob patterns to read")
-    builtin: list[Literal["stdlib", "stdlib_functions", "digits", "shapes"]] = Field(
+    builtin: list[Literal["stdlib", "stdlib_functions", "digits", "shapes", "spoken_words"]] = Field(
         default_factory=list, description="built-in sources: stdlib = .py files of this Python's standard library; "
         "stdlib_functions = instruction pairs (chat) made from its documented functions, split by file; "
-        "digits = scikit-learn's 8x8 digits, shapes = drawn shape scenes (images)"
+        "digits = scikit-learn's 8x8 digits, shapes = drawn shape scenes (images); spoken_words = the 35 Speech "
+        "Commands words synthesised by espeak-ng in four voices (speech)"
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="glob patterns of files to leave out, matched against each file's full path "
+        "(* crosses folders): e.g. ['*/test/*', '*/tests/*'] drops test suites from data.paths folders and stdlib"
     )
     field: str = Field("text", description="JSONL field that holds the text")
     column: str = Field("text", description="CSV/TSV column that holds the text")
@@ -57,6 +63,11 @@ class DataConfig(Section):
     image_size: int = Field(8, ge=4, le=64, description="images: side in pixels (8, 16 or 32 are practical on a CPU)")
     palette: Literal["grey", "kmeans"] = Field("grey", description="images: grey levels, or a k-means colour palette")
     colors: int = Field(16, ge=2, le=512, description="images: palette size (tokens per pixel)")
+    max_seconds: float = Field(1.0, gt=0, le=60, description="speech: longest clip kept (after trimming silence); "
+                               "every clip is padded with silence to this length")
+    codebook_size: int = Field(256, ge=8, le=4096, description="speech: entries of each k-means codebook of "
+                               "log-mel frames (audio tokens)")
+    codebooks: int = Field(1, ge=1, le=2, description="speech: 2 adds a residual codebook (two tokens per frame)")
     val_paths: list[str] = Field(
         default_factory=list, description="files, folders or globs that are the val split (then val_fraction is unused)"
     )
@@ -129,6 +140,13 @@ class ModelConfig(Section):
     image_size: int | None = Field(None, ge=1, description="images: set from the data (row/column positions)")
     image_colors: int | None = Field(None, ge=2, description="images: set from the data (palette size)")
     image_prefix: int | None = Field(None, ge=1, description="images: set from the data (caption tokens before the pixels)")
+    audio_codes: int | None = Field(None, ge=2, description="speech: set from the data (entries per codebook)")
+    audio_levels: int | None = Field(None, ge=1, description="speech: set from the data (codebooks, tokens per frame)")
+    audio_mels: int | None = Field(None, ge=1, description="speech: set from the data (mel bands of a frame)")
+    audio_prefix: int | None = Field(None, ge=1, description="speech: set from the data (text tokens before the audio)")
+    audio_frames: int | None = Field(None, ge=1, description="speech: set from the data (log-mel frames per clip)")
+    audio_voices: list[str] = Field(default_factory=list, description="speech: set from the data (the voices it "
+                                    "was trained on)")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
@@ -212,7 +230,7 @@ class TrainConfig(Section):
     beta2: float = Field(0.95, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0, description="clip the global gradient norm (0 = off)")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="share of the target probability spread evenly")
-    condition_dropout: float = Field(0.0, ge=0, lt=1, description="images: share of captions dropped (classifier-free guidance)")
+    condition_dropout: float = Field(0.0, ge=0, lt=1, description="images and speech: share of captions dropped (classifier-free guidance)")
     eval_every: int = Field(200, ge=1, description="steps between evaluations on the val split")
     eval_batches: int = Field(20, ge=1, description="micro-batches per evaluation")
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
@@ -247,7 +265,10 @@ class GenerateConfig(Section):
     beams: int = Field(1, ge=1, description="seq2seq: beam size (1 = greedy or sampling)")
     length_penalty: float = Field(1.0, description="seq2seq beam search: score / length^alpha")
     no_repeat_ngram: int = Field(0, ge=0, description="seq2seq beam search: forbid repeated n-grams of this size")
-    guidance: float = Field(1.0, ge=0, le=20, description="images: classifier-free guidance scale (1 = none)")
+    guidance: float = Field(1.0, ge=0, le=20, description="images and speech: classifier-free guidance scale (1 = none)")
+    voice: str | None = Field(None, description="speech: the voice to speak in (one the run was trained on; none = "
+                              "its first)")
+    speed: float = Field(1.0, ge=0.25, le=4.0, description="speech: playback speed of the generated audio")
 
     @model_validator(mode="after")
     def _stops_not_empty(self) -> GenerateConfig:
@@ -261,7 +282,8 @@ class EvalConfig(Section):
     max_tokens: int = Field(100_000, ge=1, description="val tokens scored for loss, perplexity and bits per byte")
     samples: int = Field(8, ge=0, description="samples generated for the report (and code checks), with generate.*")
     max_pairs: int = Field(1000, ge=1, description="seq2seq: test pairs translated for BLEU and chrF")
-    samples_per_prompt: int = Field(16, ge=2, description="images: samples drawn for each evaluated prompt")
+    samples_per_prompt: int = Field(16, ge=2, description="images: samples drawn for each evaluated prompt; speech: "
+                                    "for each word and voice")
     execute: bool = Field(False, description="chat runs on stdlib_functions: also run the held-out functions' "
                           "doctests against the generated code (each in a sandboxed subprocess; opt in, it runs "
                           "model-written code)")

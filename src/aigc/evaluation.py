@@ -19,6 +19,7 @@ Writes ``eval/report.json``, ``eval/report.md`` and ``eval/loss.png``.
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import math
 import time
@@ -87,6 +88,16 @@ class EvalResult:
                          f"{r['nearest_training_distance']:.3f}"
                          + (f" (real test images {r['real_nearest_training_distance']:.3f})"
                             if "real_nearest_training_distance" in r else ""))
+        if "mel_cepstral_distortion" in r:
+            lines.append(f"test bits/audio token {r['bits_per_audio_token']:.3f}; {r['audio_seconds_per_s']:.1f} s of "
+                         f"audio per second at guidance {r['guidance']:g}")
+            if "adherence" in r:
+                lines.append(f"prompt adherence {r['adherence']:.1%} (classifier on real clips: "
+                             f"{r['classifier_real_accuracy']:.1%}); unseen word heard as "
+                             f"{', '.join(r['unseen_heard_as'])}")
+            lines.append(f"mel-cepstral distortion {r['mel_cepstral_distortion']:.2f} dB (real vs real "
+                         f"{r['real_mel_cepstral_distortion']:.2f}); duration error {r['duration_error_s']:.3f} s; "
+                         f"diversity {r['sample_diversity']:.2f} dB; {r['exact_training_copies']} exact training copies")
         lines.append(f"report: {self.folder / 'report.md'}")
         return "\n".join(lines)
 
@@ -152,28 +163,33 @@ def diversity(samples: list[list[int]]) -> dict[str, float]:
 
 
 def function_headers(sources: list[str], limit: int) -> list[str]:
-    """Signatures (``def f(...):``, decorators excluded) of top-level functions in held-out code.
+    """Up to ``limit`` signatures (``def f(...):``, decorators excluded) of top-level functions in held-out code,
+    spread over the files: every file's first function, then every file's second, and so on.
 
     The trailing newline is left off: BPE merges a newline with the next line's indentation, so a
     prompt ending in a bare newline token would be unlike anything seen in training.
     """
-    headers = []
-    for source in sources:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                tree = ast.parse(source)
-        except (SyntaxError, ValueError):
-            continue
-        lines = source.splitlines()
-        for node in tree.body:
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
-                header = "\n".join(lines[node.lineno - 1 : node.body[0].lineno - 1])
-                if header.rstrip().endswith(":") and "\n" not in header.strip():
-                    headers.append(header.rstrip())
-                    break  # one per file: spread over many modules
-        if len(headers) >= limit:
-            break
+    per_file = [_top_level_headers(source, limit) for source in sources]
+    spread = [header for rank in itertools.zip_longest(*per_file) for header in rank if header is not None]
+    return spread[:limit]
+
+
+def _top_level_headers(source: str, limit: int) -> list[str]:
+    """The one-line signatures of the first ``limit`` top-level functions of ``source`` (none if it does not parse)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []
+    lines, headers = source.splitlines(), []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            header = "\n".join(lines[node.lineno - 1 : node.body[0].lineno - 1])
+            if header.rstrip().endswith(":") and "\n" not in header.strip():
+                headers.append(header.rstrip())
+                if len(headers) >= limit:
+                    break
     return headers
 
 
@@ -235,7 +251,9 @@ def _markdown(report: dict[str, Any], plotted: bool, samples: list[str]) -> str:
     for key in ("loss", "perplexity", "bits_per_byte", "tokens_scored", "distinct_1", "distinct_2", "repeated_4gram_rate",
                 "bleu", "chrf", "pairs", "sentences_per_s", "bits_per_pixel", "pixels_scored", "guidance", "adherence",
                 "classifier_real_accuracy", "adherence_seen", "adherence_heldout", "sample_diversity", "real_diversity",
-                "exact_training_copies", "nearest_training_distance", "real_nearest_training_distance", "samples_per_s"):
+                "exact_training_copies", "nearest_training_distance", "real_nearest_training_distance", "samples_per_s",
+                "bits_per_audio_token", "audio_tokens_scored", "samples_scored", "mel_cepstral_distortion",
+                "real_mel_cepstral_distortion", "duration_error_s", "audio_seconds_per_s"):
         if report.get(key) is not None:
             value = report[key]
             lines.append(f"| {key} | {value:,.4f} |" if isinstance(value, float) else f"| {key} | {value:,} |")

@@ -98,3 +98,21 @@ def test_user_files_untouched(tmp_path):
     path.write_text(content)
     _records(DataConfig(paths=[str(path)]))
     assert path.read_text() == content and json.loads(content.splitlines()[0])
+
+
+def test_exclude_drops_files_whose_path_matches_and_refuses_excluding_everything(tmp_path):
+    (tmp_path / "lib" / "test").mkdir(parents=True)
+    (tmp_path / "lib" / "core.py").write_text("def f():\n    return 1\n")
+    (tmp_path / "lib" / "test" / "test_core.py").write_text("def test_f():\n    assert True\n")
+    kept = resolve_sources(DataConfig(paths=[str(tmp_path)], exclude=["*/test/*"]))
+    assert [s.path.name for s in kept] == ["core.py"]
+    assert len(resolve_sources(DataConfig(paths=[str(tmp_path)]))) == 2
+    with pytest.raises(DataError, match="leaves none of the 2 input files"):
+        resolve_sources(DataConfig(paths=[str(tmp_path)], exclude=["*.py"]))
+
+
+def test_exclude_applies_to_the_stdlib_corpus():
+    every = resolve_sources(DataConfig(builtin=["stdlib"]))
+    library = resolve_sources(DataConfig(builtin=["stdlib"], exclude=["*/test/*", "*/tests/*", "*/idle_test/*"]))
+    assert 0 < len(library) < len(every)
+    assert not any("/test/" in s.path.as_posix() for s in library)

@@ -9,8 +9,9 @@ without the asked column, stops the stage, because those are mistakes in the req
 from __future__ import annotations
 
 import csv
-import hashlib
+import fnmatch
 import glob
+import hashlib
 import json
 import sys
 import sysconfig
@@ -96,6 +97,12 @@ def resolve_sources(config: DataConfig) -> list[SourceFile]:
     if not files and not set(config.builtin) - set(STDLIB_CORPORA):
         raise DataError("no input data: set data.paths=[file, folder or pattern, ...] or data.builtin=[stdlib]")
     files.extend(_expand(config.val_paths, "data.val_paths", "val"))
+    if config.exclude:
+        kept = [f for f in files if not any(fnmatch.fnmatchcase(f.path.as_posix(), p) for p in config.exclude)]
+        if files and not kept:
+            raise DataError(f"data.exclude={config.exclude} leaves none of the {len(files):,} input files; "
+                            "loosen the patterns (they match each file's full path)")
+        files = kept
     unique: dict[Path, SourceFile] = {}
     for source in files:  # a file named by data.val_paths is val even when a data.paths folder holds it too
         path = source.path.resolve()

@@ -87,9 +87,29 @@ def suggest(trial, space: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
     for key, spec in space.items():
         kind, bounds = _values(key, spec)
         if kind == "choice":
-            values[key] = trial.suggest_categorical(key, bounds)
+            values[key] = trial.suggest_categorical(key, _choice_labels(bounds))
         elif kind == "int":
             values[key] = trial.suggest_int(key, *bounds)
         else:
             values[key] = trial.suggest_float(key, float(bounds[0]), float(bounds[1]), log=kind == "log_float")
-    return values
+    return settings_of(space, values)
+
+
+def settings_of(space: dict[str, dict[str, list[Any]]], params: dict[str, Any]) -> dict[str, Any]:
+    """The setting values of a trial's Optuna ``params``: a choice among lists or mappings (which Optuna cannot
+    store) is drawn as its YAML text, read back here."""
+    settings = dict(params)
+    for key, spec in space.items():
+        kind, bounds = _values(key, spec)
+        if kind == "choice" and key in params and not all(_scalar(b) for b in bounds):
+            settings[key] = yaml.safe_load(params[key])
+    return settings
+
+
+def _choice_labels(choices: list[Any]) -> list[Any]:
+    """The choices as Optuna takes them: scalars as they are, or all as YAML text when one is a list or mapping."""
+    return choices if all(_scalar(c) for c in choices) else [_yaml(c) for c in choices]
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))

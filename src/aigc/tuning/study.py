@@ -33,7 +33,7 @@ from aigc.errors import AigcError, ConfigError
 from aigc.tasks import evaluate, prepare, task_for
 from aigc.training.loop import train
 from aigc.tuning.report import write_report
-from aigc.tuning.space import check_space, suggest, with_values
+from aigc.tuning.space import check_space, settings_of, suggest, with_values
 
 STUDY = "aigc"
 OPEN_ATTEMPTS = 4
@@ -214,7 +214,7 @@ def tune(config: Config, raw: dict[str, Any], resume: bool = False, workers: int
     if not worker:
         write_report(study, folder, config.tune.metric)
         if best is not None:
-            best_raw = with_values(raw, {k: v for k, v in best.params.items()})
+            best_raw = with_values(raw, settings_of(config.tune.space, best.params))
             best_raw.pop("run", None)
             best_raw.pop("tune", None)
             best_raw["recipe"] = f"{config.recipe}-tuned"  # aigc run best.yaml -> runs/<recipe>-tuned, not the original

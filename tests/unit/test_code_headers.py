@@ -1,0 +1,13 @@
+"""The code evaluation's prompts: top-level function headers spread over the held-out files."""
+
+from aigc.evaluation import function_headers
+
+A = "def a1(x):\n    return x\n\n\ndef a2(y):\n    return y\n\n\ndef a3():\n    pass\n"
+B = "class K:\n    def method(self):\n        pass\n\n\ndef b1(n=3):\n    return n\n"
+BROKEN = "def broken(:\n"
+
+
+def test_every_files_first_function_comes_before_any_files_second():
+    assert function_headers([A, B, BROKEN], 3) == ["def a1(x):", "def b1(n=3):", "def a2(y):"]
+    assert function_headers([A, B], 10) == ["def a1(x):", "def b1(n=3):", "def a2(y):", "def a3():"]
+    assert function_headers([BROKEN], 4) == []
