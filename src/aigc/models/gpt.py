@@ -20,7 +20,10 @@ Each block computes ``x = x + attn(norm1(x)); x = x + mlp(norm2(x))``.
 
 With ``image_size`` set it is also the caption-prefix image model: a sequence is the caption's tokens
 (``image_prefix`` of them, left-padded) followed by the pixel tokens, and pixel positions get row and
-column embeddings on top of the 1-D ones.
+column embeddings on top of the 1-D ones. With ``audio_codes`` set it is the caption-prefix speech model:
+the text's tokens (``audio_prefix``, left-padded), then one token per log-mel frame and codebook level; the
+``codebook`` buffer (levels, codes, mels) turns audio tokens back into frames, and with several levels each
+position also learns which level it predicts.
 """
 
 from __future__ import annotations
@@ -72,6 +75,10 @@ class GPT(nn.Module):
             self.image_cols = nn.Embedding(config.image_size, config.n_embd)
             # the RGB colour of each pixel token (the last image_colors ids): travels with the weights
             self.register_buffer("palette", torch.zeros(config.image_colors or 2, 3, dtype=torch.uint8))
+        if config.audio_codes:  # a caption-prefix speech model: each audio token's log-mel frame travels with the weights
+            levels = config.audio_levels or 1
+            self.register_buffer("codebook", torch.zeros(levels, config.audio_codes, config.audio_mels or 1))
+            self.audio_level = nn.Embedding(levels, config.n_embd) if levels > 1 else None
         init_weights(self, config.n_layer)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
@@ -105,6 +112,8 @@ class GPT(nn.Module):
             x = x + self.wpe(positions)
         if self.config.image_size:
             x = x + self._pixel_positions(positions)
+        if self.config.audio_codes and self.audio_level is not None:
+            x = x + self._audio_levels(positions)
         rope = self.rope(positions) if self.rope is not None else None
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
@@ -128,6 +137,12 @@ class GPT(nn.Module):
         index = pixel.clamp(0, side * side - 1)
         embedding = self.image_rows(index // side) + self.image_cols(index % side)
         return embedding * (pixel >= 0).unsqueeze(-1)
+
+    def _audio_levels(self, positions: torch.Tensor) -> torch.Tensor:
+        """The embedding of the codebook level each position predicts, (.., C); zero on text positions."""
+        frame_token = positions - ((self.config.audio_prefix or 1) - 1)
+        embedding = self.audio_level(frame_token.clamp(min=0) % (self.config.audio_levels or 1))
+        return embedding * (frame_token >= 0).unsqueeze(-1)
 
     def new_caches(self, batch: int, capacity: int | None = None) -> list[KVCache]:
         """One empty KV cache per block, preallocated for ``capacity`` positions (default block_size)."""

@@ -64,7 +64,7 @@ def export_run(run: Path, out_dir: Path, merge: bool = False) -> ExportResult:
     """
     checkpoint = load_checkpoint(run)
     config = checkpoint.config
-    if config.model.kind != "gpt" or config.model.image_size:
+    if config.model.kind != "gpt" or config.model.image_size or config.model.audio_codes:
         raise CheckpointError(f"{run} is not a text GPT run; only those export to a Hugging Face causal LM")
     if merge and not checkpoint.is_adapter:
         raise CheckpointError(f"{run} holds a whole model, no LoRA adapters to merge; export it without --merge")

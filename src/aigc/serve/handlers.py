@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+from fastapi.responses import Response
 from pydantic import BaseModel
 
 from aigc.errors import AigcError
@@ -36,9 +37,12 @@ from aigc.serve.responses import (ApiError, ChatChoice, ChatChunkChoice, ChatCom
                                   CompletionChunkChoice, CompletionLogprobs, Delta, ErrorBody, ErrorEnvelope, ImageData,
                                   ImagesResponse, ModelCard, ModelList, TokenLogprob, TopLogprob, Usage, sse)
 from aigc.serve.scheduler import Busy, Event, Request
-from aigc.serve.schemas import IGNORED, REJECTED, ChatRequest, CompletionRequest, ImageRequest, SamplingFields
+from aigc.serve.schemas import (IGNORED, REJECTED, ChatRequest, CompletionRequest, ImageRequest, SamplingFields,
+                                SpeechRequest)
 from aigc.serve.settings import ServeSettings
-from aigc.serve.workers import ImageModel, InvalidRequest, ServedModel, TextModel
+from aigc.serve.workers import ImageModel, InvalidRequest, ServedModel, SpeechJob, SpeechModel, TextModel
+from aigc.speech.audio import encode_audio
+from aigc.speech.generator import Utterance
 
 log = logging.getLogger("aigc.serve")
 DISCONNECT_POLL_S = 0.1  # how often a plain (not streamed) request checks that its client is still there
@@ -64,8 +68,20 @@ class Served:
     def text_model(self, name: str) -> TextModel:
         model = self.model(name)
         if not isinstance(model, TextModel):
-            raise InvalidRequest(f"'{model.id}' is an {model.kind} model; use POST /v1/images/generations", "model",
-                                 "not_a_text_model")
+            route = "/v1/audio/speech" if isinstance(model, SpeechModel) else "/v1/images/generations"
+            raise InvalidRequest(f"'{model.id}' is a {model.kind} model; use POST {route}", "model", "not_a_text_model")
+        return model
+
+    def model_of(self, name: str | None, kind: type[ServedModel], noun: str, code: str) -> ServedModel:
+        """The served model ``name`` if it is a ``kind``; without a name, the only one of that kind."""
+        of_kind = [m for m in self.models.values() if isinstance(m, kind)]
+        name = name or (of_kind[0].id if len(of_kind) == 1 else None)
+        if name is None:
+            raise InvalidRequest(f"name the {noun} model in 'model'" if of_kind else f"no {noun} model is served",
+                                 "model", None if of_kind else "model_not_found")
+        model = self.model(name)
+        if not isinstance(model, kind):
+            raise InvalidRequest(f"'{model.id}' is a {model.kind} model, not a {noun} model", "model", code)
         return model
 
     def abort_all(self, message: str) -> int:
@@ -374,20 +390,8 @@ class ImagesHandler:
     def __init__(self, served: Served):
         self.served = served
 
-    def image_model(self, name: str | None) -> ImageModel:
-        image_models = [m for m in self.served.models.values() if isinstance(m, ImageModel)]
-        name = name or (image_models[0].id if len(image_models) == 1 else None)
-        if name is None:
-            raise InvalidRequest("name the image model in 'model'" if image_models else "no image model is served",
-                                 "model", None if image_models else "model_not_found")
-        model = self.served.model(name)
-        if not isinstance(model, ImageModel):
-            raise InvalidRequest(f"'{model.id}' is a {model.kind} model, not an image model", "model",
-                                 "not_an_image_model")
-        return model
-
     async def __call__(self, body: ImageRequest) -> ImagesResponse:
-        model = self.image_model(body.model)
+        model = self.served.model_of(body.model, ImageModel, "image", "not_an_image_model")
         if body.n > self.served.settings.max_n:
             raise InvalidRequest(f"n={body.n} is above this server's limit of {self.served.settings.max_n}", "n")
         scale = model.image_scale(body.size)
@@ -402,6 +406,42 @@ class ImagesHandler:
         return ImagesResponse(created=int(time.time()), data=[ImageData(b64_json=png) for png in pngs])
 
 
+class SpeechHandler:
+    """POST /v1/audio/speech: the input said in the voice asked, as WAV (16 kHz) or raw PCM (24 kHz, as OpenAI's)."""
+
+    MEDIA_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm"}
+
+    def __init__(self, served: Served):
+        self.served = served
+
+    async def __call__(self, body: SpeechRequest) -> Response:
+        model = self.served.model_of(body.model, SpeechModel, "speech", "not_a_speech_model")
+        if not body.input.strip():
+            raise InvalidRequest("input is empty; give the text to say", "input")
+        utterance = Utterance(body.input, model.voice(body.voice), 1, body.speed)
+        try:
+            model.generator.encode(utterance.text, utterance.voice)  # too long, for instance: 400 before queueing
+            params, guidance = body.sampling_params(model.defaults)
+        except AigcError as err:
+            raise InvalidRequest(str(err), "input") from err
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[SpeechJob] = loop.create_future()
+
+        def finished(job: SpeechJob) -> None:
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(job))
+
+        job = SpeechJob(utterance, params, guidance, finished)
+        model.worker.submit(job)
+        try:
+            await done
+        finally:
+            job.cancelled = True  # a client that went away frees its place in the queue
+        if job.error is not None:
+            raise ApiError(500, job.error, "server_error")
+        audio = await asyncio.to_thread(encode_audio, job.wave, body.response_format)
+        return Response(audio, media_type=self.MEDIA_TYPES[body.response_format])
+
+
 class ModelsHandler:
     """GET /v1/models and /v1/models/{id}: each served run, its kind, context and sampling defaults."""
 
@@ -411,7 +451,7 @@ class ModelsHandler:
     @staticmethod
     def card(model: ServedModel) -> ModelCard:
         return ModelCard(id=model.id, created=model.created, kind=model.kind, context=model.context,
-                         defaults=model.defaults)
+                         defaults=model.defaults, voices=model.voices)
 
     def list(self) -> ModelList:
         return ModelList(data=[self.card(m) for m in self.served.models.values()])
@@ -428,8 +468,10 @@ class Handlers:
     completions: CompletionsHandler = field(init=False)
     chat: ChatHandler = field(init=False)
     images: ImagesHandler = field(init=False)
+    speech: SpeechHandler = field(init=False)
     models: ModelsHandler = field(init=False)
 
     def __post_init__(self) -> None:
         self.completions, self.chat = CompletionsHandler(self.served), ChatHandler(self.served)
         self.images, self.models = ImagesHandler(self.served), ModelsHandler(self.served)
+        self.speech = SpeechHandler(self.served)

@@ -137,7 +137,8 @@ class ImagesResponse(BaseModel):
 
 
 class ModelCard(BaseModel):
-    """An entry of ``GET /v1/models``: OpenAI's fields, then the model's kind, context and sampling defaults."""
+    """An entry of ``GET /v1/models``: OpenAI's fields, then the model's kind, context, sampling defaults and, for
+    a speech model, its voices."""
 
     id: str
     object: Literal["model"] = "model"
@@ -146,6 +147,7 @@ class ModelCard(BaseModel):
     kind: str
     context: int
     defaults: GenerateConfig
+    voices: list[str] = []
 
 
 class ModelList(BaseModel):

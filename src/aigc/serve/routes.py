@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 
 from aigc.serve.handlers import Handlers
 from aigc.serve.responses import ApiError, ChatCompletion, Completion, ImagesResponse, ModelCard, ModelList
-from aigc.serve.schemas import ChatRequest, CompletionRequest, ImageRequest
+from aigc.serve.schemas import ChatRequest, CompletionRequest, ImageRequest, SpeechRequest
 
 CLIENT_GONE = 499  # never seen by the client; for logs (nginx's "client closed request")
 
@@ -121,3 +121,9 @@ async def chat_completions(body: ChatRequest, request: HttpRequest):
 @api.post("/v1/images/generations", response_model=ImagesResponse)
 async def images(body: ImageRequest, request: HttpRequest):
     return answer(await handlers(request).images(body))
+
+
+@api.post("/v1/audio/speech", response_class=Response,
+          responses={200: {"content": {"audio/wav": {}, "audio/pcm": {}}, "description": "the audio"}})
+async def speech(body: SpeechRequest, request: HttpRequest):
+    return answer(await handlers(request).speech(body))

@@ -171,3 +171,30 @@ class ImageRequest(BaseModel):
         given = {"temperature": self.temperature} if self.temperature is not None else {}
         guidance = self.guidance if self.guidance is not None else defaults.guidance
         return sampling_params(defaults, **given, seed=self.seed), guidance
+
+
+class SpeechRequest(BaseModel):
+    """OpenAI's text-to-speech body (``model``, ``input``, ``voice``, ``response_format``, ``speed``); ``seed``,
+    ``guidance`` and ``temperature`` are extensions. Left out, ``voice``, ``guidance`` and ``temperature`` take
+    the run's ``generate`` settings."""
+
+    model_config = ConfigDict(extra="allow")
+    input: str = Field(max_length=4096)
+    model: str | None = None
+    voice: str | None = None
+    response_format: Literal["wav", "pcm"] = "wav"
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
+    guidance: float | None = Field(None, ge=0, le=20)
+    temperature: float | None = Field(None, ge=0, le=2)
+
+    @field_validator("input", "model", "voice")
+    @classmethod
+    def _text(cls, value: str | None) -> str | None:
+        return value if value is None else valid_text(value)
+
+    def sampling_params(self, defaults: GenerateConfig) -> tuple[SamplingParams, float]:
+        """The run's ``defaults`` with the request's seed and, when sent, temperature; and the guidance scale."""
+        given = {"temperature": self.temperature} if self.temperature is not None else {}
+        guidance = self.guidance if self.guidance is not None else defaults.guidance
+        return sampling_params(defaults, **given, seed=self.seed), guidance

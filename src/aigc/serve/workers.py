@@ -12,16 +12,21 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
+
+import numpy as np
 
 from aigc.config import GenerateConfig
 from aigc.errors import AigcError
 from aigc.chat_template import ChatTemplateError
+from aigc.generate.sampling import SamplingParams
 from aigc.generate.text import TextGenerator
 from aigc.generate.translate import Translator
 from aigc.serve.settings import ServeSettings
 from aigc.images.generator import ImageGenerator
+from aigc.speech.generator import SpeechGenerator, Utterance
 from aigc.serve.scheduler import Busy, Event, QueueWorker, Request, Scheduler
 from aigc.serve.schemas import Message
 
@@ -108,6 +113,76 @@ class ImageWorker:
 
 
 @dataclass
+class SpeechJob:
+    """One ``/v1/audio/speech`` request for the :class:`SpeechWorker`: what to say and how; ``finished`` is called
+    on the worker's thread once ``wave`` (or ``error``) is set."""
+
+    utterance: Utterance
+    params: SamplingParams
+    guidance: float
+    finished: Callable[[SpeechJob], None]
+    wave: np.ndarray | None = None  # (N,) float32 at 16 kHz
+    error: str | None = None
+    cancelled: bool = False
+
+    def batch_key(self) -> tuple | None:
+        """Jobs with equal keys are drawn in one batch; a seeded job (None) is drawn alone, so its seed alone
+        decides its audio."""
+        return None if self.params.seed is not None else (self.params, self.guidance)
+
+
+class SpeechWorker(QueueWorker):
+    """Speech runs on one thread: the jobs waiting when a batch starts that sample alike are drawn together, up
+    to ``max_batch`` clips (every clip has the same number of audio tokens, so a batch starts and ends together;
+    jobs that arrive meanwhile make the next one). Griffin-Lim then turns each clip into sound, off the GPT."""
+
+    thread_name = "aigc-speech"
+
+    def __init__(self, generator: SpeechGenerator, max_batch: int = 32, max_waiting: int = 256):
+        super().__init__(max_waiting)
+        self.generator, self.max_batch, self.active = generator, max_batch, 0
+
+    @property
+    def running(self) -> int:
+        return self.active
+
+    def _batch(self) -> list[SpeechJob]:
+        """The next batch from the queue (called under the lock): the first job and those that sample like it."""
+        first = self.waiting.popleft()
+        batch, key, size = [first], first.batch_key(), first.utterance.n
+        if key is not None:
+            for job in list(self.waiting):
+                if job.batch_key() == key and size + job.utterance.n <= self.max_batch:
+                    self.waiting.remove(job)
+                    batch.append(job)
+                    size += job.utterance.n
+        return batch
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self.waiting:
+                    self._lock.wait()
+                if self._stopping:
+                    return
+                batch = [job for job in self._batch() if not job.cancelled]
+                self.active = len(batch)
+            try:
+                if batch:
+                    codes = self.generator.codes([job.utterance for job in batch], batch[0].params, batch[0].guidance)
+                    for job, clip in zip(batch, codes):
+                        job.wave = self.generator.waves([clip], [job.utterance.speed])[0]
+                        job.finished(job)
+            except Exception as err:  # a failed batch fails its own jobs, never the worker
+                for job in batch:
+                    if job.wave is None:
+                        job.error = f"speech generation failed: {err}"
+                        job.finished(job)
+            finally:
+                self.active = 0
+
+
+@dataclass
 class ServedModel:
     """One run behind the API: its id, generator, worker and the run's ``generate`` defaults."""
 
@@ -128,6 +203,11 @@ class ServedModel:
     def context(self) -> int:
         """Tokens the model reads at once."""
         return self.generator.engine.block_size
+
+    @property
+    def voices(self) -> list[str]:
+        """The voices it speaks in (none but for speech models)."""
+        return []
 
 
 class TextModel(ServedModel):
@@ -248,4 +328,29 @@ class ImageModel(ServedModel):
         return width // native
 
 
-SERVED_MODELS = {served.api: served for served in (CompletionModel, TranslationModel, ImageModel)}
+class SpeechModel(ServedModel):
+    """A caption-prefix speech model: a clip of at most ``generator.seconds`` in one of the run's voices."""
+
+    kind, api = "speech", "speech"
+
+    @classmethod
+    def create(cls, model_id: str, generator: SpeechGenerator, defaults: GenerateConfig,
+               settings: ServeSettings) -> SpeechModel:
+        return cls(model_id, generator, SpeechWorker(generator, settings.max_batch, settings.max_waiting), defaults)
+
+    @property
+    def voices(self) -> list[str]:
+        return list(self.generator.voices)
+
+    def voice(self, voice: str | None) -> str | None:
+        """The voice asked for, checked; left out, the run's default (its ``generate.voice``, else its first). A run
+        trained without voices has one voice: any name the client sends (OpenAI's require one) is that voice."""
+        if not self.generator.voices:
+            return None
+        try:
+            return self.generator.voice(voice or self.defaults.voice)
+        except AigcError as err:
+            raise InvalidRequest(str(err), "voice", "unknown_voice") from None
+
+
+SERVED_MODELS = {served.api: served for served in (CompletionModel, TranslationModel, ImageModel, SpeechModel)}

@@ -17,6 +17,7 @@ TASKS = {
     "pairs": "aigc.tasks.pairs:PairsTask",
     "images": "aigc.tasks.images:ImageTask",
     "chat": "aigc.tasks.chat:ChatTask",
+    "speech": "aigc.tasks.speech:SpeechTask",
 }
 
 

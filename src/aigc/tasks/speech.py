@@ -1,0 +1,115 @@
+"""Speech from text: spoken clips as codebook tokens for the caption-prefix GPT (the ``aigc.speech`` package)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from aigc.config import Config, GenerateConfig
+from aigc.data.clean import CleaningReport
+from aigc.data.collect import CollectResult, write_sources
+from aigc.data.pairs import split_pairs, target_start
+from aigc.data.prepare import PrepareResult
+from aigc.data.sources import resolve_sources
+from aigc.errors import DataError, GenerationError, TrainingError
+from aigc.generate.sampling import sampling_params
+from aigc.images.sampler import PrefixSampler
+from aigc.speech.audio import encode_audio
+from aigc.speech.evaluation import evaluate_speech
+from aigc.speech.generator import SpeechGenerator, Utterance
+from aigc.speech.prepare import prepare_speech
+from aigc.speech.sources import ESPEAK_HELP, clip_count, listing_files
+from aigc.tasks.base import GenerateRequest, Task
+
+
+class SpeechTask(Task):
+    name, model_kind, describes, api = "speech", "gpt", "spoken clips", "speech"
+    metrics = ("val_loss", "adherence")  # what aigc tune can optimise
+
+    def collect(self, config: Config) -> CollectResult:
+        if "spoken_words" in config.data.builtin and shutil.which("espeak-ng") is None:
+            raise DataError(ESPEAK_HELP)
+        sources = listing_files(resolve_sources(config.data)) if config.data.paths else []
+        return write_sources(config, [], [], CleaningReport(), records=clip_count(sources, config.data))
+
+    def prepare(self, config: Config) -> PrepareResult:
+        return prepare_speech(config)
+
+    def model_config(self, config: Config, manifest: dict) -> Config:
+        """The codebooks, frames per clip, text length and voices come from the data, like the vocabulary."""
+        config = super().model_config(config, manifest)
+        speech = manifest["speech"]
+        update = {"audio_codes": speech["codebook_size"], "audio_levels": speech["levels"], "audio_mels": speech["mels"],
+                  "audio_prefix": speech["prefix"], "audio_frames": speech["frames"], "audio_voices": speech["voices"]}
+        config = config.model_copy(update={"model": config.model.model_copy(update=update)})
+        needed = speech["prefix"] + speech["frames"] * speech["levels"] - 1
+        if config.model.block_size < needed:
+            raise TrainingError(f"model.block_size={config.model.block_size} is too short for a {speech['prefix']}-token "
+                                f"text and {speech['frames']} frames x {speech['levels']} codebook(s); set "
+                                f"model.block_size={needed} or more (or lower data.max_seconds)")
+        return config
+
+    def samplers(self, config: Config, manifest: dict, rank: int, world: int) -> tuple[Any, Any | None]:
+        tc, data_dir, eot = config.train, config.run_dir / "data", target_start(manifest)
+        prefix = manifest["speech"]["prefix"]
+        train = PrefixSampler(split_pairs(data_dir, manifest, "train"), eot, prefix, tc.batch_size, tc.grad_accum,
+                              config.seed, rank, world, condition_dropout=tc.condition_dropout)
+        val_pairs = split_pairs(data_dir, manifest, "val")
+        val = (PrefixSampler(val_pairs, eot, prefix, tc.batch_size, world, config.seed, rank, world, "val")
+               if len(val_pairs) >= tc.batch_size else None)
+        return train, val
+
+    def init_model(self, model: nn.Module, manifest: dict) -> None:
+        """The codebooks (each audio token's log-mel frame) are saved with the weights."""
+        model.codebook.copy_(torch.tensor(manifest["speech"]["codebooks"], dtype=torch.float32))
+
+    def generator(self, path: Path, device: str = "cpu", base: nn.Module | None = None) -> SpeechGenerator:
+        return SpeechGenerator.from_checkpoint(path, device)
+
+    def evaluate(self, generator: SpeechGenerator, run_dir: Path, manifest: dict, config: Config,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+        return evaluate_speech(generator, run_dir, manifest, config, log)
+
+    def sample_markdown(self, samples: list[dict[str, Any]]) -> list[str]:
+        lines = []
+        for s in samples:
+            if "grid" in s:
+                lines += [f"![{s['prompt']}]({s['grid']})", ""]
+                continue
+            voice = f" ({s['voice']})" if s.get("voice") else ""
+            note = f": {s['note']}" if "note" in s else ""
+            lines.append(f"- **{s['prompt']}**{voice}{note}: [{s['wav']}]({s['wav']}) ({s['seconds']:.2f} s)")
+        return lines
+
+    def sample_text(self, sample: dict[str, Any], eval_dir: Path) -> str:
+        return f"{sample['prompt']} -> {eval_dir / sample.get('wav', sample.get('grid', ''))}"
+
+    def generate(self, generator: SpeechGenerator, request: GenerateRequest, settings: GenerateConfig,
+                 write: Callable[[str], None]) -> None:
+        """``n`` clips of the prompt in ``settings.voice``: one WAV (``--out seven.wav``, n = 1) or one WAV each
+        (``--out folder/``)."""
+        if request.prompt is None:
+            raise GenerationError("a speech run needs --prompt with the text to say, e.g. --prompt \"seven\"")
+        if not request.out:
+            raise GenerationError("a speech run writes WAV files: add --out clip.wav (one clip) or --out folder/ "
+                                  "(one WAV per sample)")
+        out = Path(request.out)
+        as_folder = request.out.endswith(("/", "\\")) or out.is_dir()
+        if not as_folder and out.suffix.lower() != ".wav":
+            raise GenerationError(f"--out {request.out}: speech is written as WAV; name it *.wav, or end the path "
+                                  "with / for a folder")
+        if not as_folder and request.n > 1:
+            raise GenerationError(f"--n {request.n} makes {request.n} clips; give a folder (--out clips/) for them")
+        params = sampling_params(settings, seed=request.seed)
+        utterance = Utterance(request.prompt, settings.voice, request.n, settings.speed)
+        waves = generator.say([utterance], params, settings.guidance)[0]
+        paths = [out / f"sample_{i:03d}.wav" for i in range(len(waves))] if as_folder else [out]
+        for path, wave in zip(paths, waves):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(encode_audio(wave, "wav"))
+        write("".join(f"{path}\n" for path in paths))

@@ -1,0 +1,122 @@
+"""The speech recipe end to end (a tiny budget): the report, aigc generate, and /v1/audio/speech through the
+official openai client."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import httpx
+import openai
+import pytest
+import soundfile
+
+from tests.conftest import FIXED_STEPS
+from tests.e2e.test_run import aigc
+from tests.e2e.test_serve import Server
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                                                   reason="espeak-ng is not installed (apt-get install espeak-ng)")]
+TINY_SPEECH = [*FIXED_STEPS, "model.n_layer=2", "model.n_embd=64", "train.max_steps=300", "train.eval_every=300",
+               "train.checkpoint_every=300"]
+
+
+@pytest.fixture(scope="module")
+def speech_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("speech") / "speech"
+    done = aigc("run", "speech", f"run.dir={run_dir}", *TINY_SPEECH)
+    assert done.returncode == 0, done.stderr
+    return run_dir, done
+
+
+def test_a_tiny_speech_run_says_the_asked_word_well_above_chance(speech_run):
+    run_dir, done = speech_run
+    report = json.loads((run_dir / "eval" / "report.json").read_text())
+    # Thresholds from this run (300 steps, seed 1337, 2 samples for each of 46 word/voice prompts, guidance 2);
+    # chance is one word in 35 (0.029).
+    assert report["classifier_real_accuracy"] >= 0.9
+    assert report["adherence"] >= 0.25, f"adherence {report['adherence']:.3f}; measured 0.52, chance 0.03"
+    assert report["mel_cepstral_distortion"] > report["real_mel_cepstral_distortion"] > 0
+    assert report["duration_error_s"] < 0.3 and report["sample_diversity"] > 0
+    assert report["unseen_heard_as"]  # what the model says for a word it never heard is in the report
+    samples = run_dir / "eval" / "samples"
+    assert (samples / "spectrograms.png").stat().st_size > 1000
+    wavs = sorted(samples.glob("prompt_*.wav"))
+    assert len(wavs) == 47 and all(0.05 < soundfile.info(w).duration <= 1.0 for w in wavs)
+    markdown = (run_dir / "eval" / "report.md").read_text()
+    assert "![spectrograms](samples/spectrograms.png)" in markdown and "a word never heard in training" in markdown
+    assert "prompt adherence" in done.stdout and "mel-cepstral distortion" in done.stdout
+
+
+def test_generate_writes_wav_files_in_the_asked_voice(speech_run, tmp_path):
+    run_dir, _ = speech_run
+    one = tmp_path / "seven.wav"
+    done = aigc("generate", run_dir, "--prompt", "seven", "--voice", "f2", "--seed", "3", "--out", one)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(one) and 0.05 < soundfile.info(one).duration <= 1.0
+    again = tmp_path / "again.wav"
+    aigc("generate", run_dir, "--prompt", "seven", "--voice", "f2", "--seed", "3", "--out", again)
+    assert again.read_bytes() == one.read_bytes()  # a seed decides the clip
+    done = aigc("generate", run_dir, "--prompt", "seven", "--n", "3", "--out", f"{tmp_path / 'many'}/")
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "many").glob("sample_*.wav"))) == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", "seven", "--voice", "zz", "--out", "x.wav"], "unknown voice 'zz'; this run speaks in f2, f4, m1, m3"),
+    (["--prompt", "", "--out", "x.wav"], "the input is empty"),
+    (["--prompt", "seven", "--out", "x.mp3"], "name it \\*.wav"),
+    (["--prompt", "seven", "--n", "2", "--out", "x.wav"], "give a folder"),
+    (["--prompt", "seven", "--speed", "9", "--out", "x.wav"], "--speed"),
+    (["--prompt", "seven"], "add --out clip.wav"),
+    (["--prompt", "a sentence far longer than any word it heard", "--out", "x.wav"], "shorten it"),
+])
+def test_generate_refuses_bad_input_clearly(speech_run, tmp_path, args, message):
+    done = aigc("generate", speech_run[0], *args)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert pytest.importorskip("re").search(message, done.stderr), done.stderr
+
+
+def test_the_speech_api_answers_the_official_client_with_wav_and_pcm(speech_run):
+    server = Server([speech_run[0]])
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+        wav = client.audio.speech.create(model="speech", input="seven", voice="f2").read()
+        info = soundfile.info(io.BytesIO(wav))
+        assert info.samplerate == 16_000 and info.channels == 1 and 0.05 < info.duration <= 1.0
+        pcm = client.audio.speech.create(model="speech", input="seven", voice="f2", response_format="pcm",
+                                         extra_body={"seed": 1}).read()
+        assert 0.05 < len(pcm) / 2 / 24_000 <= 1.0
+        slow = client.audio.speech.create(model="speech", input="seven", voice="f2", speed=0.5,
+                                          extra_body={"seed": 1}).read()
+        normal = client.audio.speech.create(model="speech", input="seven", voice="f2", extra_body={"seed": 1}).read()
+        ratio = soundfile.info(io.BytesIO(slow)).duration / soundfile.info(io.BytesIO(normal)).duration
+        assert 1.6 < ratio < 2.4, f"speed 0.5 made the clip {ratio:.2f} times as long"
+        card = httpx.get(f"{server.url}/v1/models/speech").json()
+        assert card["kind"] == "speech" and card["voices"] == ["f2", "f4", "m1", "m3"]
+    finally:
+        server.stop()
+
+
+def test_concurrent_speech_requests_are_batched_and_bad_ones_fail_alone(speech_run):
+    server = Server([speech_run[0]])
+    try:
+        url = f"{server.url}/v1/audio/speech"
+        bad = [({"input": "seven", "voice": "alloy"}, "unknown voice 'alloy'"), ({"input": " ", "voice": "f2"}, "empty"),
+               ({"input": "seven", "response_format": "mp3"}, "'wav' or 'pcm'"), ({"input": "seven", "speed": 5}, "speed"),
+               ({"input": "x" * 300}, "at most 200"), ({"input": "a sentence far too long for it"}, "shorten it"),
+               ({"model": "nope", "input": "seven"}, "does not exist")]
+        with httpx.Client(timeout=120) as http:
+            for body, message in bad:
+                answer = http.post(url, json=body)
+                assert 400 <= answer.status_code < 500 and message in answer.json()["error"]["message"], answer.text
+        import concurrent.futures
+
+        words = ["yes", "no", "up", "down", "left", "right", "seven", "eight"]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool, httpx.Client(timeout=120) as http:
+            answers = list(pool.map(lambda w: http.post(url, json={"input": w, "voice": "m1"}), words + ["", "go"]))
+        assert [a.status_code for a in answers] == [200] * 8 + [400, 200]
+        assert all(soundfile.info(io.BytesIO(a.content)).duration > 0.05 for a in answers if a.status_code == 200)
+    finally:
+        server.stop()
