@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PYTHON) benchmarks/pretrained.py
 	$(PYTHON) benchmarks/finetune.py
 	$(PYTHON) benchmarks/tune.py
+	$(PYTHON) benchmarks/speech.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

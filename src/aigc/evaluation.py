@@ -95,9 +95,12 @@ class EvalResult:
                 lines.append(f"prompt adherence {r['adherence']:.1%} (classifier on real clips: "
                              f"{r['classifier_real_accuracy']:.1%}); unseen word heard as "
                              f"{', '.join(r['unseen_heard_as'])}")
-            lines.append(f"mel-cepstral distortion {r['mel_cepstral_distortion']:.2f} dB (real vs real "
-                         f"{r['real_mel_cepstral_distortion']:.2f}); duration error {r['duration_error_s']:.3f} s; "
-                         f"diversity {r['sample_diversity']:.2f} dB; {r['exact_training_copies']} exact training copies")
+            floor, spread = r["real_mel_cepstral_distortion"], r["sample_diversity"]
+            lines.append(f"mel-cepstral distortion {r['mel_cepstral_distortion']:.2f} dB"
+                         + (f" (real vs real {floor:.2f})" if floor is not None else "")
+                         + f"; duration error {r['duration_error_s']:.3f} s"
+                         + (f"; diversity {spread:.2f} dB" if spread is not None else "")
+                         + f"; {r['exact_training_copies']} exact training copies")
         lines.append(f"report: {self.folder / 'report.md'}")
         return "\n".join(lines)
 

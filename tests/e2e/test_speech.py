@@ -120,3 +120,37 @@ def test_concurrent_speech_requests_are_batched_and_bad_ones_fail_alone(speech_r
         assert all(soundfile.info(io.BytesIO(a.content)).duration > 0.05 for a in answers if a.status_code == 200)
     finally:
         server.stop()
+
+
+def test_the_playground_speech_tab_plays_a_clip(speech_run):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:  # a failure under CI (tests/skips.py), where .ci/run installs it
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    server = Server([speech_run[0]])
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox",
+                                                                                 "--autoplay-policy=no-user-gesture-required"])
+            page = browser.new_page()
+            page.goto(f"{server.url}/")
+            expect(page.locator("#model option")).to_have_count(1)
+            expect(page.locator("#tab-speech")).to_have_class("active")  # a speech model opens the speech tab
+            expect(page.locator("#voice option")).to_have_count(4)
+            page.select_option("#voice", "f4")
+            page.fill("#prompt", "seven")
+            page.click("#send")
+            expect(page.locator("#stats")).to_contain_text("spoken in", timeout=30_000)
+            assert page.locator("#error").inner_text() == ""
+            audio = page.locator("#audio")
+            assert audio.is_visible() and audio.get_attribute("src").startswith("blob:")
+            duration = page.evaluate("""() => new Promise((done) => { const a = document.getElementById('audio');
+                if (a.readyState >= 1) done(a.duration); else a.onloadedmetadata = () => done(a.duration); })""")
+            assert 0.05 < duration <= 1.0, f"the page's clip lasts {duration} s"
+            page.fill("#prompt", "")
+            page.click("#send")
+            expect(page.locator("#error")).to_contain_text("input is empty", timeout=10_000)
+            browser.close()
+    finally:
+        server.stop()

@@ -14,7 +14,6 @@ from aigc.config import DataConfig, ModelConfig
 from aigc.data.clean import CleaningReport
 from aigc.data.sources import resolve_sources
 from aigc.errors import GenerationError
-from aigc.generate.decode import next_logits
 from aigc.generate.engine import Engine, _generators
 from aigc.generate.sampling import SamplingParams, choose
 from aigc.models.gpt import GPT

@@ -64,8 +64,9 @@ def test_model_kind_must_suit_the_task(tmp_path, recipe, model_kind, message):
 
 
 def test_an_unknown_kind_of_run_lists_the_known_ones(tmp_path):
-    with pytest.raises(ConfigError, match="data.kind='speech' is not a kind of run aigc knows; use one of text, pairs, images"):
-        task_for(load_config("text", [f"run.dir={tmp_path}", "data.kind=speech"]))
+    with pytest.raises(ConfigError, match="data.kind='video' is not a kind of run aigc knows; use one of text, pairs, "
+                                          "images, chat, speech"):
+        task_for(load_config("text", [f"run.dir={tmp_path}", "data.kind=video"]))
 
 
 def test_image_model_gets_the_datas_palette(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from aigc.data.pairs import split_pairs, target_start
 from aigc.errors import TrainingError
 
 
@@ -57,3 +58,15 @@ class PrefixSampler:
     def eval_batches(self, count: int):
         starts = np.linspace(0, len(self.sequences) - self.batch_size, count).astype(int)
         return [self.collate(torch.arange(s, s + self.batch_size)) for s in starts[self.rank :: self.world]]
+
+
+def prefix_samplers(config, manifest: dict, prefix: int, rank: int, world: int) -> tuple[PrefixSampler, PrefixSampler | None]:
+    """Train and val samplers of a caption-prefix run (images, speech): its shards' pairs, ``prefix`` tokens of
+    caption; val is None when it cannot fill a batch."""
+    tc, data_dir, pad = config.train, config.run_dir / "data", target_start(manifest)
+    train = PrefixSampler(split_pairs(data_dir, manifest, "train"), pad, prefix, tc.batch_size, tc.grad_accum,
+                          config.seed, rank, world, condition_dropout=tc.condition_dropout)
+    val_pairs = split_pairs(data_dir, manifest, "val")
+    val = (PrefixSampler(val_pairs, pad, prefix, tc.batch_size, world, config.seed, rank, world, "val")
+           if len(val_pairs) >= tc.batch_size else None)
+    return train, val

@@ -147,54 +147,48 @@ class ChatRequest(SamplingFields):
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
-class ImageRequest(BaseModel):
-    """OpenAI's image generation body; ``seed``, ``guidance`` (classifier-free guidance) and ``temperature`` are
-    extensions. Left out, ``guidance`` and ``temperature`` take the run's ``generate`` settings."""
+class GuidedFields(BaseModel):
+    """The extensions of the image and speech bodies: ``seed``, ``guidance`` (classifier-free guidance) and
+    ``temperature``; left out, the last two take the run's ``generate`` settings."""
 
     model_config = ConfigDict(extra="allow")
+    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
+    guidance: float | None = Field(None, ge=0, le=20)
+    temperature: float | None = Field(None, ge=0, le=2)
+
+    def sampling_params(self, defaults: GenerateConfig) -> tuple[SamplingParams, float]:
+        """The run's ``defaults`` with the request's seed and, when sent, temperature; and the guidance scale."""
+        given = {"temperature": self.temperature} if self.temperature is not None else {}
+        guidance = self.guidance if self.guidance is not None else defaults.guidance
+        return sampling_params(defaults, **given, seed=self.seed), guidance
+
+
+class ImageRequest(GuidedFields):
+    """OpenAI's image generation body, with :class:`GuidedFields`' extensions."""
+
     prompt: str
     model: str | None = None
     n: int = Field(1, ge=1)
     size: str | None = None
     response_format: Literal["b64_json"] = "b64_json"
-    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
-    guidance: float | None = Field(None, ge=0, le=20)
-    temperature: float | None = Field(None, ge=0, le=2)
 
     @field_validator("prompt", "model", "size")
     @classmethod
     def _text(cls, value: str | None) -> str | None:
         return value if value is None else valid_text(value)
 
-    def sampling_params(self, defaults: GenerateConfig) -> tuple[SamplingParams, float]:
-        """The run's ``defaults`` with the request's seed and, when sent, temperature; and the guidance scale."""
-        given = {"temperature": self.temperature} if self.temperature is not None else {}
-        guidance = self.guidance if self.guidance is not None else defaults.guidance
-        return sampling_params(defaults, **given, seed=self.seed), guidance
 
+class SpeechRequest(GuidedFields):
+    """OpenAI's text-to-speech body (``model``, ``input``, ``voice``, ``response_format``, ``speed``), with
+    :class:`GuidedFields`' extensions; left out, ``voice`` is the run's default."""
 
-class SpeechRequest(BaseModel):
-    """OpenAI's text-to-speech body (``model``, ``input``, ``voice``, ``response_format``, ``speed``); ``seed``,
-    ``guidance`` and ``temperature`` are extensions. Left out, ``voice``, ``guidance`` and ``temperature`` take
-    the run's ``generate`` settings."""
-
-    model_config = ConfigDict(extra="allow")
     input: str = Field(max_length=4096)
     model: str | None = None
     voice: str | None = None
     response_format: Literal["wav", "pcm"] = "wav"
     speed: float = Field(1.0, ge=0.25, le=4.0)
-    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
-    guidance: float | None = Field(None, ge=0, le=20)
-    temperature: float | None = Field(None, ge=0, le=2)
 
     @field_validator("input", "model", "voice")
     @classmethod
     def _text(cls, value: str | None) -> str | None:
         return value if value is None else valid_text(value)
-
-    def sampling_params(self, defaults: GenerateConfig) -> tuple[SamplingParams, float]:
-        """The run's ``defaults`` with the request's seed and, when sent, temperature; and the guidance scale."""
-        given = {"temperature": self.temperature} if self.temperature is not None else {}
-        guidance = self.guidance if self.guidance is not None else defaults.guidance
-        return sampling_params(defaults, **given, seed=self.seed), guidance

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +60,6 @@ def distortion(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.sqrt((diff**2).sum(axis=0) / 2)))
 
 
-def _real_records(config, manifest: dict) -> tuple[dict[str, list[SpeechRecord]], list[str]]:
-    """The run's real clips again (the same sources, seed and split), by split."""
-    data = config.data
-    sources = listing_files(resolve_sources(data)) if data.paths else []
-    by_split: dict[str, list[SpeechRecord]] = defaultdict(list)
-    for record in speech_records(sources, data, manifest["seed"], CleaningReport()):
-        by_split[assign_split(record.key, manifest["seed"], data.val_fraction, data.test_fraction)].append(record)
-    return by_split, manifest["speech"]["voices"]
-
-
 def _prompts(test: list[SpeechRecord], train: list[SpeechRecord]) -> list[tuple[str, str | None]]:
     """(text, voice) pairs to say: every pair of the test clips (else the training clips), spread, at most 64."""
     pairs = sorted({(r.text, r.voice or "") for r in (test or train)})
@@ -76,8 +67,59 @@ def _prompts(test: list[SpeechRecord], train: list[SpeechRecord]) -> list[tuple[
     return [(text, voice or None) for text, voice in pairs[::step][:MAX_PROMPTS]]
 
 
+@dataclass
+class References:
+    """What generated clips are measured against: the run's real clips again (the same sources, seed and split),
+    the (text, voice) prompts to say, and the judge when the clips are labelled words."""
+
+    train: list[SpeechRecord]
+    reference: list[SpeechRecord]  # the test split's clips, else val's
+    by_prompt: dict[tuple[str, str | None], list[SpeechRecord]]
+    prompts: list[tuple[str, str | None]]
+    judge: Judge | None
+
+    @classmethod
+    def of_run(cls, config, manifest: dict) -> References:
+        data, seed = config.data, manifest["seed"]
+        sources = listing_files(resolve_sources(data)) if data.paths else []
+        by_split: dict[str, list[SpeechRecord]] = defaultdict(list)
+        for record in speech_records(sources, data, seed, CleaningReport()):
+            by_split[assign_split(record.key, seed, data.val_fraction, data.test_fraction)].append(record)
+        train, reference = by_split["train"], by_split["test"] or by_split["val"]
+        by_prompt: dict[tuple[str, str | None], list[SpeechRecord]] = defaultdict(list)
+        for record in train + reference:
+            by_prompt[(record.text, record.voice)].append(record)
+        labelled = [r for r in train if r.label]
+        judge = (Judge([r.wave for r in labelled], [r.label for r in labelled])
+                 if labelled and all(r.label for r in reference) else None)
+        return cls(train, reference, by_prompt, _prompts(reference, train), judge)
+
+    def score(self, groups: list[list[np.ndarray]], unseen: list[np.ndarray]) -> dict[str, Any]:
+        """The metrics of ``groups`` (the samples of each of :attr:`prompts`) and of the ``unseen`` text's."""
+        report: dict[str, Any] = {"samples_scored": sum(map(len, groups))}
+        cepstra = [[mel_cepstrum(w) for w in group] for group in groups]
+        real = {key: [mel_cepstrum(r.wave) for r in clips[:4]] for key, clips in self.by_prompt.items()}
+        report["mel_cepstral_distortion"] = float(np.mean([
+            np.mean([distortion(c, r) for r in real[p]]) for p, group in zip(self.prompts, cepstra) for c in group]))
+        pairs = [distortion(clips[0], clips[1]) for p in self.prompts if len(clips := real[p]) > 1]
+        report["real_mel_cepstral_distortion"] = float(np.mean(pairs)) if pairs else None
+        report["duration_error_s"] = float(np.mean([
+            abs(voiced_seconds(w) - np.mean([len(r.wave) / SAMPLE_RATE for r in self.by_prompt[p]]))
+            for p, group in zip(self.prompts, groups) for w in group]))
+        spread = [distortion(g[0], g[1]) for g in cepstra if len(g) > 1]
+        report["sample_diversity"] = float(np.mean(spread)) if spread else None
+        if self.judge is not None:
+            report["classifier_real_accuracy"] = self.judge.accuracy([r.wave for r in self.reference],
+                                                                     [r.label for r in self.reference])
+            heard = self.judge.predict([w for g in groups for w in g])
+            asked = [text for (text, _), group in zip(self.prompts, groups) for _ in group]
+            report["adherence"] = float(np.mean([h == a for h, a in zip(heard, asked)]))
+            report["unseen_heard_as"] = self.judge.predict(unseen)
+        return report
+
+
 def evaluate_speech(generator: SpeechGenerator, run_dir: Path, manifest: dict, config, log=print) -> dict[str, Any]:
-    data_dir, speech, eot = run_dir / "data", manifest["speech"], generator.eot
+    data_dir, eot = run_dir / "data", generator.eot
     test = split_pairs(data_dir, manifest, "test") or split_pairs(data_dir, manifest, "val")
     bits, scored = bits_per_pixel(generator.model, test, eot, generator.prefix) if test else (float("nan"), 0)
     train_keys = {t[:-1].astype(np.int64).tobytes() for _, t in split_pairs(data_dir, manifest, "train")}
@@ -85,45 +127,19 @@ def evaluate_speech(generator: SpeechGenerator, run_dir: Path, manifest: dict, c
     report: dict[str, Any] = {"bits_per_audio_token": bits, "audio_tokens_scored": scored, "guidance": gc.guidance}
 
     log("evaluation: reading the real clips again for the judge and the distortion references")
-    real, _ = _real_records(config, manifest)
-    reference = real["test"] or real["val"]
-    by_prompt: dict[tuple[str, str | None], list[SpeechRecord]] = defaultdict(list)
-    for record in real["train"] + reference:
-        by_prompt[(record.text, record.voice)].append(record)
-    prompts = _prompts(reference, real["train"])
+    refs = References.of_run(config, manifest)
     per_prompt = ec.samples_per_prompt
     params = SamplingParams(temperature=gc.temperature or 1.0, top_k=gc.top_k, top_p=gc.top_p, seed=config.seed)
-    utterances = [Utterance(text, voice, per_prompt) for text, voice in prompts] + [Utterance(UNSEEN_TEXT, None, per_prompt)]
+    utterances = [Utterance(t, v, per_prompt) for t, v in refs.prompts] + [Utterance(UNSEEN_TEXT, None, per_prompt)]
     started = time.perf_counter()
     codes = generator.codes(utterances, params, gc.guidance)
     waves = generator.waves(codes)
-    seconds = time.perf_counter() - started
-    report["audio_seconds_per_s"] = sum(len(w) for w in waves) / SAMPLE_RATE / seconds
+    report["audio_seconds_per_s"] = sum(len(w) for w in waves) / SAMPLE_RATE / (time.perf_counter() - started)
     groups = [waves[i * per_prompt : (i + 1) * per_prompt] for i in range(len(utterances))]
     unseen = groups.pop()
     report["exact_training_copies"] = sum(generator.token_ids(c).tobytes() in train_keys for c in codes[:-per_prompt])
-    report["samples_scored"] = sum(map(len, groups))
-
-    cepstra = [[mel_cepstrum(w) for w in group] for group in groups]
-    real_cepstra = {key: [mel_cepstrum(r.wave) for r in clips[:4]] for key, clips in by_prompt.items()}
-    report["mel_cepstral_distortion"] = float(np.mean([
-        np.mean([distortion(c, r) for r in real_cepstra[p]]) for p, group in zip(prompts, cepstra) for c in group]))
-    report["real_mel_cepstral_distortion"] = float(np.mean([
-        distortion(clips[0], clips[1]) for p in prompts if len(clips := real_cepstra[p]) > 1] or [float("nan")]))
-    report["duration_error_s"] = float(np.mean([
-        abs(voiced_seconds(w) - np.mean([len(r.wave) / SAMPLE_RATE for r in by_prompt[p]]))
-        for p, group in zip(prompts, groups) for w in group]))
-    report["sample_diversity"] = float(np.mean([distortion(g[0], g[1]) for g in cepstra if len(g) > 1]))
-
-    labelled = [r for r in real["train"] if r.label]
-    if labelled and all(r.label for r in reference):
-        judge = Judge([r.wave for r in labelled], [r.label for r in labelled])
-        report["classifier_real_accuracy"] = judge.accuracy([r.wave for r in reference], [r.label for r in reference])
-        heard = judge.predict([w for g in groups for w in g])
-        asked = [text for text, _ in prompts for _ in range(per_prompt)]
-        report["adherence"] = float(np.mean([h == a for h, a in zip(heard, asked)]))
-        report["unseen_heard_as"] = judge.predict(unseen)
-    report["samples"] = _write_samples(run_dir / "eval", prompts, groups, unseen, report.get("unseen_heard_as"))
+    report |= refs.score(groups, unseen)
+    report["samples"] = _write_samples(run_dir / "eval", refs.prompts, groups, unseen, report.get("unseen_heard_as"))
     return report
 
 

@@ -12,7 +12,6 @@ from torch import nn
 from aigc.config import Config, GenerateConfig
 from aigc.data.clean import CleaningReport
 from aigc.data.collect import CollectResult, write_sources
-from aigc.data.pairs import split_pairs, target_start
 from aigc.data.prepare import PrepareResult
 from aigc.data.sources import resolve_sources
 from aigc.errors import GenerationError, TrainingError
@@ -21,7 +20,7 @@ from aigc.images.evaluation import evaluate_images
 from aigc.images.generator import ImageGenerator
 from aigc.images.pixels import grid, save_png
 from aigc.images.prepare import prepare_images
-from aigc.images.sampler import PrefixSampler
+from aigc.images.sampler import prefix_samplers
 from aigc.images.sources import image_records
 from aigc.tasks.base import GenerateRequest, Task
 
@@ -52,14 +51,7 @@ class ImageTask(Task):
         return config
 
     def samplers(self, config: Config, manifest: dict, rank: int, world: int) -> tuple[Any, Any | None]:
-        tc, data_dir, eot = config.train, config.run_dir / "data", target_start(manifest)
-        prefix = manifest["image"]["prefix"]
-        train = PrefixSampler(split_pairs(data_dir, manifest, "train"), eot, prefix, tc.batch_size, tc.grad_accum,
-                              config.seed, rank, world, condition_dropout=tc.condition_dropout)
-        val_pairs = split_pairs(data_dir, manifest, "val")
-        val = (PrefixSampler(val_pairs, eot, prefix, tc.batch_size, world, config.seed, rank, world, "val")
-               if len(val_pairs) >= tc.batch_size else None)
-        return train, val
+        return prefix_samplers(config, manifest, manifest["image"]["prefix"], rank, world)
 
     def init_model(self, model: nn.Module, manifest: dict) -> None:
         """The palette (the pixels' colours) is saved with the weights."""

@@ -13,12 +13,11 @@ from torch import nn
 from aigc.config import Config, GenerateConfig
 from aigc.data.clean import CleaningReport
 from aigc.data.collect import CollectResult, write_sources
-from aigc.data.pairs import split_pairs, target_start
 from aigc.data.prepare import PrepareResult
 from aigc.data.sources import resolve_sources
 from aigc.errors import DataError, GenerationError, TrainingError
 from aigc.generate.sampling import sampling_params
-from aigc.images.sampler import PrefixSampler
+from aigc.images.sampler import prefix_samplers
 from aigc.speech.audio import encode_audio
 from aigc.speech.evaluation import evaluate_speech
 from aigc.speech.generator import SpeechGenerator, Utterance
@@ -55,14 +54,7 @@ class SpeechTask(Task):
         return config
 
     def samplers(self, config: Config, manifest: dict, rank: int, world: int) -> tuple[Any, Any | None]:
-        tc, data_dir, eot = config.train, config.run_dir / "data", target_start(manifest)
-        prefix = manifest["speech"]["prefix"]
-        train = PrefixSampler(split_pairs(data_dir, manifest, "train"), eot, prefix, tc.batch_size, tc.grad_accum,
-                              config.seed, rank, world, condition_dropout=tc.condition_dropout)
-        val_pairs = split_pairs(data_dir, manifest, "val")
-        val = (PrefixSampler(val_pairs, eot, prefix, tc.batch_size, world, config.seed, rank, world, "val")
-               if len(val_pairs) >= tc.batch_size else None)
-        return train, val
+        return prefix_samplers(config, manifest, manifest["speech"]["prefix"], rank, world)
 
     def init_model(self, model: nn.Module, manifest: dict) -> None:
         """The codebooks (each audio token's log-mel frame) are saved with the weights."""
