@@ -279,6 +279,9 @@ class GenerateConfig(Section):
 
 class EvalConfig(Section):
     task: Literal["text", "code"] = Field("text", description="code: also check that completions are valid Python")
+    code_prompt: Literal["signature", "docstring"] = Field(
+        "signature", description="code: what a held-out function's prompt holds: its signature, or its signature "
+        "and docstring (HumanEval's prompts; functions without a short docstring are then skipped)")
     max_tokens: int = Field(100_000, ge=1, description="val tokens scored for loss, perplexity and bits per byte")
     samples: int = Field(8, ge=0, description="samples generated for the report (and code checks), with generate.*")
     max_pairs: int = Field(1000, ge=1, description="seq2seq: test pairs translated for BLEU and chrF")

@@ -42,6 +42,7 @@ from aigc.generate.text import TextGenerator
 from aigc.generate.translate import Translator
 
 CODE_STOPS = ("\ndef ", "\nclass ", "\n@", "\nif __name__")
+CODE_ROOM = 32  # tokens a code prompt leaves of the context, at least, for the function's body
 
 
 @dataclass
@@ -165,20 +166,27 @@ def diversity(samples: list[list[int]]) -> dict[str, float]:
     return result
 
 
-def function_headers(sources: list[str], limit: int) -> list[str]:
-    """Up to ``limit`` signatures (``def f(...):``, decorators excluded) of top-level functions in held-out code,
-    spread over the files: every file's first function, then every file's second, and so on.
+DOCSTRING_PROMPT_CHARS = 240  # longer signature + docstring prompts would leave too little of a 128-token context
+
+
+def function_headers(sources: list[str], limit: int, docstring: bool = False) -> list[str]:
+    """Up to ``limit`` prompts from top-level functions in held-out code, spread over the files: every file's
+    first function, then every file's second, and so on. A prompt is the one-line signature (``def f(...):``,
+    decorators excluded) or, with ``docstring``, the signature and the docstring (HumanEval's prompts: the
+    indentation and the intent are given), for functions with a docstring and code after it, at most
+    ``DOCSTRING_PROMPT_CHARS`` long.
 
     The trailing newline is left off: BPE merges a newline with the next line's indentation, so a
     prompt ending in a bare newline token would be unlike anything seen in training.
     """
-    per_file = [_top_level_headers(source, limit) for source in sources]
+    per_file = [_top_level_headers(source, limit, docstring) for source in sources]
     spread = [header for rank in itertools.zip_longest(*per_file) for header in rank if header is not None]
     return spread[:limit]
 
 
-def _top_level_headers(source: str, limit: int) -> list[str]:
-    """The one-line signatures of the first ``limit`` top-level functions of ``source`` (none if it does not parse)."""
+def _top_level_headers(source: str, limit: int, docstring: bool) -> list[str]:
+    """The prompts (see :func:`function_headers`) of the first ``limit`` top-level functions of ``source`` that
+    have one (none if it does not parse)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -187,12 +195,20 @@ def _top_level_headers(source: str, limit: int) -> list[str]:
         return []
     lines, headers = source.splitlines(), []
     for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
-            header = "\n".join(lines[node.lineno - 1 : node.body[0].lineno - 1])
-            if header.rstrip().endswith(":") and "\n" not in header.strip():
-                headers.append(header.rstrip())
-                if len(headers) >= limit:
-                    break
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or not node.body:
+            continue
+        header = "\n".join(lines[node.lineno - 1 : node.body[0].lineno - 1])
+        if not header.rstrip().endswith(":") or "\n" in header.strip():
+            continue
+        if docstring:
+            if ast.get_docstring(node) is None or len(node.body) < 2:
+                continue
+            header = "\n".join(lines[node.lineno - 1 : node.body[0].end_lineno])
+            if len(header) > DOCSTRING_PROMPT_CHARS:
+                continue
+        headers.append(header.rstrip())
+        if len(headers) >= limit:
+            break
     return headers
 
 
@@ -344,7 +360,10 @@ def evaluate_documents(generator: TextGenerator, run_dir: Path, manifest: dict, 
     eot = manifest["tokenizer"]["eot_id"]
     documents = _documents(np.asarray(val), eot, generator.decode, limit=200)
     if ec.task == "code":
-        prompts = function_headers(documents, ec.samples)
+        candidates = function_headers(documents, 4 * ec.samples, docstring=ec.code_prompt == "docstring")
+        room = config.model.block_size - CODE_ROOM  # a prompt that fills the context leaves no function to write
+        prompts = [p for p in candidates
+                   if len(generator.tokenizer.encode(p, add_special_tokens=False).ids) <= room][: ec.samples]
     else:
         prompts = [doc[: max(1, min(len(doc) // 2, 32))] for doc in documents if doc.strip()][: ec.samples]
     samples: list[tuple[str, str]] = []

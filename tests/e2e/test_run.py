@@ -99,7 +99,7 @@ def test_generate_on_a_folder_that_is_not_a_run(tmp_path):
 
 def test_code_recipe_with_tiny_budget(tmp_path):
     done = aigc("run", "code", f"run.dir={tmp_path / 'code'}", "tokenizer.train_max_mb=1", "tokenizer.vocab_size=512",
-                "train.max_steps=100", "eval.max_tokens=30000", *TINY_MODEL)
+                "train.max_steps=100", "eval.max_tokens=30000", "eval.code_prompt=signature", *TINY_MODEL)
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "code" / "eval" / "report.json").read_text())
     # 100 steps, seed 1337 (this interpreter's standard library): val loss 4.91, measured; the val tokens' unigram

@@ -329,7 +329,7 @@ class ImageModel(ServedModel):
 
 
 class SpeechModel(ServedModel):
-    """A caption-prefix speech model: a clip of at most ``generator.seconds`` in one of the run's voices."""
+    """A caption-prefix speech model: a clip of the run's fixed length (trailing silence cut) in one of its voices."""
 
     kind, api = "speech", "speech"
 

@@ -21,7 +21,7 @@ from aigc.errors import GenerationError
 from aigc.generate.engine import Engine
 from aigc.generate.sampling import SamplingParams
 from aigc.models.gpt import GPT
-from aigc.speech.audio import HOP, SAMPLE_RATE, change_speed, to_wave, trim_silence
+from aigc.speech.audio import change_speed, to_wave, trim_silence
 from aigc.speech.codebook import decode_codes
 from aigc.speech.prepare import caption
 from aigc.tokenizer import UNK, eot_id
@@ -59,11 +59,6 @@ class SpeechGenerator:
     def from_checkpoint(cls, path: Path, device: str = "cpu") -> SpeechGenerator:
         checkpoint = load_checkpoint(path)
         return cls(checkpoint.load_model(device), Tokenizer.from_file(str(checkpoint.path / "tokenizer.json")))
-
-    @property
-    def seconds(self) -> float:
-        """The longest clip this model says, before trailing silence is cut."""
-        return (self.frames - 1) * HOP / SAMPLE_RATE
 
     def voice(self, voice: str | None) -> str | None:
         """``voice`` checked against the run's voices (None: the first); a run without voices takes none."""
