@@ -82,7 +82,7 @@ def main() -> None:
         config = load_config("speech", [f"run.dir={run_dir}"] + (["train.max_minutes=0.3"] if args.quick else []))
         report = json.loads((run_dir / "eval" / "report.json").read_text())
         manifest = read_manifest(run_dir / "data")
-        generator = SpeechGenerator.from_checkpoint(run_dir)
+        generator = SpeechGenerator.from_checkpoint(run_dir)  # the latest checkpoint, as aigc generate loads
         refs = References.of_run(config, manifest)
         params = SamplingParams(temperature=1.0, top_k=None, seed=config.seed)
         utterances = [Utterance(t, v, PER_PROMPT) for t, v in refs.prompts] + [Utterance(UNSEEN_TEXT, None, PER_PROMPT)]
@@ -102,9 +102,11 @@ def main() -> None:
                               length, params, guidance)
             return [row.reshape(generator.frames, generator.levels) % generator.book_size for row in drawn]
 
-        rows = {"aigc": {"params": sum(p.numel() for p in generator.model.parameters()), "steps": report["step"],
+        trained = max(json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+        rows = {"aigc": {"params": sum(p.numel() for p in generator.model.parameters()), "steps": trained,
                          1.0: ours(1.0), 2.0: ours(2.0)}}
-        rows["aigc"]["speed"] = throughput(lambda words: generator.say([Utterance(w, "m1") for w in words], params))
+        rows["aigc"]["speed"] = throughput(lambda words: [wave for group in generator.say(
+            [Utterance(w, "m1") for w in words], params) for wave in group])
 
         sampler = PrefixSampler(split_pairs(run_dir / "data", manifest, "train"), target_start(manifest),
                                 generator.prefix, config.train.batch_size, config.train.grad_accum, config.seed,
@@ -127,8 +129,9 @@ def main() -> None:
         print(f"| {name} | {row['params']:,} | {row['steps']:,} | {row[1.0]['adherence']:.1%} | {g2['adherence']:.1%} | "
               f"{g2['mel_cepstral_distortion']:.2f} ({g2['real_mel_cepstral_distortion']:.2f}) | "
               f"{g2['duration_error_s']:.3f} s | {row['speed'][0]:.1f} | {row['speed'][1]:.1f} |")
-    print(f"\nthe run's own evaluation (its generate settings: guidance {report['guidance']:g}, top-k): adherence "
-          f"{report['adherence']:.1%}")
+    print(f"\nboth rows: the last checkpoint (what aigc generate and aigc serve load). The run's own evaluation "
+          f"(its best checkpoint by val loss, step {report['step']:,}; its generate settings, guidance "
+          f"{report['guidance']:g}): adherence {report['adherence']:.1%}")
     learned = rows["HF ImageGPT"][1.0]["adherence"] >= 3 * CHANCE
     print("peer: " + ("learned (unguided adherence over three times chance): the comparison holds" if learned else
                       "did NOT learn (unguided adherence under three times chance): the comparison is void"))

@@ -115,7 +115,7 @@ def held_out_files(run: Path, folder: Path) -> Path:
 def code_table(work: Path, minutes: float) -> None:
     before, after = work / "code-before", work / "code-after"
     aigc("run", "code", f"run.dir={before}", f"train.max_minutes={minutes}", *BEFORE)
-    aigc("run", "code", f"run.dir={after}", f"train.max_minutes={minutes}")
+    printed = aigc("run", "code", f"run.dir={after}", f"train.max_minutes={minutes}")
     files = held_out_files(after, work / "held-out")
     signature, docstring = "eval.code_prompt=signature", "eval.code_prompt=docstring"
     rows = {  # the after run's own report is evaluated last, so its eval/ is the recipe's
@@ -132,6 +132,7 @@ def code_table(work: Path, minutes: float) -> None:
         print(f"| {name} | {r['steps']:,} | {r['bits_per_byte']:.3f} | {r['prompts']} | {r['parse']:.1%} | "
               f"{r['compile']:.1%} | {r['repeated_4grams']:.3f} |")
     print(f"\nbefore: {' '.join(BEFORE)} (over recipes/code.yaml as it ships)")
+    print(f"\nwhat `aigc run code` printed for the after run:\n{printed}")
     old = rows["before: the held-out library files, signature + docstring prompts"]
     new = rows["after: the same files, signature + docstring prompts (the recipe's eval)"]
     print(f"target: at least {PARSE_TARGET:.0%} of the completions parse at the recipe's eval settings: "
