@@ -45,6 +45,24 @@ def test_batched_equals_one_by_one():
         assert list(batched[row]) == alone
 
 
+@pytest.mark.parametrize("position", ["learned", "rope"])
+def test_each_row_gets_its_own_room_in_the_context(position):
+    """A short prompt batched with one that nearly fills the context still gets max_new_tokens, the same tokens
+    as alone; the long one stops where the context ends (64 - 60 + 1 = 5 tokens)."""
+    torch.manual_seed(2)
+    engine = Engine(GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50, position=position)))
+    params = SamplingParams(max_new_tokens=30, temperature=0)
+    prompts = [[1, 2, 3], list(range(1, 49)) + list(range(1, 13))]
+    batched = [[] for _ in prompts]
+    for step in engine.steps(prompts, params):
+        for row, event in enumerate(step):
+            if event is not None:
+                batched[row].append(event.token)
+    assert [len(tokens) for tokens in batched] == [30, 5]
+    for row, prompt in enumerate(prompts):
+        assert batched[row] == [step[0].token for step in engine.steps([prompt], params)]
+
+
 def test_seed_reproducible_and_different(generator):
     params = SamplingParams(max_new_tokens=20, temperature=1.0, seed=7)
     first = generator.complete(["def "], params)[0].text

@@ -99,7 +99,7 @@ class PaddedBatch:
     """Left-padded prompts decoded together with a KV cache sized for ``steps`` new tokens.
 
     Each row gets its own positions (counted from its first real token) and a mask that hides the
-    padding, so a row decodes exactly as it would alone. ``use_cache=False`` recomputes the whole
+    padding, so a row decodes exactly as it would alone, and as far as its own room in the context. ``use_cache=False`` recomputes the whole
     sequence every step (the reference the cached path is tested against).
     """
 
@@ -123,7 +123,8 @@ class PaddedBatch:
         rows = len(tokens)
         self.valid = torch.cat([self.valid, torch.ones(rows, 1, dtype=torch.bool, device=tokens.device)], dim=1)
         self.idx = torch.cat([self.idx, tokens[:, None]], dim=1)
-        next_positions = self.positions[:, -1:] + 1
+        # a row that has used its room in the context is done and its logits unused: it only must not index past it
+        next_positions = (self.positions[:, -1:] + 1).clamp(max=self.model.config.block_size - 1)
         self.positions = torch.cat([self.positions, next_positions], dim=1)
         if not self.use_cache:
             return self._forward(self.idx, self.positions, self.valid)

@@ -41,14 +41,16 @@ class Engine:
     def device(self) -> torch.device:
         return self.model.wte.weight.device
 
-    def steps_for(self, prompts: list[list[int]], params: SamplingParams) -> int:
-        """How many tokens a batch of ``prompts`` may produce: ``max_new_tokens``, or what the context leaves."""
+    def steps_for(self, prompts: list[list[int]], params: SamplingParams) -> list[int]:
+        """How many tokens each of ``prompts`` may produce: ``max_new_tokens``, or what the context leaves it.
+
+        Each row's own room: a short prompt batched with a long one is not cut to the long one's room."""
         if not prompts or any(not p for p in prompts):
             raise GenerationError("every prompt needs at least one token")
         longest = max(map(len, prompts))
         if longest > self.block_size:
             raise GenerationError(f"a prompt has {longest} tokens; the model's context is {self.block_size}")
-        return min(params.max_new_tokens, self.block_size - longest + 1)
+        return [min(params.max_new_tokens, self.block_size - len(p) + 1) for p in prompts]
 
     @torch.inference_mode()
     def steps(self, prompts: list[list[int]], params: SamplingParams, use_cache: bool = True,
@@ -58,9 +60,9 @@ class Engine:
         ``rows`` (one per prompt, from :meth:`rows`) carry text streams and stop ids; by default the
         rows produce tokens only. Stops when every row has finished (each ends at its limit at the latest).
         """
-        limit = self.steps_for(prompts, params)
-        batch = PaddedBatch(self.model, prompts, limit, use_cache)
-        rows = rows if rows is not None else self.rows(prompts, params, limit)
+        limits = self.steps_for(prompts, params)
+        batch = PaddedBatch(self.model, prompts, max(limits), use_cache)
+        rows = rows if rows is not None else self.rows(prompts, params, limits)
         logits = batch.prefill()
         while True:
             yield [None if row.done else row.accept(row_logits) for row, row_logits in zip(rows, logits)]
@@ -68,11 +70,12 @@ class Engine:
                 return
             logits = batch.decode_step(torch.tensor([row.last for row in rows], device=self.device))
 
-    def rows(self, prompts: list[list[int]], params: SamplingParams, limit: int, **options) -> list[Row]:
-        """One :class:`Row` per prompt, seeded ``base + i``; ``options`` go to every row (decode, stop_ids, ...)."""
+    def rows(self, prompts: list[list[int]], params: SamplingParams, limits: list[int], **options) -> list[Row]:
+        """One :class:`Row` per prompt, seeded ``base + i``, producing at most ``limits[i]`` tokens; ``options``
+        go to every row (decode, stop_ids, ...)."""
         base = seed_base(params)
         return [Row(i, torch.tensor(p, device=self.device), params, self.vocab_size, limit, base + i, **options)
-                for i, p in enumerate(prompts)]
+                for i, (p, limit) in enumerate(zip(prompts, limits))]
 
     def _encode(self, sources: list[list[int]], repeat: int = 1):
         """Right-padded sources -> per-layer cross K/V and mask, each row repeated ``repeat`` times (beams)."""

@@ -78,9 +78,9 @@ class TextGenerator:
     def stream(self, prompts: list[str], params: SamplingParams) -> Iterator[Event]:
         """Text increments of every prompt as they are decoded, batched; each row ends with a finish reason."""
         encoded = [self.encode_prompt(p, params) for p in prompts]
-        limit = self.engine.steps_for(encoded, params)
+        limits = self.engine.steps_for(encoded, params)
         stop_ids = frozenset() if params.ignore_eos else self.eos_ids
-        rows = self.engine.rows(encoded, params, limit, decode=self.decode, stop_ids=stop_ids)
+        rows = self.engine.rows(encoded, params, limits, decode=self.decode, stop_ids=stop_ids)
         for step in self.engine.steps(encoded, params, rows=rows):
             yield from (event for event in step if event is not None)
 

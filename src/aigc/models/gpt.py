@@ -97,15 +97,15 @@ class GPT(nn.Module):
         the final-norm hidden states (B, T, C) that the output projection would turn into logits.
 
         ``idx`` (B, T) token ids. ``caches`` (one per block) make this an incremental step: positions
-        continue from what is cached. ``positions`` (B, T) overrides them (left-padded batches), and
+        continue from what is cached. ``positions`` (B, T), each below ``block_size``, overrides them (left-padded batches), and
         ``mask`` (B, 1, T, S) bool then says which keys each query may see. ``last_only`` computes
         logits for the final position only, (B, 1, V), which is all decoding needs.
         """
         B, T = idx.shape
-        start = caches[0].length if caches else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"cannot attend to {start + T} positions; the model's block_size is {self.config.block_size}")
-        if positions is None:
+        if positions is None:  # given, they count each row's real tokens: a padded cache may be longer than that
+            start = caches[0].length if caches else 0
+            if start + T > self.config.block_size:
+                raise ValueError(f"cannot attend to {start + T} positions; the model's block_size is {self.config.block_size}")
             positions = torch.arange(start, start + T, device=idx.device)
         x = self.wte(idx)  # (B, T, C)
         if self.wpe is not None:
