@@ -83,6 +83,7 @@ def tiny_run(tmp_path_factory) -> Path:
     done = subprocess.run([sys.executable, "-m", "aigc", "run", "text", f"data.paths=[{corpus}]", f"run.dir={run_dir}",
                            "tokenizer.kind=char", "model.n_layer=2", "model.n_head=2", "model.n_embd=32",
                            "model.block_size=1024", "train.max_steps=20", "train.batch_size=2", "train.eval_every=20",
+                           "train.lr=0.002", "train.warmup_steps=50",  # its own: the tests read its seeded samples
                            "train.checkpoint_every=20", "eval.samples=1", "generate.max_new_tokens=4",
                            "eval.max_tokens=4096", *FIXED_STEPS], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
