@@ -40,9 +40,9 @@ def test_source_padding_is_never_attended_to(style):
 
 
 def test_separate_embeddings():
-    shared, separate = tiny(), tiny(share_embeddings=False)
-    assert separate.source_wte is not None and shared.source_wte is None
-    assert separate.num_params() - shared.num_params() == 40 * 32
+    tied, separate = tiny(), tiny(share_embeddings=False)
+    assert separate.source_wte is not None and tied.source_wte is None
+    assert separate.num_params() - tied.num_params() == 40 * 32
     src, mask = torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.bool)
     assert separate(src, mask, torch.tensor([[1, 2]])).shape == (1, 2, 40)
 

@@ -99,8 +99,9 @@ class PaddedBatch:
     """Left-padded prompts decoded together with a KV cache sized for ``steps`` new tokens.
 
     Each row gets its own positions (counted from its first real token) and a mask that hides the
-    padding, so a row decodes exactly as it would alone, and as far as its own room in the context. ``use_cache=False`` recomputes the whole
-    sequence every step (the reference the cached path is tested against).
+    padding, so a row decodes exactly as it would alone, and as far as its own room in the context.
+    ``use_cache=False`` recomputes the whole sequence every step (the reference the cached path is tested
+    against).
     """
 
     def __init__(self, model, prompts: list[list[int]], steps: int, use_cache: bool = True):

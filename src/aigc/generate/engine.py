@@ -57,12 +57,11 @@ class Engine:
               rows: list[Row] | None = None) -> Iterator[list[Event | None]]:
         """Yield, per decoding step, one :class:`Event` per row (None for rows already finished).
 
-        ``rows`` (one per prompt, from :meth:`rows`) carry text streams and stop ids; by default the
-        rows produce tokens only. Stops when every row has finished (each ends at its limit at the latest).
+        ``rows`` (one per prompt, from :meth:`rows` with :meth:`steps_for`'s limits) carry text streams and stop
+        ids; by default the rows produce tokens only. Stops when every row has finished (each ends at its limit at the latest).
         """
-        limits = self.steps_for(prompts, params)
-        batch = PaddedBatch(self.model, prompts, max(limits), use_cache)
-        rows = rows if rows is not None else self.rows(prompts, params, limits)
+        rows = rows if rows is not None else self.rows(prompts, params, self.steps_for(prompts, params))
+        batch = PaddedBatch(self.model, prompts, max(row.limit for row in rows), use_cache)
         logits = batch.prefill()
         while True:
             yield [None if row.done else row.accept(row_logits) for row, row_logits in zip(rows, logits)]
