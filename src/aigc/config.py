@@ -309,6 +309,8 @@ class TuneConfig(Section):
     space: dict[str, dict[str, list[Any]]] = Field(
         default_factory=dict, description="key -> {log_float: [lo, hi]} | {float: [lo, hi]} | {int: [lo, hi]} | "
         "{choice: [a, b, ...]}")
+    baseline: bool = Field(False, description="run the recipe's own values of the space's keys as the first trial, "
+                           "so the study measures what it is trying to beat the same way")
 
 
 _MOVED_TO_GENERATE = ("max_new_tokens", "temperature", "top_k", "beams", "guidance")

@@ -47,10 +47,13 @@ def _args(corpus: Path, run: Path, space: str, *extra: str) -> list[str]:
 def test_a_study_writes_a_best_recipe_that_aigc_run_accepts(corpus, tmp_path):
     run = tmp_path / "study"
     done = aigc(*_args(corpus, run, "{train.lr: {log_float: [1.0e-4, 1.0e-2]}, model.n_head: {choice: [2, 3]}}",
-                       "tune.trials=4"))
+                       "tune.trials=4", "tune.baseline=true"))
     assert done.returncode == 0, done.stderr
     assert "trial 4 of 4" in done.stderr and "best recipe:" in done.stdout
     trials = _study(run).trials
+    recipe = load_config("text")  # the first trial is the recipe's own point of the space
+    assert trials[0].params == {"train.lr": recipe.train.lr, "model.n_head": 2}, trials[0].params
+    assert "baseline: the recipe's own values" in (run / "tune" / "report.md").read_text()
     invalid = [t for t in trials if t.params["model.n_head"] == 3]
     assert len(trials) == 4 and len(invalid) < 4  # each valid trial trained in a run folder of its own:
     assert len(list((run / "tune" / "trials").iterdir())) == 4 - len(invalid)
@@ -119,6 +122,7 @@ def test_two_workers_share_one_sqlite_study(corpus, tmp_path):
     ("{model.norm: {choice: [layernorm, batchnorm]}}", [], "not a valid setting"),
     ("{train.lr: {log_float: [0, 0.1]}}", [], "positive low end"),
     ("{}", [], "tune.space is empty"),
+    ("{train.lr: {float: [0.1, 0.2]}}", ["tune.baseline=true"], "train.lr=0.0026 lies outside tune.space.train.lr"),
     ("{train.lr: {float: [0.1, 0.2]}}", ["tune.metric=bleu"], "text runs report val_loss, bits_per_byte"),
     ("{train.lr: {float: [0.1, 0.2]}}", ["tune.storage=postgresql://nobody@127.0.0.1:9/none"], "cannot open the study"),
 ])

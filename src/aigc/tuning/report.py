@@ -18,6 +18,11 @@ def _cell(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _note(trial: optuna.trial.FrozenTrial) -> str:
+    notes = ["baseline: the recipe's own values"] if trial.user_attrs.get("baseline") else []
+    return "; ".join(notes + ([trial.user_attrs["reason"]] if "reason" in trial.user_attrs else []))
+
+
 def write_report(study: optuna.Study, folder: Path, metric: str) -> Path:
     """Write ``report.md`` (and its PNGs) for ``study`` into ``folder``; return its path."""
     import matplotlib
@@ -42,7 +47,7 @@ def write_report(study: optuna.Study, folder: Path, metric: str) -> Path:
         value = f"{t.value:.4f}" if t.value is not None else ""
         lines.append(f"| {t.number} | {t.state.name.lower()} | {value} | "
                      + " | ".join(_cell(t.params.get(n, "")) for n in names)
-                     + f" | {t.user_attrs.get('reason', '')} |")
+                     + f" | {_note(t)} |")
     for file, (title, function, needed) in PLOTS.items():
         if len(complete) < needed or not names:
             continue

@@ -63,6 +63,27 @@ def check_space(config: Config, raw: dict[str, Any]) -> None:
                     raise ConfigError(f"tune.space.{key} = {value!r} is not a valid setting:\n{err}") from None
 
 
+def baseline_params(config: Config) -> dict[str, Any]:
+    """The recipe's own values of the space's keys, as Optuna params (what ``suggest`` would have drawn), or a
+    ConfigError naming a value the space does not hold: a baseline trial must be a point of the search."""
+    params = {}
+    for key, spec in config.tune.space.items():
+        kind, bounds = _values(key, spec)
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        if kind == "choice":
+            inside = value in bounds
+            value = _choice_labels(bounds)[bounds.index(value)] if inside else value
+        else:
+            inside = isinstance(value, (int, float)) and bounds[0] <= value <= bounds[1]
+        if not inside:
+            raise ConfigError(f"tune.baseline: the recipe's {key}={value!r} lies outside tune.space.{key} "
+                              f"({kind}: {bounds}); widen the space or set tune.baseline=false")
+        params[key] = value
+    return params
+
+
 def _only_combination_problem(err: ConfigError) -> bool:
     """Whether a validation error is about settings together (heads not dividing the width), which a trial
     may hit and is pruned for, rather than about the value itself."""

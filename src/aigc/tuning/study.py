@@ -33,7 +33,7 @@ from aigc.errors import AigcError, ConfigError
 from aigc.tasks import evaluate, prepare, task_for
 from aigc.training.loop import train
 from aigc.tuning.report import write_report
-from aigc.tuning.space import check_space, settings_of, suggest, with_values
+from aigc.tuning.space import baseline_params, check_space, settings_of, suggest, with_values
 
 STUDY = "aigc"
 OPEN_ATTEMPTS = 4
@@ -88,6 +88,8 @@ def check_study(config: Config, raw: dict[str, Any]) -> None:
     task = task_for(config)
     if config.tune.metric not in task.metrics:
         raise ConfigError(f"tune.metric={config.tune.metric}: {task.name} runs report {', '.join(task.metrics)}")
+    if config.tune.baseline:
+        baseline_params(config)
     if config.tune.metric == "parse_rate" and config.eval.task != "code":
         raise ConfigError("tune.metric=parse_rate needs eval.task=code (the evaluation then checks the code)")
 
@@ -187,6 +189,8 @@ def tune(config: Config, raw: dict[str, Any], resume: bool = False, workers: int
     study = open_study(config)
     if not worker and config.tune.storage is None:  # on a shared database, running trials may be another's
         _fail_stale(study, log)
+    if config.tune.baseline and not worker and not study.trials:
+        study.enqueue_trial(baseline_params(config), user_attrs={"baseline": True})
     trials = Trials(config, raw, log)
     trials.prepare_shared()
     if workers > 1 and not worker and worker_command is None:
