@@ -27,8 +27,9 @@ WORDS = "the a king queen of and to my lord good night day sweet love come go he
 TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.dropout=0", "train.max_minutes=null",
         "train.schedule=steps", "train.max_steps=30", "train.warmup_steps=5", "train.batch_size=8", "train.eval_every=15",
         "train.eval_batches=2", "train.checkpoint_every=30", "train.threads=1"]
-# the text recipe's learning rate when the outputs were recorded (aigc tune has retuned it since)
+# the text and translate recipes' learning rates when the outputs were recorded (aigc tune has retuned them since)
 TEXT_RECORDED = ["train.lr=0.002"]
+PAIRS_RECORDED = ["train.lr=0.003"]
 SAMPLED = ["--seed", "5", "--temperature", "0.9", "--top-k", "12", "--max-new-tokens", "24"]
 
 
@@ -62,7 +63,7 @@ def _observe(root: Path) -> dict:
     _run("prepare", "text", *text_run)
     _run("train", "text", *text_run)
     pair_args = ["translate", f"data.paths=[{pairs}]", f"run.dir={runs['pairs']}", "tokenizer.vocab_size=300",
-                 "model.n_encoder_layer=2", "model.block_size=32", *TINY]
+                 "model.n_encoder_layer=2", "model.block_size=32", *PAIRS_RECORDED, *TINY]
     _run("prepare", *pair_args)
     _run("train", *pair_args)
     digit_args = ["digits", f"run.dir={runs['digits']}", "model.block_size=96", *TINY]
