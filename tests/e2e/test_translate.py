@@ -18,8 +18,8 @@ from tests.e2e.test_serve import Server
 
 # the learning rate these step budgets were measured at: the recipe's (aigc tune's, for 5 minutes) is lower
 STEP_BUDGET_LR = ["train.lr=0.003"]
-TINY_SEQ2SEQ = [*FIXED_STEPS, *STEP_BUDGET_LR, "model.n_layer=2", "model.n_encoder_layer=2", "model.n_head=2", "model.n_embd=64",
-                "tokenizer.vocab_size=1500", "train.max_steps=60", "train.batch_size=32", "train.eval_every=15",
+TINY_SEQ2SEQ = [*FIXED_STEPS, *STEP_BUDGET_LR, "model.n_layer=2", "model.n_encoder_layer=2", "model.n_head=2",
+                "model.n_embd=64", "tokenizer.vocab_size=1500", "train.max_steps=60", "train.batch_size=32", "train.eval_every=15",
                 "train.checkpoint_every=30", "eval.max_pairs=40", "generate.beams=2"]
 
 
@@ -72,8 +72,8 @@ def made_up_run(tmp_path_factory):
     corpus = folder / "pairs.tsv"
     corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
     run_dir = folder / "run"
-    done = aigc("run", "translate", f"data.paths=[{corpus}]", f"run.dir={run_dir}", *FIXED_STEPS, *STEP_BUDGET_LR, "model.n_layer=2",
-                "model.n_encoder_layer=2", "model.n_head=2", "model.n_embd=64", "tokenizer.vocab_size=300",
+    done = aigc("run", "translate", f"data.paths=[{corpus}]", f"run.dir={run_dir}", *FIXED_STEPS, *STEP_BUDGET_LR,
+                "model.n_layer=2", "model.n_encoder_layer=2", "model.n_head=2", "model.n_embd=64", "tokenizer.vocab_size=300",
                 "data.val_fraction=0.1", "data.test_fraction=0.1", "train.max_steps=150", "train.batch_size=32",
                 "train.warmup_steps=10", "train.eval_every=50", "train.checkpoint_every=150", "generate.beams=1")
     assert done.returncode == 0, done.stderr

@@ -84,7 +84,7 @@ def test_a_clearly_worse_trial_is_pruned(corpus, tmp_path):
 def test_sigkill_then_resume_finishes_the_study_and_reruns_no_trial(corpus, tmp_path):
     run = tmp_path / "killed"
     args = _args(corpus, run, "{train.lr: {log_float: [1.0e-3, 1.0e-2]}}", "tune.trials=4", "tune.pruner=none",
-                 "train.max_steps=60")
+                 "train.max_steps=60", "tune.baseline=true")
     process = subprocess.Popen([sys.executable, "-m", "aigc", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while not (run / "tune" / "trials" / "0001").is_dir():  # trial 0 finished, trial 1 running
@@ -101,13 +101,15 @@ def test_sigkill_then_resume_finishes_the_study_and_reruns_no_trial(corpus, tmp_
     assert len(finished) == len(trials) == 4
     assert {t.number: t.value for t in trials if t.number in before} == before  # kept, not rerun
     assert any("stopped" in t.user_attrs.get("reason", "") for t in trials if t.state == optuna.trial.TrialState.FAIL)
+    assert [t.number for t in trials if t.user_attrs.get("baseline")] == [0]  # not enqueued again by --resume
 
 
 @pytest.mark.slow
 def test_two_workers_share_one_sqlite_study(corpus, tmp_path):
     run = tmp_path / "workers"
-    done = aigc(*_args(corpus, run, "{train.lr: {log_float: [1.0e-3, 1.0e-2]}}", "tune.trials=4", "tune.pruner=none"),
-                "--workers", "2")
+    # trials of 150 steps: long enough that the helper process has imported torch before this one ran all four
+    done = aigc(*_args(corpus, run, "{train.lr: {log_float: [1.0e-3, 1.0e-2]}}", "tune.trials=4", "tune.pruner=none",
+                       "train.max_steps=150"), "--workers", "2")
     assert done.returncode == 0, done.stderr
     trials = _study(run).trials
     assert len(trials) >= 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)

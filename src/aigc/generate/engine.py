@@ -58,7 +58,8 @@ class Engine:
         """Yield, per decoding step, one :class:`Event` per row (None for rows already finished).
 
         ``rows`` (one per prompt, from :meth:`rows` with :meth:`steps_for`'s limits) carry text streams and stop
-        ids; by default the rows produce tokens only. Stops when every row has finished (each ends at its limit at the latest).
+        ids; by default the rows produce tokens only. Stops when every row has finished (each ends at its limit
+        at the latest).
         """
         rows = rows if rows is not None else self.rows(prompts, params, self.steps_for(prompts, params))
         batch = PaddedBatch(self.model, prompts, max(row.limit for row in rows), use_cache)

@@ -98,8 +98,8 @@ class GPT(nn.Module):
 
         ``idx`` (B, T) token ids. ``caches`` (one per block) make this an incremental step: positions
         continue from what is cached. ``positions`` (B, T), each below ``block_size``, overrides them
-        (left-padded batches), and ``mask`` (B, 1, T, S) bool then says which keys each query may see. ``last_only`` computes
-        logits for the final position only, (B, 1, V), which is all decoding needs.
+        (left-padded batches), and ``mask`` (B, 1, T, S) bool then says which keys each query may see.
+        ``last_only`` computes logits for the final position only, (B, 1, V), which is all decoding needs.
         """
         B, T = idx.shape
         if positions is None:  # given, they count each row's real tokens: a padded cache may be longer than that

@@ -14,6 +14,7 @@ A key that is not a setting, a value of the wrong type, an empty range or an unk
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import yaml
@@ -69,9 +70,7 @@ def baseline_params(config: Config) -> dict[str, Any]:
     params = {}
     for key, spec in config.tune.space.items():
         kind, bounds = _values(key, spec)
-        value = config
-        for part in key.split("."):
-            value = getattr(value, part)
+        value = functools.reduce(getattr, key.split("."), config)
         if kind == "choice":
             inside = value in bounds
             value = _choice_labels(bounds)[bounds.index(value)] if inside else value

@@ -189,8 +189,8 @@ def tune(config: Config, raw: dict[str, Any], resume: bool = False, workers: int
     study = open_study(config)
     if not worker and config.tune.storage is None:  # on a shared database, running trials may be another's
         _fail_stale(study, log)
-    if config.tune.baseline and not worker and not study.trials:
-        study.enqueue_trial(baseline_params(config), user_attrs={"baseline": True})
+    if config.tune.baseline and not worker:  # once per study: a resumed or shared study already holds it
+        study.enqueue_trial(baseline_params(config), user_attrs={"baseline": True}, skip_if_exists=True)
     trials = Trials(config, raw, log)
     trials.prepare_shared()
     if workers > 1 and not worker and worker_command is None:
