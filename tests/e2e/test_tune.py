@@ -135,6 +135,16 @@ def test_bad_studies_are_refused_before_any_trial(corpus, tmp_path, space, extra
     assert not (run / "tune" / "trials").exists()
 
 
+def test_a_study_whose_data_fails_can_start_again_without_resume(corpus, tmp_path):
+    """The data error is the user's to fix; the empty study it leaves must not then demand --resume."""
+    run, space = tmp_path / "run", "{train.lr: {float: [0.001, 0.004]}}"
+    failed = aigc(*_args(corpus, run, space, f"data.paths=[{tmp_path / 'missing.txt'}]", "tune.baseline=true"))
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr and "missing.txt" in failed.stderr
+    done = aigc(*_args(corpus, run, space, "tune.trials=1", "tune.baseline=true"))
+    assert done.returncode == 0, done.stderr
+    assert [t.user_attrs.get("baseline") for t in _study(run).trials] == [True]
+
+
 def _postgres_binaries() -> tuple[str, str] | None:
     """initdb and pg_ctl: on PATH, or where Debian's postgresql package puts them."""
     for folder in [None, *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]:

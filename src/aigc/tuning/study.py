@@ -185,7 +185,9 @@ def tune(config: Config, raw: dict[str, Any], resume: bool = False, workers: int
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines below say what matters
     folder = config.run_dir / "tune"
     if not resume and not worker and (folder / "study.db").exists() and config.tune.storage is None:
-        raise ConfigError(f"{folder} already holds a study: continue it with --resume, or use another run.dir")
+        if _has_run_a_trial(config):
+            raise ConfigError(f"{folder} already holds a study: continue it with --resume, or use another run.dir")
+        (folder / "study.db").unlink()  # a start that failed before its first trial (its data, say): start afresh
     study = open_study(config)
     if not worker and config.tune.storage is None:  # on a shared database, running trials may be another's
         _fail_stale(study, log)
@@ -227,6 +229,15 @@ def tune(config: Config, raw: dict[str, Any], resume: bool = False, workers: int
                                               encoding="utf-8")
     finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
     return TuneResult(folder, best.value if best else None, dict(best.params) if best else {}, finished)
+
+
+def _has_run_a_trial(config: Config) -> bool:
+    """Whether the run's SQLite study holds a trial that started (not only the enqueued baseline)."""
+    try:
+        study = optuna.load_study(study_name=STUDY, storage=storage_url(config))
+    except KeyError:  # the file exists but the study was never created in it
+        return False
+    return any(t.state != optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
 
 def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
