@@ -78,10 +78,10 @@ class EvalResult:
                     lines.append("doctests: none of the evaluated functions has doctests to run")
         if "bits_per_pixel" in r:
             lines.append(f"test bits/pixel {r['bits_per_pixel']:.3f}; {r['samples_per_s']:.1f} samples/s at guidance {r['guidance']:g}")
-            if "adherence" in r:
+            if "classifier_real_accuracy" in r:
                 lines.append(f"prompt adherence {r['adherence']:.1%} (classifier on real digits: {r['classifier_real_accuracy']:.1%})")
             if r.get("adherence_seen") is not None or r.get("adherence_heldout") is not None:
-                lines.append(f"prompt adherence: seen combinations {r['adherence_seen']:.1%}, "
+                lines.append(f"prompt adherence {r['adherence']:.1%}: seen combinations {r['adherence_seen']:.1%}, "
                              f"held-out combinations {r['adherence_heldout']:.1%}")
             lines.append(f"diversity {r['sample_diversity']:.3f}"
                          + (f" (real {r['real_diversity']:.3f})" if "real_diversity" in r else "")

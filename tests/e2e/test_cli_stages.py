@@ -359,8 +359,10 @@ def test_shapes_recipe_end_to_end(tmp_path):
                 "eval.samples_per_prompt=2")
     assert done.returncode == 0, done.stderr
     report = json.loads((run_dir / "eval" / "report.json").read_text())
-    for key in ("adherence_seen", "adherence_heldout"):
+    for key in ("adherence", "adherence_seen", "adherence_heldout"):
         assert isinstance(report[key], float) and 0.0 <= report[key] <= 1.0, (key, report[key])
+    parts = sorted([report["adherence_seen"], report["adherence_heldout"]])  # over every prompt: between the two
+    assert parts[0] <= report["adherence"] <= parts[1], report
     assert "held-out combinations" in done.stdout
     seen = report["prompts_seen"]
     prompts = [s["prompt"] for s in report["samples"]]

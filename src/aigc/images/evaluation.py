@@ -4,7 +4,7 @@
 - adherence: digits, the share of samples that a classifier trained on real digits (an SVC) assigns to
   the asked digit, printed beside that classifier's accuracy on real held-out digits (the ceiling);
   shapes, the share of samples whose pixels show every attribute of the prompt (colour, kind,
-  position, size), on seen and on held-out attribute combinations;
+  position, size), on seen and on held-out attribute combinations, and over both;
 - diversity: the mean distance between two samples of one prompt, beside the same figure for real
   images of one digit (a model that always draws the same picture scores 0);
 - memorisation: samples identical to a training image, and the mean distance from a sample to its
@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -80,6 +80,8 @@ class Judge:
     Built-in sources have their own judges (:data:`JUDGES`), chosen by the name in ``data.builtin``.
     """
 
+    judges_adherence: ClassVar[bool] = False  # whether :meth:`score` reports "adherence" (what aigc tune can use)
+
     def prompts(self, test: list[str], heldout: list[str]) -> list[str]:
         """Prompts to sample, from the captions of the test and held-out splits."""
         return sorted(set(test))[:8]
@@ -91,6 +93,8 @@ class Judge:
 
 class DigitJudge(Judge):
     """Each digit once; adherence by an SVC trained on real digits, beside its accuracy on real held-out digits."""
+
+    judges_adherence = True
 
     def prompts(self, test: list[str], heldout: list[str]) -> list[str]:
         return [f"the digit {word}" for word in DIGIT_WORDS]
@@ -109,6 +113,8 @@ class DigitJudge(Judge):
 class ShapeJudge(Judge):
     """Seen and held-out attribute combinations; adherence by the pixel checker (every attribute of the prompt)."""
 
+    judges_adherence = True
+
     def prompts(self, test: list[str], heldout: list[str]) -> list[str]:
         self.seen, self.held = sorted(set(test))[::7][:12], sorted(set(heldout))[::29][:12]
         return self.seen + self.held
@@ -117,7 +123,8 @@ class ShapeJudge(Judge):
         scores = [np.mean([shapes.check(img, shapes.parse(prompt))["all"] for img in group])
                   for prompt, group in zip(prompts, samples)]
         seen = len(self.seen)
-        return {"prompts_seen": seen, "adherence_seen": float(np.mean(scores[:seen])) if seen else None,
+        return {"prompts_seen": seen, "adherence": float(np.mean(scores)),  # every prompt: what aigc tune can use
+                "adherence_seen": float(np.mean(scores[:seen])) if seen else None,
                 "adherence_heldout": float(np.mean(scores[seen:])) if self.held else None}
 
 

@@ -38,9 +38,13 @@ class Task(ABC):
 
     name: ClassVar[str]
     model_kind: ClassVar[str]  # the model.kind this task trains ("gpt" or "seq2seq")
-    metrics: ClassVar[tuple[str, ...]] = ("val_loss",)  # what ``aigc tune`` can optimise for this kind
     describes: ClassVar[str]  # a phrase for errors: "documents", "source/target pairs", ...
     api: ClassVar[str]  # what its models answer behind aigc serve: "completions", "translations" or "images"
+
+    def metrics(self, config: Config) -> dict[str, str | None]:
+        """What ``aigc tune`` can optimise for a run of this kind: each metric, mapped to None when a run with
+        ``config``'s settings reports it, or to the settings it needs (what the error tells the user)."""
+        return {"val_loss": None}
 
     @abstractmethod
     def collect(self, config: Config) -> CollectResult:

@@ -17,12 +17,14 @@ from aigc.evaluation_chat import assistant_loss, evaluate_conversations, split_s
 from aigc.generate.sampling import sampling_params
 from aigc.generate.text import TextGenerator
 from aigc.tasks.base import GenerateRequest, Task
-from aigc.tasks.text import prompt_lines, write_samples
+from aigc.tasks.text import parse_rate_needs, prompt_lines, write_samples
 
 
 class ChatTask(Task):
     name, model_kind, describes, api = "chat", "gpt", "conversations", "completions"
-    metrics = ("val_loss", "parse_rate")  # what aigc tune can optimise
+
+    def metrics(self, config: Config) -> dict[str, str | None]:
+        return {"val_loss": None, "parse_rate": parse_rate_needs(config)}
 
     def collect(self, config: Config) -> CollectResult:
         return collect_files(config, read_conversations)

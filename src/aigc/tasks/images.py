@@ -16,7 +16,7 @@ from aigc.data.prepare import PrepareResult
 from aigc.data.sources import resolve_sources
 from aigc.errors import GenerationError, TrainingError
 from aigc.generate.sampling import sampling_params
-from aigc.images.evaluation import evaluate_images
+from aigc.images.evaluation import evaluate_images, judge_for
 from aigc.images.generator import ImageGenerator
 from aigc.images.pixels import grid, save_png
 from aigc.images.prepare import prepare_images
@@ -27,7 +27,11 @@ from aigc.tasks.base import GenerateRequest, Task
 
 class ImageTask(Task):
     name, model_kind, describes, api = "images", "gpt", "captioned images", "images"
-    metrics = ("val_loss", "adherence")  # what aigc tune can optimise
+
+    def metrics(self, config: Config) -> dict[str, str | None]:
+        judged = judge_for(config.data.builtin).judges_adherence
+        return {"val_loss": None, "adherence": None if judged else
+                "one built-in source with a judge: data.builtin=[digits] or [shapes]"}
 
     def collect(self, config: Config) -> CollectResult:
         report = CleaningReport()

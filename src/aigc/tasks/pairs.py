@@ -23,7 +23,9 @@ BATCH = 32  # source lines translated together by aigc generate
 
 class PairsTask(Task):
     name, model_kind, describes, api = "pairs", "seq2seq", "source/target pairs", "translations"
-    metrics = ("val_loss", "bleu", "chrf")  # what aigc tune can optimise
+
+    def metrics(self, config: Config) -> dict[str, str | None]:
+        return {"val_loss": None, "bleu": None, "chrf": None}
 
     def collect(self, config: Config) -> CollectResult:
         return collect_files(config, read_pairs)

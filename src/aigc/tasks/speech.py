@@ -28,7 +28,11 @@ from aigc.tasks.base import GenerateRequest, Task
 
 class SpeechTask(Task):
     name, model_kind, describes, api = "speech", "gpt", "spoken clips", "speech"
-    metrics = ("val_loss", "adherence")  # what aigc tune can optimise
+
+    def metrics(self, config: Config) -> dict[str, str | None]:
+        judged = "spoken_words" in config.data.builtin and not config.data.paths
+        return {"val_loss": None, "adherence": None if judged else
+                "data.builtin=[spoken_words] and no data.paths (the judge knows those words, not a folder's clips)"}
 
     def collect(self, config: Config) -> CollectResult:
         if "spoken_words" in config.data.builtin and shutil.which("espeak-ng") is None:

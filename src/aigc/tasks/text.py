@@ -21,9 +21,16 @@ from aigc.generate.text import TextGenerator
 from aigc.tasks.base import GenerateRequest, Task
 
 
+def parse_rate_needs(config: Config) -> str | None:
+    """None when the evaluation checks the completions as code (and so reports a parse rate), else what it needs."""
+    return None if config.eval.task == "code" else "eval.task=code (the evaluation then checks the code)"
+
+
 class TextTask(Task):
     name, model_kind, describes, api = "text", "gpt", "documents", "completions"
-    metrics = ("val_loss", "bits_per_byte", "parse_rate")  # what aigc tune can optimise
+
+    def metrics(self, config: Config) -> dict[str, str | None]:
+        return {"val_loss": None, "bits_per_byte": None, "parse_rate": parse_rate_needs(config)}
 
     def collect(self, config: Config) -> CollectResult:
         return collect_files(config, read_source)

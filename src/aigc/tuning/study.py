@@ -86,12 +86,13 @@ def check_study(config: Config, raw: dict[str, Any]) -> None:
     """Everything that can be wrong before a trial runs: the space, the metric, the storage."""
     check_space(config, raw)
     task = task_for(config)
-    if config.tune.metric not in task.metrics:
-        raise ConfigError(f"tune.metric={config.tune.metric}: {task.name} runs report {', '.join(task.metrics)}")
+    metrics = task.metrics(config)
+    if config.tune.metric not in metrics:
+        raise ConfigError(f"tune.metric={config.tune.metric}: {task.name} runs report {', '.join(metrics)}")
+    if (needs := metrics[config.tune.metric]) is not None:
+        raise ConfigError(f"tune.metric={config.tune.metric}: this run does not report it; it needs {needs}")
     if config.tune.baseline:
         baseline_params(config)
-    if config.tune.metric == "parse_rate" and config.eval.task != "code":
-        raise ConfigError("tune.metric=parse_rate needs eval.task=code (the evaluation then checks the code)")
 
 
 class Trials:
