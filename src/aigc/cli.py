@@ -273,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="score a run on its held-out data and write eval/report.md",
                               description="The run's best checkpoint on its held-out data: loss, perplexity, bits "
                               "per byte and sample diversity (text), code validity (code), BLEU and chrF (translation), "
-                              "bits per pixel, prompt adherence and memorisation (images); writes RUN_DIR/eval/. --quantize int8 scores int8 weights and reports the perplexity change they cause.")
+                              "bits per pixel, prompt adherence and memorisation (images), bits per audio token, "
+                              "adherence and mel-cepstral distortion (speech); writes RUN_DIR/eval/. --quantize int8 "
+                              "scores int8 weights and reports the perplexity change they cause.")
     evaluate.add_argument("run", metavar="RUN_DIR")
     evaluate.add_argument("items", nargs="*", metavar="key=value",
                           help="data.*, eval.* or generate.* settings; data.paths=[files] scores those files instead "
