@@ -71,6 +71,18 @@ def test_held_out_combinations_never_reach_training(tmp_path):
     assert len(manifest["image"]["palette"]) == 5  # black + four colours, found by k-means
 
 
+def test_a_val_split_smaller_than_a_batch_is_evaluated_whole(tmp_path):
+    from aigc.images.sampler import prefix_samplers
+
+    config = load_config("shapes", [f"run.dir={tmp_path / 'run'}"])
+    manifest = prepare_images(config).manifest
+    clips = manifest["splits"]["val.src"]["documents"]
+    large = config.model_copy(update={"train": config.train.model_copy(update={"batch_size": clips + 7})})
+    _, val = prefix_samplers(large, manifest, manifest["image"]["prefix"], 0, 1)
+    (inputs,), targets = val.eval_batches(2)[0]  # every val image once, not "no evaluation"
+    assert inputs.shape[0] == targets.shape[0] == clips and len(torch.unique(inputs, dim=0)) == clips
+
+
 def test_folder_captions_unreadable_files_and_missing_captions(tmp_path):
     folder = tmp_path / "pics"
     for name, colour in (("apples", (200, 0, 0)), ("limes", (0, 200, 0))):

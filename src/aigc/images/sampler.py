@@ -62,11 +62,12 @@ class PrefixSampler:
 
 def prefix_samplers(config, manifest: dict, prefix: int, rank: int, world: int) -> tuple[PrefixSampler, PrefixSampler | None]:
     """Train and val samplers of a caption-prefix run (images, speech): its shards' pairs, ``prefix`` tokens of
-    caption; val is None when it cannot fill a batch."""
+    caption; val is None when the split is empty, and one batch of all its pairs when it is smaller than a batch
+    (else a large train.batch_size would leave a small data set unevaluated: no val loss, no best checkpoint)."""
     tc, data_dir, pad = config.train, config.run_dir / "data", target_start(manifest)
     train = PrefixSampler(split_pairs(data_dir, manifest, "train"), pad, prefix, tc.batch_size, tc.grad_accum,
                           config.seed, rank, world, condition_dropout=tc.condition_dropout)
     val_pairs = split_pairs(data_dir, manifest, "val")
-    val = (PrefixSampler(val_pairs, pad, prefix, tc.batch_size, world, config.seed, rank, world, "val")
-           if len(val_pairs) >= tc.batch_size else None)
+    val = (PrefixSampler(val_pairs, pad, prefix, min(tc.batch_size, len(val_pairs)), world, config.seed, rank, world,
+                         "val") if len(val_pairs) else None)
     return train, val
