@@ -208,7 +208,8 @@ def tune(config: Config, raw: dict[str, Any], resume: bool = False, workers: int
         log(f"trial {done} of {config.tune.trials}: {trial.state.name.lower()}"
             + (f" {trial.value:.4f}" if trial.value is not None else f" ({trial.user_attrs.get('reason', '')})")
             + (f"; best {best.value:.4f} (trial {best.number})" if best else "")
-            + (f"; {left / 60:.1f} min left" if math.isfinite(left) else ""))
+            + (f"; {left / 60:.1f} min left" if math.isfinite(left) and left > 0 else
+               "; tune.max_minutes spent: no new trial starts" if math.isfinite(left) else ""))
 
     stop = optuna.study.MaxTrialsCallback(config.tune.trials, states=FINISHED)
     remaining = budget - (time.monotonic() - started)
