@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
-from aigc.errors import ConfigError
+from aigc.errors import CombinationError, ConfigError
 
 
 class Section(BaseModel):
@@ -270,11 +271,12 @@ class GenerateConfig(Section):
                               "its first)")
     speed: float = Field(1.0, ge=0.25, le=4.0, description="speech: playback speed of the generated audio")
 
-    @model_validator(mode="after")
-    def _stops_not_empty(self) -> GenerateConfig:
-        if any(not s for s in self.stop):
+    @field_validator("stop")
+    @classmethod
+    def _stops_not_empty(cls, stop: list[str]) -> list[str]:
+        if any(not s for s in stop):
             raise ValueError("stop strings must not be empty")
-        return self
+        return stop
 
 
 class EvalConfig(Section):
@@ -464,11 +466,19 @@ def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...
 
 
 def validate_config(raw: dict[str, Any]) -> Config:
-    """Validate a raw mapping into a :class:`Config`, turning pydantic errors into a :class:`ConfigError`."""
+    """Validate a raw mapping into a :class:`Config`, turning pydantic errors into a :class:`ConfigError`, or a
+    :class:`CombinationError` when every problem is between settings rather than in one value."""
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_explain(err)) from None
+        kind = CombinationError if all(_between_settings(p) for p in err.errors()) else ConfigError
+        raise kind(_explain(err)) from None
+
+
+def _between_settings(problem: ErrorDetails) -> bool:
+    """Whether a validation problem was raised by a section's own validator (its location is the section, not a
+    field of it): the checks that relate one setting to another, such as heads dividing the width."""
+    return problem["type"] == "value_error" and _section_model([str(p) for p in problem["loc"]]) is not None
 
 
 def describe_keys() -> list[tuple[str, str, str]]:

@@ -17,6 +17,11 @@ class ConfigError(AigcError):
     """A recipe, an override or a combination of settings is invalid."""
 
 
+class CombinationError(ConfigError):
+    """Settings that are each valid alone but cannot go together (heads that do not divide the width): what a
+    tuning trial that draws them is pruned for, where a single bad value refuses the whole study."""
+
+
 class DataError(AigcError):
     """Input data is missing, unreadable, or nothing usable remains after cleaning."""
 

@@ -1,7 +1,7 @@
 import pytest
 
 from aigc.config import apply_override, builtin_recipes, describe_keys, load_config
-from aigc.errors import ConfigError
+from aigc.errors import CombinationError, ConfigError
 
 
 def test_builtin_recipes_have_descriptions():
@@ -37,6 +37,20 @@ def test_wrong_type_names_key():
 def test_inconsistent_model_is_an_error():
     with pytest.raises(ConfigError, match="divisible"):
         load_config("text", ["model.n_embd=10", "model.n_head=3"])
+
+
+@pytest.mark.parametrize(("overrides", "between_settings"), [
+    (["model.n_embd=10", "model.n_head=3"], True),  # each fine alone: aigc tune prunes such a trial
+    (["train.seq_len=999"], True),  # longer than model.block_size
+    (["data.min_chars=10", "data.max_chars=5"], True),
+    (["model.n_layer=0"], False),  # wrong alone: aigc tune refuses a space that holds it
+    (["generate.stop=['']"], False),
+    (["model.n_embd=10", "model.n_head=3", "model.n_layer=0"], False),  # one bad value makes the whole bad
+])
+def test_errors_between_settings_are_told_apart_from_bad_values(overrides, between_settings):
+    with pytest.raises(ConfigError) as err:
+        load_config("text", overrides)
+    assert isinstance(err.value, CombinationError) == between_settings, str(err.value)
 
 
 def test_recipe_path_and_missing_recipe(tmp_path):

@@ -29,7 +29,7 @@ import optuna
 import yaml
 
 from aigc.config import Config, validate_config
-from aigc.errors import AigcError, ConfigError
+from aigc.errors import AigcError, CombinationError, ConfigError
 from aigc.tasks import evaluate, prepare, task_for
 from aigc.training.loop import train
 from aigc.tuning.report import write_report
@@ -125,7 +125,7 @@ class Trials:
         run_dir = self.folder / "trials" / f"{trial.number:04d}"
         try:
             config = self.trial_config(values, run_dir)
-        except ConfigError as err:  # settings that cannot go together: pruned with the reason
+        except CombinationError as err:  # settings that cannot go together: pruned with the reason
             trial.set_user_attr("reason", str(err).splitlines()[-1].strip())
             raise optuna.TrialPruned(str(err)) from None
         self.data_for(config)
