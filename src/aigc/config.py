@@ -313,6 +313,9 @@ class TuneConfig(Section):
         "{choice: [a, b, ...]}")
     baseline: bool = Field(False, description="run the recipe's own values of the space's keys as the first trial, "
                            "so the study measures what it is trying to beat the same way")
+    heartbeat_seconds: int = Field(60, ge=1, description="with tune.storage (a study shared between processes): a "
+                                   "running trial's heartbeat; one silent for three is marked failed, so a process "
+                                   "that died does not hold the study")
 
 
 _MOVED_TO_GENERATE = ("max_new_tokens", "temperature", "top_k", "beams", "guidance")

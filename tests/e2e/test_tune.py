@@ -195,6 +195,28 @@ def test_two_processes_share_one_study_in_postgresql(corpus, tmp_path, postgres)
     assert len(finished) >= 4 and len({t.user_attrs["pid"] for t in finished}) == 2
 
 
+@pytest.mark.slow
+def test_a_process_that_dies_does_not_hold_a_shared_study(corpus, tmp_path, postgres):
+    """A machine killed in the middle of a trial: its trial stops beating, and the next process marks it failed."""
+    common = ["{train.lr: {log_float: [1.0e-3, 1.0e-2]}}", "tune.trials=3", "tune.pruner=none", "train.max_steps=150",
+              f"tune.storage={postgres}", "tune.heartbeat_seconds=1"]
+    killed = subprocess.Popen([sys.executable, "-m", "aigc", *_args(corpus, tmp_path / "killed", *common)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "killed" / "tune" / "trials" / "0000").is_dir():  # its first trial is running
+        assert time.monotonic() < deadline and killed.poll() is None, "the first process never started a trial"
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    time.sleep(4)  # three missed heartbeats of one second: the trial is stale from now on
+    survivor = aigc(*_args(corpus, tmp_path / "survivor", *common))
+    assert survivor.returncode == 0, survivor.stderr
+    trials = optuna.load_study(study_name="aigc", storage=postgres).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] + [optuna.trial.TrialState.COMPLETE] * 2
+    assert trials[0].user_attrs["pid"] == killed.pid
+    assert "stopped beating" in (tmp_path / "survivor" / "tune" / "report.md").read_text()
+
+
 def test_a_space_over_data_settings_prepares_each_trial_itself(corpus, tmp_path):
     run = tmp_path / "vocab"
     done = aigc(*_args(corpus, run, "{data.min_chars: {choice: [1, 400]}}", "tune.trials=2", "tune.pruner=none"))
@@ -202,3 +224,17 @@ def test_a_space_over_data_settings_prepares_each_trial_itself(corpus, tmp_path)
     trials = sorted((run / "tune" / "trials").iterdir())
     assert trials and all((t / "data").is_dir() and not (t / "data").is_symlink() for t in trials)
     assert not (run / "tune" / "data-run").exists()
+
+
+def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(corpus, tmp_path):
+    run = tmp_path / "diverges"
+    done = aigc(*_args(corpus, run, "{train.lr: {choice: [0.003, 1.0e+4]}}", "tune.trials=4", "tune.pruner=none"))
+    assert done.returncode == 0, done.stderr
+    trials = _study(run).trials
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(trials) == 4 and failed, [(t.params, t.state) for t in trials]
+    assert all(t.params["train.lr"] > 1 and "the loss became nan" in t.user_attrs["reason"] for t in failed), \
+        [t.user_attrs for t in failed]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials if t.params["train.lr"] < 1)
+    assert failed[0].user_attrs["reason"] in (run / "tune" / "report.md").read_text()
+    assert yaml.safe_load((run / "tune" / "best.yaml").read_text())["train"]["lr"] == 0.003

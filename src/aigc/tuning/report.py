@@ -20,7 +20,11 @@ def _cell(value) -> str:
 
 def _note(trial: optuna.trial.FrozenTrial) -> str:
     notes = ["baseline: the recipe's own values"] if trial.user_attrs.get("baseline") else []
-    return "; ".join(notes + ([trial.user_attrs["reason"]] if "reason" in trial.user_attrs else []))
+    if "reason" in trial.user_attrs:
+        notes.append(trial.user_attrs["reason"])
+    elif trial.state == optuna.trial.TrialState.FAIL:  # failed by another process of a shared study (no heartbeat)
+        notes.append("its process stopped beating (see tune.heartbeat_seconds)")
+    return "; ".join(notes)
 
 
 def write_report(study: optuna.Study, folder: Path, metric: str) -> Path:

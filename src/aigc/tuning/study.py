@@ -8,7 +8,8 @@ unless the space changes ``data.*`` or ``tokenizer.*``.
 
 The study lives in Optuna's storage: SQLite in ``<run>/tune/study.db`` by default, so a study killed at
 any moment continues with ``--resume`` (a trial that was running when it died is marked failed, finished
-ones are kept); ``tune.storage=postgresql://...`` shares it between processes on several machines, and
+ones are kept); ``tune.storage=postgresql://...`` shares it between processes on several machines (a
+trial whose process stops beating is marked failed by the others), and
 ``--workers N`` runs N trial processes here. A trial whose settings cannot go together (heads that do not
 divide the width) is pruned with that reason; one that fails (out of memory, NaN) is recorded as failed
 with its reason, and the study goes on.
@@ -70,8 +71,10 @@ def open_study(config: Config) -> optuna.Study:
     (config.run_dir / "tune").mkdir(parents=True, exist_ok=True)
     attempt = 0
     while True:
-        try:
-            return optuna.create_study(storage=storage_url(config), study_name=STUDY, load_if_exists=True,
+        try:  # a shared study's trials beat, so any process of it fails one whose process died (Optuna's own check)
+            storage = storage_url(config) if tc.storage is None else optuna.storages.RDBStorage(
+                tc.storage, heartbeat_interval=tc.heartbeat_seconds, grace_period=3 * tc.heartbeat_seconds)
+            return optuna.create_study(storage=storage, study_name=STUDY, load_if_exists=True,
                                        direction="minimize" if tc.metric in LOWER_IS_BETTER else "maximize",
                                        sampler=SAMPLERS[tc.sampler](seed=config.seed), pruner=pruner)
         except Exception as err:  # sqlalchemy and its drivers raise their own kinds
@@ -122,10 +125,20 @@ class Trials:
     def __call__(self, trial: optuna.Trial) -> float:
         values = suggest(trial, self.config.tune.space)
         trial.set_user_attr("pid", os.getpid())  # which process ran it (--workers)
-        run_dir = self.folder / "trials" / f"{trial.number:04d}"
         try:
-            config = self.trial_config(values, run_dir)
-        except CombinationError as err:  # settings that cannot go together: pruned with the reason
+            return self.run(trial, values)
+        except optuna.TrialPruned:
+            raise
+        except (AigcError, RuntimeError) as err:  # its data, out of memory, NaN, ...: failed, the study goes on
+            trial.set_user_attr("reason", str(err).splitlines()[0][:300])
+            raise
+
+    def run(self, trial: optuna.Trial, values: dict[str, Any]) -> float:
+        """Train the trial's run with ``values`` set and return its metric (pruned when the values cannot go
+        together, or when the pruner says so at an evaluation)."""
+        try:
+            config = self.trial_config(values, self.folder / "trials" / f"{trial.number:04d}")
+        except CombinationError as err:
             trial.set_user_attr("reason", str(err).splitlines()[-1].strip())
             raise optuna.TrialPruned(str(err)) from None
         self.data_for(config)
@@ -136,18 +149,11 @@ class Trials:
                 trial.set_user_attr("reason", f"pruned at step {step}: val loss {val_loss:.4f}")
                 raise optuna.TrialPruned(f"val loss {val_loss:.4f} at step {step}")
 
-        try:
-            result = train(config, log=lambda line: None, on_evaluation=report if self.config.tune.metric ==
-                           "val_loss" else None)
-            value = self.metric(config, result.best_val_loss)
-        except optuna.TrialPruned:
-            raise
-        except (AigcError, RuntimeError) as err:  # out of memory, NaN, ...: failed, the study goes on
-            trial.set_user_attr("reason", str(err).splitlines()[0][:300])
-            raise
+        pruning = report if self.config.tune.metric == "val_loss" else None
+        result = train(config, log=lambda line: None, on_evaluation=pruning)
+        value = self.metric(config, result.best_val_loss)
         if value is None or not math.isfinite(value):
-            trial.set_user_attr("reason", "the run produced no finite metric (no evaluation?)")
-            raise AigcError(f"trial {trial.number} produced no finite {self.config.tune.metric}")
+            raise AigcError(f"the run produced no finite {self.config.tune.metric} (no evaluation?)")
         return value
 
     def data_for(self, config: Config) -> None:
