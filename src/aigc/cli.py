@@ -99,11 +99,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     recipe, overrides = _split_recipe(args.items)
     raw = load_raw(recipe, overrides)
-    command = [sys.executable, "-m", "aigc", "tune", *args.items, "--resume", "--worker", "--workers", str(args.workers)]
+    command = [sys.executable, "-m", "aigc", "tune", *args.items, "--resume", "--workers", str(args.workers)]
     result = tune(validate_config(raw), raw, resume=args.resume, workers=args.workers,
                   log=lambda line: print(line, file=sys.stderr), worker_command=command, worker=args.worker)
+    if args.worker:  # a helper of --workers: the process that started it reports
+        return 0
     print(result.summary())
-    return 0
+    return EXIT_INTERRUPTED if result.interrupted else 0 if result.best_value is not None else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -269,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(tune.trials, tune.space, tune.metric ...; results in <run>/tune)")
     tuner.add_argument("--resume", action="store_true", help="continue the run's study (no finished trial reruns)")
     tuner.add_argument("--workers", type=int, default=1, help="trial processes on this machine (the cores are shared)")
-    tuner.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    tuner.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # helper K of --workers
     evaluate = sub.add_parser("eval", help="score a run on its held-out data and write eval/report.md",
                               description="The run's best checkpoint on its held-out data: loss, perplexity, bits "
                               "per byte and sample diversity (text), code validity (code), BLEU and chrF (translation), "

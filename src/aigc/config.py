@@ -317,6 +317,11 @@ class TuneConfig(Section):
                                    "running trial's heartbeat; one silent for three is marked failed, so a process "
                                    "that died does not hold the study")
 
+    @field_validator("storage")
+    @classmethod
+    def _empty_is_the_default(cls, storage: str | None) -> str | None:
+        return storage or None  # tune.storage= on the command line: the run's own SQLite file
+
 
 _MOVED_TO_GENERATE = ("max_new_tokens", "temperature", "top_k", "beams", "guidance")
 
@@ -400,6 +405,20 @@ def _read_recipe(recipe: str) -> tuple[str, dict[str, Any]]:
 
 def _valid_keys(model: type[BaseModel]) -> list[str]:
     return sorted(model.model_fields)
+
+
+def is_section(key: str) -> bool:
+    """Whether dotted ``key`` names a section of settings (``model``, ``train.lora``) rather than one setting."""
+    return _section_model(key.split(".")) is not None
+
+
+def setting_annotation(key: str) -> Any:
+    """The type of the setting at dotted ``key`` (``int``, ``float | None``, ...), or None when ``key`` names a
+    section or nothing."""
+    *sections, name = key.split(".")
+    section = _section_model(sections)
+    field = section.model_fields.get(name) if section is not None else None
+    return None if field is None or is_section(key) else field.annotation
 
 
 def _section_model(path: list[str]) -> type[BaseModel] | None:

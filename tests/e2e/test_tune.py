@@ -25,8 +25,9 @@ TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_siz
         "train.schedule=steps", "train.max_steps=30", "tune.trial_minutes=5"]
 
 
-def aigc(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "aigc", *map(str, args)], capture_output=True, text=True, timeout=600)
+def aigc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aigc", *map(str, args)], capture_output=True, text=True, timeout=600,
+                          cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +115,8 @@ def test_two_workers_share_one_sqlite_study(corpus, tmp_path):
     trials = _study(run).trials
     assert len(trials) >= 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # both processes ran trials
+    assert len({t.params["train.lr"] for t in trials}) == len(trials)  # each process draws its own values
+    assert done.stdout.count("best recipe:") == 1  # the helper leaves the summary to the first process
 
 
 @pytest.mark.parametrize(("space", "extra", "message"), [
@@ -125,8 +128,11 @@ def test_two_workers_share_one_sqlite_study(corpus, tmp_path):
     ("{train.lr: {log_float: [0, 0.1]}}", [], "positive low end"),
     ("{}", [], "tune.space is empty"),
     ("{train.lr: {float: [0.1, 0.2]}}", ["tune.baseline=true"], "train.lr=0.0026 lies outside tune.space.train.lr"),
-    ("{train.lr: {float: [0.1, 0.2]}}", ["tune.metric=bleu"], "text runs report val_loss, bits_per_byte"),
-    ("{train.lr: {float: [0.1, 0.2]}}", ["tune.storage=postgresql://nobody@127.0.0.1:9/none"], "cannot open the study"),
+    ("{train.lr: {float: [0.1, 0.2]}}", ["tune.metric=bleu"],
+     "text runs with these settings report val_loss, bits_per_byte"),
+    ("{train.lr: {float: [0.1, 0.2]}}", ["tune.storage=postgresql://nobody:secret@127.0.0.1:9/none"],
+     "cannot open the study at postgresql://nobody:***@"),
+    ("{train.lr: {float: [0.1, 0.2]}}", ["--workers", "0"], "--workers 0: give 1 to"),
 ])
 def test_bad_studies_are_refused_before_any_trial(corpus, tmp_path, space, extra, message):
     run = tmp_path / "bad"
@@ -238,3 +244,32 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(corpu
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials if t.params["train.lr"] < 1)
     assert failed[0].user_attrs["reason"] in (run / "tune" / "report.md").read_text()
     assert yaml.safe_load((run / "tune" / "best.yaml").read_text())["train"]["lr"] == 0.003
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_study_and_resume_continues_it_with_new_draws(corpus, tmp_path):
+    run = tmp_path / "interrupted"  # data.paths relative to where aigc runs: best.yaml must work from anywhere
+    args = [*_args(corpus.name, run, "{train.lr: {log_float: [1.0e-3, 1.0e-2]}}", "tune.trials=4", "tune.pruner=none",
+                   "train.max_steps=300")]
+    process = subprocess.Popen([sys.executable, "-m", "aigc", *args], cwd=corpus.parent, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (run / "tune" / "trials" / "0001").is_dir():  # trial 0 finished, trial 1 running
+        assert time.monotonic() < deadline and process.poll() is None, "the study never reached its second trial"
+        time.sleep(0.05)
+    time.sleep(1)  # into trial 1's training
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 130 and "continue the study with --resume" in out, (out, err)
+    first = _study(run).trials
+    assert [t.state for t in first] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL], first
+    assert "interrupted at step" in first[1].user_attrs["reason"]  # a cut-short run is never a result
+    refused = aigc(*args, "tune.metric=bits_per_byte", "--resume", cwd=corpus.parent)
+    assert refused.returncode == 2 and "was made with another metric" in refused.stderr, refused.stderr
+    resumed = aigc(*args, "--resume", cwd=corpus.parent)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = _study(run).trials
+    assert len(trials) == 4 and trials[0].value == first[0].value
+    assert len({t.params["train.lr"] for t in trials}) == 4  # the resumed start did not repeat the first's draws
+    best = yaml.safe_load((run / "tune" / "best.yaml").read_text())
+    assert best["data"]["paths"] == [str(corpus)]

@@ -30,7 +30,8 @@ def test_metrics_the_run_reports_are_accepted(recipe, overrides):
      "needs one built-in source with a judge"),
     ("speech", ["tune.metric=adherence", "data.paths=[clips/]"], "needs data.builtin=[spoken_words] and no data.paths"),
     ("text", ["tune.metric=parse_rate"], "needs eval.task=code"),
-    ("shapes", ["tune.metric=bleu"], "images runs report val_loss, adherence"),
+    ("code", ["tune.metric=parse_rate", "eval.samples=0"], "needs eval.samples above 0"),
+    ("shapes", ["tune.metric=bleu"], "images runs with these settings report val_loss, adherence"),
 ])
 def test_metrics_the_run_would_not_report_are_refused_with_what_they_need(recipe, overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -23,7 +23,9 @@ from aigc.tasks.base import GenerateRequest, Task
 
 def parse_rate_needs(config: Config) -> str | None:
     """None when the evaluation checks the completions as code (and so reports a parse rate), else what it needs."""
-    return None if config.eval.task == "code" else "eval.task=code (the evaluation then checks the code)"
+    if config.eval.task != "code":
+        return "eval.task=code (the evaluation then checks the code)"
+    return None if config.eval.samples else "eval.samples above 0 (the held-out functions it completes)"
 
 
 class TextTask(Task):

@@ -15,27 +15,44 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
+import typing
 from typing import Any
 
 import yaml
 
-from aigc.config import Config, apply_override, validate_config
+from aigc.config import Config, apply_override, is_section, setting_annotation, validate_config
 from aigc.errors import CombinationError, ConfigError
 
 KINDS = ("log_float", "float", "int", "choice")
 
 
+def _number(value: Any) -> Any:
+    """``value`` as a number where it is one: YAML reads ``1e-4`` (no dot) as text, so numeric text is taken too."""
+    if isinstance(value, str):
+        try:
+            return int(value) if value.strip().lstrip("+-").isdigit() else float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _values(key: str, spec: dict[str, list[Any]]) -> tuple[str, list[Any]]:
-    if len(spec) != 1 or next(iter(spec)) not in KINDS:
+    """The distribution's kind and its values (the ends of a range, or the choices), checked alone."""
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
         raise ConfigError(f"tune.space.{key}: give one of {', '.join(KINDS)}, e.g. {{log_float: [1.0e-4, 1.0e-2]}}")
     kind, values = next(iter(spec.items()))
     if kind == "choice":
         if not isinstance(values, list) or not values:
             raise ConfigError(f"tune.space.{key}: choice needs a non-empty list of values")
         return kind, values
-    if not isinstance(values, list) or len(values) != 2 or not all(isinstance(v, (int, float)) for v in values):
-        raise ConfigError(f"tune.space.{key}: {kind} needs [low, high], two numbers")
+    values = [_number(v) for v in values] if isinstance(values, list) else values
+    if not isinstance(values, list) or len(values) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ConfigError(f"tune.space.{key}: {kind} needs [low, high], two numbers (got {values!r})")
     low, high = values
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"tune.space.{key}: the range [{low}, {high}] needs finite ends")
     if kind == "int" and not all(isinstance(v, int) for v in values):
         raise ConfigError(f"tune.space.{key}: int needs whole numbers, not {values}")
     if low >= high:
@@ -45,24 +62,48 @@ def _values(key: str, spec: dict[str, list[Any]]) -> tuple[str, list[Any]]:
     return kind, values
 
 
+def _check_key(key: str, kind: str) -> None:
+    """The key names one setting a trial may change, and the distribution draws values of its type."""
+    if key.split(".")[0] in ("run", "tune") or key == "train.max_minutes":
+        raise ConfigError(f"tune.space.{key}: run.*, tune.* and train.max_minutes (tune.trial_minutes) are the "
+                          "study's own settings, not a trial's")
+    if key in ("seed", "recipe"):
+        why = "a study over seeds picks a lucky draw, not better settings" if key == "seed" else "it names the study"
+        raise ConfigError(f"tune.space.{key}: not a setting to tune ({why}); set it outside the space")
+    if is_section(key):
+        raise ConfigError(f"tune.space.{key} is a section: give one of its settings, e.g. {key}.<name>")
+    annotation = setting_annotation(key)
+    if annotation is None:  # not a setting: validating a trial's values names the valid keys
+        return
+    types = set(typing.get_args(annotation)) or {annotation}
+    if bool in types and kind != "choice":
+        raise ConfigError(f"tune.space.{key} is true or false: use {{choice: [true, false]}}")
+    if kind in ("float", "log_float") and int in types and float not in types:
+        raise ConfigError(f"tune.space.{key} is a whole number: use {{int: [low, high]}}")
+
+
 def check_space(config: Config, raw: dict[str, Any]) -> None:
-    """Every entry of ``config.tune.space`` is a well-formed distribution over a real setting: each of its end
-    values (every choice) set alone into the recipe ``raw`` must validate, or the error names the entry."""
+    """Every entry of ``config.tune.space`` is a well-formed distribution over a setting a trial may change, of
+    that setting's type: each of its end values (every choice) set alone into the recipe ``raw`` must validate,
+    or the error names the entry. A value that only clashes with the recipe's other settings is left to the
+    trial that draws it (pruned), unless every choice clashes."""
     if not config.tune.space:
         raise ConfigError("tune.space is empty: name the settings to search, e.g. "
                           "tune.space={train.lr: {log_float: [1.0e-4, 1.0e-2]}}")
     for key, spec in config.tune.space.items():
-        if key.split(".")[0] in ("run", "tune"):
-            raise ConfigError(f"tune.space.{key}: run.* and tune.* are the study's own settings, not a trial's")
         kind, values = _values(key, spec)
+        _check_key(key, kind)
+        clashes = []
         for value in values:
-            trial = with_values(raw, {key: value})
             try:
-                validate_config(trial)
-            except CombinationError:  # fine alone, not with the recipe's other values: a trial may still draw it
-                continue
+                validate_config(with_values(raw, {key: value}))
+            except CombinationError as err:  # fine alone, not with the recipe's other values
+                clashes.append(str(err).splitlines()[-1].strip())
             except ConfigError as err:
                 raise ConfigError(f"tune.space.{key} = {value!r} is not a valid setting:\n{err}") from None
+        if kind == "choice" and len(clashes) == len(values):
+            raise ConfigError(f"tune.space.{key}: no choice goes with the recipe's other settings, so every trial "
+                              f"would be pruned ({clashes[0]}); put the other setting in the space or change it")
 
 
 def baseline_params(config: Config) -> dict[str, Any]:

@@ -17,6 +17,7 @@ with its reason, and the study goes on.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 import yaml
 
 from aigc.config import Config, validate_config
@@ -49,22 +51,35 @@ class TuneResult:
     best_value: float | None
     best_params: dict[str, Any]
     trials: int
+    interrupted: bool = False
 
     def summary(self) -> str:
         if self.best_value is None:
-            return f"no trial finished; see {self.folder / 'report.md'}"
+            return (f"{self.trials} trials, none completed: {self.folder / 'report.md'} gives each one's reason"
+                    + ("\ninterrupted: continue the study with --resume" if self.interrupted else ""))
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.best_params.items())
         return (f"{self.trials} trials; best {self.best_value:.4f} with {params}\n"
                 f"best recipe: {self.folder / 'best.yaml'} (aigc run {self.folder / 'best.yaml'})\n"
-                f"report: {self.folder / 'report.md'}")
+                f"report: {self.folder / 'report.md'}"
+                + ("\ninterrupted: continue the study with --resume" if self.interrupted else ""))
 
 
 def storage_url(config: Config) -> str:
     return config.tune.storage or f"sqlite:///{(config.run_dir / 'tune' / 'study.db').resolve()}"
 
 
-def open_study(config: Config) -> optuna.Study:
-    """The run's study (created the first time), or a clear error when its storage cannot be reached."""
+def shown_url(config: Config) -> str:
+    """The storage URL as messages show it: without its password."""
+    try:
+        return sqlalchemy.engine.make_url(storage_url(config)).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:  # not a URL at all: nothing in it to hide
+        return storage_url(config)
+
+
+def open_study(config: Config, worker: int = 0) -> optuna.Study:
+    """The run's study (created the first time) with a sampler seeded for this start (``worker``: the index of
+    this process among ``--workers``), or a clear error when its storage cannot be reached or holds another
+    study."""
     tc = config.tune
     pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
               "hyperband": optuna.pruners.HyperbandPruner(), "none": optuna.pruners.NopPruner()}[tc.pruner]
@@ -74,15 +89,37 @@ def open_study(config: Config) -> optuna.Study:
         try:  # a shared study's trials beat, so any process of it fails one whose process died (Optuna's own check)
             storage = storage_url(config) if tc.storage is None else optuna.storages.RDBStorage(
                 tc.storage, heartbeat_interval=tc.heartbeat_seconds, grace_period=3 * tc.heartbeat_seconds)
-            return optuna.create_study(storage=storage, study_name=STUDY, load_if_exists=True,
-                                       direction="minimize" if tc.metric in LOWER_IS_BETTER else "maximize",
-                                       sampler=SAMPLERS[tc.sampler](seed=config.seed), pruner=pruner)
+            try:  # loaded as it is (its direction may be another metric's: _check_same_study says so)
+                study = optuna.load_study(study_name=STUDY, storage=storage, pruner=pruner)
+            except KeyError:
+                study = optuna.create_study(storage=storage, study_name=STUDY, load_if_exists=True, pruner=pruner,
+                                            direction="minimize" if tc.metric in LOWER_IS_BETTER else "maximize")
+            break
         except Exception as err:  # sqlalchemy and its drivers raise their own kinds
             attempt += 1
             if attempt == OPEN_ATTEMPTS:
-                raise ConfigError(f"tune.storage: cannot open the study at {storage_url(config)} "
+                raise ConfigError(f"tune.storage: cannot open the study at {shown_url(config)} "
                                   f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
             time.sleep(0.5 * attempt)  # processes starting together race to create the tables: try again
+    _check_same_study(study, config)
+    # each start draws anew: a resumed study or another process of it must not repeat the first one's draws
+    study.sampler = SAMPLERS[tc.sampler](seed=config.seed + 1000 * worker + len(study.trials))
+    return study
+
+
+def _check_same_study(study: optuna.Study, config: Config) -> None:
+    """A study's trials are comparable only under one recipe, metric and space: the first process to open it
+    records them, and a later one (``--resume``, another machine) that asks for others is refused."""
+    asked = {"recipe": config.recipe, "metric": config.tune.metric, "space": json.loads(json.dumps(config.tune.space))}
+    held = study.user_attrs.get("settings")
+    if held is None:
+        study.set_user_attr("settings", asked)
+        return
+    if differ := [key for key in asked if held.get(key) != asked[key]]:
+        was = "; ".join(f"{key}={held.get(key)}" for key in differ)
+        raise ConfigError(f"the study at {shown_url(config)} was made with another {' and '.join(differ)} ({was}): "
+                          "its trials would not compare with this command's; give the same settings, or another "
+                          "run.dir (for tune.storage, another database)")
 
 
 def check_study(config: Config, raw: dict[str, Any]) -> None:
@@ -91,7 +128,9 @@ def check_study(config: Config, raw: dict[str, Any]) -> None:
     task = task_for(config)
     metrics = task.metrics(config)
     if config.tune.metric not in metrics:
-        raise ConfigError(f"tune.metric={config.tune.metric}: {task.name} runs report {', '.join(metrics)}")
+        reported = [name for name, needs in metrics.items() if needs is None]
+        raise ConfigError(f"tune.metric={config.tune.metric}: {task.name} runs with these settings report "
+                          f"{', '.join(reported)}")
     if (needs := metrics[config.tune.metric]) is not None:
         raise ConfigError(f"tune.metric={config.tune.metric}: this run does not report it; it needs {needs}")
     if config.tune.baseline:
@@ -103,6 +142,7 @@ class Trials:
 
     def __init__(self, config: Config, raw: dict[str, Any], log: Callable[[str], None]):
         self.config, self.raw, self.log = config, raw, log
+        self.interrupted = False  # Ctrl-C or SIGTERM stopped a trial: no new trial starts
         self.folder = config.run_dir / "tune"
         touches_data = any(k.split(".")[0] in ("data", "tokenizer") for k in config.tune.space)
         self.shared_data = None if touches_data else self.folder / "data-run"
@@ -129,8 +169,8 @@ class Trials:
             return self.run(trial, values)
         except optuna.TrialPruned:
             raise
-        except (AigcError, RuntimeError) as err:  # its data, out of memory, NaN, ...: failed, the study goes on
-            trial.set_user_attr("reason", str(err).splitlines()[0][:300])
+        except Exception as err:  # its data, out of memory, NaN, ...: failed with the reason, the study goes on
+            trial.set_user_attr("reason", (str(err).splitlines() or [type(err).__name__])[0][:300])
             raise
 
     def run(self, trial: optuna.Trial, values: dict[str, Any]) -> float:
@@ -151,6 +191,10 @@ class Trials:
 
         pruning = report if self.config.tune.metric == "val_loss" else None
         result = train(config, log=lambda line: None, on_evaluation=pruning)
+        if result.interrupted:  # a cut-short run is no result: failed, and the study stops after it
+            self.interrupted = True
+            trial.study.stop()
+            raise AigcError(f"interrupted at step {result.steps} (Ctrl-C or SIGTERM); the study stops")
         value = self.metric(config, result.best_val_loss)
         if value is None or not math.isfinite(value):
             raise AigcError(f"the run produced no finite {self.config.tune.metric} (no evaluation?)")
@@ -173,45 +217,54 @@ class Trials:
         if name == "val_loss":
             return best_val_loss
         report = evaluate(config.run_dir, log=lambda line: None, recipe=config).report
-        return report["code"]["syntax_valid_rate"] if name == "parse_rate" else report.get(name)
+        if name != "parse_rate":
+            return report.get(name)
+        if "code" not in report:
+            raise AigcError("no held-out function fitted the evaluation (too few in the val split, or "
+                            "model.block_size too short for a prompt and its completion): no parse rate")
+        return report["code"]["syntax_valid_rate"]
 
 
 def tune(config: Config, raw: dict[str, Any], resume: bool = False, workers: int = 1,
-         log: Callable[[str], None] = print, worker_command: list[str] | None = None,
-         worker: bool = False) -> TuneResult:
+         log: Callable[[str], None] = print, worker_command: list[str] | None = None, worker: int = 0) -> TuneResult:
     """Run (or with ``resume`` continue) the study of ``config.tune``; write ``best.yaml`` and ``report.md``.
 
     ``raw``: the recipe mapping with the command line's overrides, what each trial starts from. ``workers``:
-    trial processes on this machine: this one and ``workers - 1`` started as ``worker_command`` (the CLI's own
-    command with ``--worker``), each with its share of the cores. ``worker``: this process is such a helper;
-    it runs trials and leaves the report to the one that started it.
+    trial processes on this machine: this one and ``workers - 1`` helpers started as ``worker_command`` (the
+    CLI's own command) with ``--worker K``, each with its share of the cores. ``worker``: this process is helper
+    K (0: the one that starts them); a helper runs trials and leaves the report to the first.
     """
+    cores = os.cpu_count() or 1
+    if not 1 <= workers <= cores:
+        raise ConfigError(f"--workers {workers}: give 1 to {cores} (this machine's cores; a trial needs one)")
+    if workers > 1 and not worker and worker_command is None:
+        raise ConfigError("--workers starts more processes of the command line; from Python, run tune() in each")
     if workers > 1:
-        raw = with_values(raw, {"train.threads": max(1, (os.cpu_count() or 1) // workers)})
+        raw = with_values(raw, {"train.threads": max(1, cores // workers)})
     check_study(config, raw)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress lines below say what matters
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial's reason is in the progress line
     folder = config.run_dir / "tune"
-    if not resume and not worker and (folder / "study.db").exists() and config.tune.storage is None:
+    local = config.tune.storage is None
+    if local and not worker and (folder / "study.db").exists() and not resume:
         if _has_run_a_trial(config):
             raise ConfigError(f"{folder} already holds a study: continue it with --resume, or use another run.dir")
         (folder / "study.db").unlink()  # a start that failed before its first trial (its data, say): start afresh
-    study = open_study(config)
-    if not worker and config.tune.storage is None:  # on a shared database, running trials may be another's
+    elif local and resume and not (folder / "study.db").exists():
+        log(f"--resume: no study in {folder} yet, starting one")
+    study = open_study(config, worker)
+    if local and not worker:  # on a shared database, Optuna's heartbeats find the trials of dead processes
         _fail_stale(study, log)
     if config.tune.baseline and not worker:  # once per study: a resumed or shared study already holds it
         study.enqueue_trial(baseline_params(config), user_attrs={"baseline": True}, skip_if_exists=True)
     trials = Trials(config, raw, log)
     trials.prepare_shared()
-    if workers > 1 and not worker and worker_command is None:
-        raise ConfigError("--workers starts more processes of the command line; from Python, run tune() in each")
-    helpers = [] if worker else [subprocess.Popen(worker_command) for _ in range(1, workers)]
+    helpers = [] if worker else [subprocess.Popen([*worker_command, "--worker", str(k)]) for k in range(1, workers)]
     started, budget = time.monotonic(), (config.tune.max_minutes or math.inf) * 60
 
     def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
         best = _best(study)
         left = budget - (time.monotonic() - started)
-        log(f"trial {done} of {config.tune.trials}: {trial.state.name.lower()}"
+        log(f"trial {_finished(study)} of {config.tune.trials}: {trial.state.name.lower()}"
             + (f" {trial.value:.4f}" if trial.value is not None else f" ({trial.user_attrs.get('reason', '')})")
             + (f"; best {best.value:.4f} (trial {best.number})" if best else "")
             + (f"; {left / 60:.1f} min left" if math.isfinite(left) and left > 0 else
@@ -219,24 +272,42 @@ def tune(config: Config, raw: dict[str, Any], resume: bool = False, workers: int
 
     stop = optuna.study.MaxTrialsCallback(config.tune.trials, states=FINISHED)
     remaining = budget - (time.monotonic() - started)
-    if sum(t.state in FINISHED for t in study.get_trials(deepcopy=False)) < config.tune.trials and remaining > 0:
-        study.optimize(trials, callbacks=[stop, progress], catch=(AigcError, RuntimeError),
+    if _finished(study) < config.tune.trials and remaining > 0:
+        study.optimize(trials, callbacks=[stop, progress], catch=(Exception,),
                        timeout=None if math.isinf(remaining) else remaining, gc_after_trial=True)
     for helper in helpers:
+        if trials.interrupted:
+            helper.terminate()  # SIGTERM: each helper fails its running trial as interrupted and stops
         helper.wait()
     best = _best(study)
     if not worker:
         write_report(study, folder, config.tune.metric)
         if best is not None:
-            best_raw = with_values(raw, settings_of(config.tune.space, best.params))
-            best_raw.pop("run", None)
-            best_raw.pop("tune", None)
-            best_raw["recipe"] = f"{config.recipe}-tuned"  # aigc run best.yaml -> runs/<recipe>-tuned, not the original
-            (folder / "best.yaml").write_text(f"# best of {len(study.trials)} trials of aigc tune ({config.tune.metric} "
-                                              f"{best.value:.4f})\n" + yaml.safe_dump(best_raw, sort_keys=False),
-                                              encoding="utf-8")
-    finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
-    return TuneResult(folder, best.value if best else None, dict(best.params) if best else {}, finished)
+            _write_best(study, best, config, raw)
+    return TuneResult(folder, best.value if best else None, dict(best.params) if best else {}, _finished(study),
+                      trials.interrupted)
+
+
+def _write_best(study: optuna.Study, best: optuna.trial.FrozenTrial, config: Config, raw: dict[str, Any]) -> None:
+    """``<run>/tune/best.yaml``: the recipe with the best trial's values, which ``aigc run`` trains from anywhere
+    (its paths made absolute) into ``runs/<recipe>-tuned``, not over the original."""
+    best_raw = with_values(raw, settings_of(config.tune.space, best.params))
+    best_raw.pop("run", None)
+    best_raw.pop("tune", None)
+    best_raw["recipe"] = f"{config.recipe}-tuned"
+    data, model = best_raw.get("data") or {}, best_raw.get("model") or {}
+    if isinstance(data.get("paths"), list):
+        data["paths"] = [str(Path(p).expanduser().absolute()) for p in data["paths"]]
+    if isinstance(model.get("init"), str):
+        model["init"] = str(Path(model["init"]).expanduser().absolute())
+    header = (f"# best of {len(study.trials)} trials of aigc tune: {config.tune.metric} {best.value:.4f} after "
+              f"{config.tune.trial_minutes:g}-minute trials (train.max_minutes below is the recipe's)\n")
+    (config.run_dir / "tune" / "best.yaml").write_text(header + yaml.safe_dump(best_raw, sort_keys=False),
+                                                       encoding="utf-8")
+
+
+def _finished(study: optuna.Study) -> int:
+    return sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
 
 
 def _has_run_a_trial(config: Config) -> bool:
@@ -254,8 +325,24 @@ def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 
 
 def _fail_stale(study: optuna.Study, log: Callable[[str], None]) -> None:
-    """Trials left running by a process that died: marked failed, so the study counts them and goes on."""
+    """Trials left running by a process of this machine that died: marked failed, so the study counts them and
+    goes on. One whose process still runs (the study continued in another terminal) is left to it."""
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if _alive(trial.user_attrs.get("pid")):
+            log(f"trial {trial.number} is running in process {trial.user_attrs['pid']}: left to it")
+            continue
         study._storage.set_trial_user_attr(trial._trial_id, "reason", "the process running it stopped")
         study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
         log(f"trial {trial.number} was running when the study stopped: marked failed")
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:  # it died before recording its process
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
