@@ -106,6 +106,24 @@ def test_sigkill_then_resume_finishes_the_study_and_reruns_no_trial(corpus, tmp_
 
 
 @pytest.mark.slow
+def test_resume_while_the_study_runs_leaves_its_running_trial_alone(corpus, tmp_path):
+    run = tmp_path / "twice"
+    args = _args(corpus, run, "{train.lr: {log_float: [1.0e-3, 1.0e-2]}}", "tune.trials=2", "tune.pruner=none")
+    # the first process's trial outlasts the second's start; the second's is short
+    first = subprocess.Popen([sys.executable, "-m", "aigc", *args, "train.max_steps=3000"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run / "tune" / "trials" / "0000").is_dir():
+        assert time.monotonic() < deadline and first.poll() is None, "the study never started a trial"
+        time.sleep(0.05)
+    second = aigc(*args, "train.max_steps=50", "--resume")  # the same study from another terminal
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0 and second.returncode == 0, (err, second.stderr)
+    assert "trial 0 is running in process" in second.stderr
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in _study(run).trials)
+
+
+@pytest.mark.slow
 def test_two_workers_share_one_sqlite_study(corpus, tmp_path):
     run = tmp_path / "workers"
     # trials of 150 steps: long enough that the helper process has imported torch before this one ran all four
@@ -113,7 +131,7 @@ def test_two_workers_share_one_sqlite_study(corpus, tmp_path):
                        "train.max_steps=150"), "--workers", "2")
     assert done.returncode == 0, done.stderr
     trials = _study(run).trials
-    assert len(trials) >= 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)  # not one more
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # both processes ran trials
     assert len({t.params["train.lr"] for t in trials}) == len(trials)  # each process draws its own values
     assert done.stdout.count("best recipe:") == 1  # the helper leaves the summary to the first process

@@ -270,7 +270,8 @@ def tune(config: Config, raw: dict[str, Any], resume: bool = False, workers: int
             + (f"; {left / 60:.1f} min left" if math.isfinite(left) and left > 0 else
                "; tune.max_minutes spent: no new trial starts" if math.isfinite(left) else ""))
 
-    stop = optuna.study.MaxTrialsCallback(config.tune.trials, states=FINISHED)
+    # trials still running in other processes count too, or each process would start one more at the end
+    stop = optuna.study.MaxTrialsCallback(config.tune.trials, states=(*FINISHED, optuna.trial.TrialState.RUNNING))
     remaining = budget - (time.monotonic() - started)
     if _finished(study) < config.tune.trials and remaining > 0:
         study.optimize(trials, callbacks=[stop, progress], catch=(Exception,),
