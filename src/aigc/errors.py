@@ -21,6 +21,11 @@ class CombinationError(ConfigError):
     """Settings that are each valid alone but cannot go together (heads that do not divide the width): what a
     tuning trial that draws them is pruned for, where a single bad value refuses the whole study."""
 
+    @property
+    def reason(self) -> str:
+        """The last problem the message names, on one line (for a trial's note)."""
+        return str(self).splitlines()[-1].strip()
+
 
 class DataError(AigcError):
     """Input data is missing, unreadable, or nothing usable remains after cleaning."""

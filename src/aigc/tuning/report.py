@@ -22,8 +22,8 @@ def _note(trial: optuna.trial.FrozenTrial) -> str:
     notes = ["baseline: the recipe's own values"] if trial.user_attrs.get("baseline") else []
     if "reason" in trial.user_attrs:
         notes.append(trial.user_attrs["reason"])
-    elif trial.state == optuna.trial.TrialState.FAIL:  # failed by another process of a shared study (no heartbeat)
-        notes.append("its process stopped beating (see tune.heartbeat_seconds)")
+    elif trial.state == optuna.trial.TrialState.FAIL:  # failed by another process: Optuna's heartbeat check
+        notes.append("failed without a reason of its own: its process stopped (killed, or its heartbeat lost)")
     return "; ".join(notes)
 
 

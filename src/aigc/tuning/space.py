@@ -38,17 +38,18 @@ def _number(value: Any) -> Any:
 
 
 def _values(key: str, spec: dict[str, list[Any]]) -> tuple[str, list[Any]]:
-    """The distribution's kind and its values (the ends of a range, or the choices), checked alone."""
-    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
+    """The distribution's kind and its values (the ends of a range, or the choices), checked alone; numbers
+    written as text are numbers here, so two spellings of one space are one space."""
+    if len(spec) != 1 or next(iter(spec)) not in KINDS:
         raise ConfigError(f"tune.space.{key}: give one of {', '.join(KINDS)}, e.g. {{log_float: [1.0e-4, 1.0e-2]}}")
     kind, values = next(iter(spec.items()))
     if kind == "choice":
-        if not isinstance(values, list) or not values:
+        if not values:
             raise ConfigError(f"tune.space.{key}: choice needs a non-empty list of values")
-        return kind, values
-    values = [_number(v) for v in values] if isinstance(values, list) else values
-    if not isinstance(values, list) or len(values) != 2 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        numeric = set(typing.get_args(setting_annotation(key)) or [setting_annotation(key)]) & {int, float}
+        return kind, [_number(v) for v in values] if numeric else values
+    values = [_number(v) for v in values]
+    if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise ConfigError(f"tune.space.{key}: {kind} needs [low, high], two numbers (got {values!r})")
     low, high = values
     if not all(math.isfinite(v) for v in values):
@@ -86,7 +87,7 @@ def check_space(config: Config, raw: dict[str, Any]) -> None:
     """Every entry of ``config.tune.space`` is a well-formed distribution over a setting a trial may change, of
     that setting's type: each of its end values (every choice) set alone into the recipe ``raw`` must validate,
     or the error names the entry. A value that only clashes with the recipe's other settings is left to the
-    trial that draws it (pruned), unless every choice clashes."""
+    trial that draws it (pruned), unless every choice of the space's only key clashes."""
     if not config.tune.space:
         raise ConfigError("tune.space is empty: name the settings to search, e.g. "
                           "tune.space={train.lr: {log_float: [1.0e-4, 1.0e-2]}}")
@@ -98,12 +99,18 @@ def check_space(config: Config, raw: dict[str, Any]) -> None:
             try:
                 validate_config(with_values(raw, {key: value}))
             except CombinationError as err:  # fine alone, not with the recipe's other values
-                clashes.append(str(err).splitlines()[-1].strip())
+                clashes.append(err.reason)
             except ConfigError as err:
                 raise ConfigError(f"tune.space.{key} = {value!r} is not a valid setting:\n{err}") from None
-        if kind == "choice" and len(clashes) == len(values):
+        # with other keys in the space, a draw of theirs may make a clashing value fit: its trial decides
+        if kind == "choice" and len(clashes) == len(values) and len(config.tune.space) == 1:
             raise ConfigError(f"tune.space.{key}: no choice goes with the recipe's other settings, so every trial "
                               f"would be pruned ({clashes[0]}); put the other setting in the space or change it")
+
+
+def normalised_space(space: dict[str, dict[str, list[Any]]]) -> dict[str, dict[str, list[Any]]]:
+    """The space as its distributions read it (``1e-4`` and ``1.0e-4`` alike): what identifies a study."""
+    return {key: dict([_values(key, spec)]) for key, spec in space.items()}
 
 
 def baseline_params(config: Config) -> dict[str, Any]:

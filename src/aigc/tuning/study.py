@@ -20,7 +20,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
+import signal
 import subprocess
+import traceback
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,17 +35,20 @@ import sqlalchemy
 import yaml
 
 from aigc.config import Config, validate_config
-from aigc.errors import AigcError, CombinationError, ConfigError
+from aigc.errors import AigcError, CombinationError, ConfigError, TrainingError
 from aigc.tasks import evaluate, prepare, task_for
 from aigc.training.loop import train
+from aigc.training.stopping import StopRequest
 from aigc.tuning.report import write_report
-from aigc.tuning.space import baseline_params, check_space, settings_of, suggest, with_values
+from aigc.tuning.space import baseline_params, check_space, normalised_space, settings_of, suggest, with_values
 
 STUDY = "aigc"
 OPEN_ATTEMPTS = 4
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
 LOWER_IS_BETTER = ("val_loss", "bits_per_byte")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+CLAIMED = (*FINISHED, optuna.trial.TrialState.RUNNING)  # what counts toward tune.trials: running ones too
+PATH_SETTINGS = ("data.paths", "data.val_paths", "tokenizer.path", "model.init")  # relative to where aigc ran
 
 
 @dataclass
@@ -55,13 +61,18 @@ class TuneResult:
 
     def summary(self) -> str:
         if self.best_value is None:
-            return (f"{self.trials} trials, none completed: {self.folder / 'report.md'} gives each one's reason"
-                    + ("\ninterrupted: continue the study with --resume" if self.interrupted else ""))
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.best_params.items())
-        return (f"{self.trials} trials; best {self.best_value:.4f} with {params}\n"
-                f"best recipe: {self.folder / 'best.yaml'} (aigc run {self.folder / 'best.yaml'})\n"
-                f"report: {self.folder / 'report.md'}"
-                + ("\ninterrupted: continue the study with --resume" if self.interrupted else ""))
+            text = f"{self.trials} trials, none completed: {self.folder / 'report.md'} gives each one's reason"
+        else:
+            params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in self.best_params.items())
+            text = (f"{self.trials} trials; best {self.best_value:.4f} with {params}\n"
+                    f"best recipe: {self.folder / 'best.yaml'} (aigc run {self.folder / 'best.yaml'})\n"
+                    f"report: {self.folder / 'report.md'}")
+        return text + ("\ninterrupted: continue the study with --resume" if self.interrupted else "")
+
+
+class TrialInterrupted(TrainingError):
+    """Ctrl-C or SIGTERM reached a trial: it is failed (a cut-short run is no result) and the study stops."""
 
 
 def storage_url(config: Config) -> str:
@@ -103,14 +114,18 @@ def open_study(config: Config, worker: int = 0) -> optuna.Study:
             time.sleep(0.5 * attempt)  # processes starting together race to create the tables: try again
     _check_same_study(study, config)
     # each start draws anew: a resumed study or another process of it must not repeat the first one's draws
-    study.sampler = SAMPLERS[tc.sampler](seed=config.seed + 1000 * worker + len(study.trials))
+    # (processes on other machines know nothing of each other's numbers, so a shared study's are random)
+    seed = random.SystemRandom().randrange(2**31) if tc.storage else config.seed + 1000 * worker + len(study.trials)
+    study.sampler = SAMPLERS[tc.sampler](seed=seed)
     return study
 
 
 def _check_same_study(study: optuna.Study, config: Config) -> None:
-    """A study's trials are comparable only under one recipe, metric and space: the first process to open it
-    records them, and a later one (``--resume``, another machine) that asks for others is refused."""
-    asked = {"recipe": config.recipe, "metric": config.tune.metric, "space": json.loads(json.dumps(config.tune.space))}
+    """A study's trials are comparable only under one recipe, metric, trial length and space: the first process
+    to open it records them, and a later one (``--resume``, another machine) that asks for others is refused."""
+    asked = json.loads(json.dumps({"recipe": config.recipe, "metric": config.tune.metric,
+                                   "trial_minutes": config.tune.trial_minutes,
+                                   "space": normalised_space(config.tune.space)}))
     held = study.user_attrs.get("settings")
     if held is None:
         study.set_user_attr("settings", asked)
@@ -140,9 +155,9 @@ def check_study(config: Config, raw: dict[str, Any]) -> None:
 class Trials:
     """What one process of the study does for each trial: settings, data, training, the metric."""
 
-    def __init__(self, config: Config, raw: dict[str, Any], log: Callable[[str], None]):
+    def __init__(self, config: Config, raw: dict[str, Any], log: Callable[[str], None], stop: StopRequest):
         self.config, self.raw, self.log = config, raw, log
-        self.interrupted = False  # Ctrl-C or SIGTERM stopped a trial: no new trial starts
+        self.stop = stop  # Ctrl-C or SIGTERM, between trials or inside one: no new trial starts
         self.folder = config.run_dir / "tune"
         touches_data = any(k.split(".")[0] in ("data", "tokenizer") for k in config.tune.space)
         self.shared_data = None if touches_data else self.folder / "data-run"
@@ -169,9 +184,20 @@ class Trials:
             return self.run(trial, values)
         except optuna.TrialPruned:
             raise
-        except Exception as err:  # its data, out of memory, NaN, ...: failed with the reason, the study goes on
-            trial.set_user_attr("reason", (str(err).splitlines() or [type(err).__name__])[0][:300])
+        except BaseException as err:  # its data, out of memory, NaN, a bug: failed with the reason
+            trial.set_user_attr("reason", self.reason(trial, err))
             raise
+
+    def reason(self, trial: optuna.Trial, err: BaseException) -> str:
+        """What the report says of a failed trial: an AigcError's message says it all; anything else (a bug in
+        aigc) is named by its type, with its traceback in the trial's folder."""
+        text = (str(err).splitlines() or [""])[0][:300]
+        if isinstance(err, AigcError):
+            return text
+        folder = self.folder / "trials" / f"{trial.number:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "error.txt").write_text("".join(traceback.format_exception(err)), encoding="utf-8")
+        return f"{type(err).__name__}: {text} (traceback: {folder / 'error.txt'})"
 
     def run(self, trial: optuna.Trial, values: dict[str, Any]) -> float:
         """Train the trial's run with ``values`` set and return its metric (pruned when the values cannot go
@@ -179,9 +205,11 @@ class Trials:
         try:
             config = self.trial_config(values, self.folder / "trials" / f"{trial.number:04d}")
         except CombinationError as err:
-            trial.set_user_attr("reason", str(err).splitlines()[-1].strip())
+            trial.set_user_attr("reason", err.reason)
             raise optuna.TrialPruned(str(err)) from None
         self.data_for(config)
+        if self.stop.requested:
+            raise TrialInterrupted("interrupted before its training (Ctrl-C or SIGTERM); the study stops")
 
         def report(step: int, val_loss: float) -> None:
             trial.report(val_loss, step)
@@ -191,10 +219,9 @@ class Trials:
 
         pruning = report if self.config.tune.metric == "val_loss" else None
         result = train(config, log=lambda line: None, on_evaluation=pruning)
-        if result.interrupted:  # a cut-short run is no result: failed, and the study stops after it
-            self.interrupted = True
-            trial.study.stop()
-            raise AigcError(f"interrupted at step {result.steps} (Ctrl-C or SIGTERM); the study stops")
+        if result.interrupted:  # the training loop caught the signal: a cut-short run is no result
+            self.stop.requested = True
+            raise TrialInterrupted(f"interrupted at step {result.steps} (Ctrl-C or SIGTERM); the study stops")
         value = self.metric(config, result.best_val_loss)
         if value is None or not math.isfinite(value):
             raise AigcError(f"the run produced no finite {self.config.tune.metric} (no evaluation?)")
@@ -239,9 +266,8 @@ def tune(config: Config, raw: dict[str, Any], resume: bool = False, workers: int
         raise ConfigError(f"--workers {workers}: give 1 to {cores} (this machine's cores; a trial needs one)")
     if workers > 1 and not worker and worker_command is None:
         raise ConfigError("--workers starts more processes of the command line; from Python, run tune() in each")
-    if workers > 1:
-        raw = with_values(raw, {"train.threads": max(1, cores // workers)})
-    check_study(config, raw)
+    trial_raw = with_values(raw, {"train.threads": max(1, cores // workers)}) if workers > 1 else raw
+    check_study(config, trial_raw)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial's reason is in the progress line
     folder = config.run_dir / "tune"
     local = config.tune.storage is None
@@ -252,41 +278,50 @@ def tune(config: Config, raw: dict[str, Any], resume: bool = False, workers: int
     elif local and resume and not (folder / "study.db").exists():
         log(f"--resume: no study in {folder} yet, starting one")
     study = open_study(config, worker)
-    if local and not worker:  # on a shared database, Optuna's heartbeats find the trials of dead processes
+    if local and not worker:
         _fail_stale(study, log)
+    elif not local:  # Optuna's heartbeats tell the trials of processes that died elsewhere
+        optuna.storages.fail_stale_trials(study)
     if config.tune.baseline and not worker:  # once per study: a resumed or shared study already holds it
         study.enqueue_trial(baseline_params(config), user_attrs={"baseline": True}, skip_if_exists=True)
-    trials = Trials(config, raw, log)
-    trials.prepare_shared()
-    helpers = [] if worker else [subprocess.Popen([*worker_command, "--worker", str(k)]) for k in range(1, workers)]
-    started, budget = time.monotonic(), (config.tune.max_minutes or math.inf) * 60
+    with StopRequest() as stop:  # Ctrl-C or SIGTERM: the running trial fails as interrupted, no new one starts
+        trials = Trials(config, trial_raw, log, stop)
+        trials.prepare_shared()
+        # helpers in sessions of their own: the terminal's Ctrl-C reaches this process, which passes it on once
+        helpers = [] if worker else [subprocess.Popen([*worker_command, "--worker", str(k)], start_new_session=True)
+                                     for k in range(1, workers)]
+        started, budget = time.monotonic(), (config.tune.max_minutes or math.inf) * 60
 
-    def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        best = _best(study)
-        left = budget - (time.monotonic() - started)
-        log(f"trial {_finished(study)} of {config.tune.trials}: {trial.state.name.lower()}"
-            + (f" {trial.value:.4f}" if trial.value is not None else f" ({trial.user_attrs.get('reason', '')})")
-            + (f"; best {best.value:.4f} (trial {best.number})" if best else "")
-            + (f"; {left / 60:.1f} min left" if math.isfinite(left) and left > 0 else
-               "; tune.max_minutes spent: no new trial starts" if math.isfinite(left) else ""))
+        def progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            if stop.requested:
+                study.stop()
+            best = _best(study)
+            left = budget - (time.monotonic() - started)
+            log(f"trial {_count(study, FINISHED)} of {config.tune.trials}: {trial.state.name.lower()}"
+                + (f" {trial.value:.4f}" if trial.value is not None else f" ({trial.user_attrs.get('reason', '')})")
+                + (f"; best {best.value:.4f} (trial {best.number})" if best else "")
+                + (f"; {left / 60:.1f} min left" if math.isfinite(left) and left > 0 else
+                   "; tune.max_minutes spent: no new trial starts" if math.isfinite(left) else ""))
 
-    # trials still running in other processes count too, or each process would start one more at the end
-    stop = optuna.study.MaxTrialsCallback(config.tune.trials, states=(*FINISHED, optuna.trial.TrialState.RUNNING))
-    remaining = budget - (time.monotonic() - started)
-    if _finished(study) < config.tune.trials and remaining > 0:
-        study.optimize(trials, callbacks=[stop, progress], catch=(Exception,),
-                       timeout=None if math.isinf(remaining) else remaining, gc_after_trial=True)
-    for helper in helpers:
-        if trials.interrupted:
-            helper.terminate()  # SIGTERM: each helper fails its running trial as interrupted and stops
-        helper.wait()
+        # trials still running in other processes count too, or each process would start one more at the end
+        enough = optuna.study.MaxTrialsCallback(config.tune.trials, states=CLAIMED)
+        remaining = budget - (time.monotonic() - started)
+        try:
+            if _count(study, CLAIMED) < config.tune.trials and remaining > 0 and not stop.requested:
+                study.optimize(trials, callbacks=[enough, progress], catch=(Exception,),
+                               timeout=None if math.isinf(remaining) else remaining, gc_after_trial=True)
+        except BaseException:  # a second Ctrl-C, or this process failing: its helpers must not run on alone
+            stop.requested = True
+            raise
+        finally:
+            _stop_helpers(helpers, stop.requested, log)
     best = _best(study)
     if not worker:
         write_report(study, folder, config.tune.metric)
         if best is not None:
             _write_best(study, best, config, raw)
-    return TuneResult(folder, best.value if best else None, dict(best.params) if best else {}, _finished(study),
-                      trials.interrupted)
+    return TuneResult(folder, best.value if best else None, dict(best.params) if best else {},
+                      _count(study, FINISHED), stop.requested)
 
 
 def _write_best(study: optuna.Study, best: optuna.trial.FrozenTrial, config: Config, raw: dict[str, Any]) -> None:
@@ -296,19 +331,31 @@ def _write_best(study: optuna.Study, best: optuna.trial.FrozenTrial, config: Con
     best_raw.pop("run", None)
     best_raw.pop("tune", None)
     best_raw["recipe"] = f"{config.recipe}-tuned"
-    data, model = best_raw.get("data") or {}, best_raw.get("model") or {}
-    if isinstance(data.get("paths"), list):
-        data["paths"] = [str(Path(p).expanduser().absolute()) for p in data["paths"]]
-    if isinstance(model.get("init"), str):
-        model["init"] = str(Path(model["init"]).expanduser().absolute())
+    for key in PATH_SETTINGS:
+        section, name = key.split(".")
+        value = (best_raw.get(section) or {}).get(name)
+        if value:
+            absolute = [str(Path(v).expanduser().absolute()) for v in value] if isinstance(value, list) else \
+                str(Path(value).expanduser().absolute())
+            best_raw[section][name] = absolute
     header = (f"# best of {len(study.trials)} trials of aigc tune: {config.tune.metric} {best.value:.4f} after "
               f"{config.tune.trial_minutes:g}-minute trials (train.max_minutes below is the recipe's)\n")
     (config.run_dir / "tune" / "best.yaml").write_text(header + yaml.safe_dump(best_raw, sort_keys=False),
                                                        encoding="utf-8")
 
 
-def _finished(study: optuna.Study) -> int:
-    return sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+def _stop_helpers(helpers: list[subprocess.Popen], interrupted: bool, log: Callable[[str], None]) -> None:
+    """Wait for the ``--workers`` helpers, first passing on an interruption (SIGTERM: each fails its running
+    trial as interrupted and stops); a helper that ended badly is named."""
+    for k, helper in enumerate(helpers, start=1):
+        if interrupted:
+            helper.terminate()
+        if helper.wait() not in (0, -signal.SIGTERM):
+            log(f"--workers: helper {k} stopped with exit code {helper.returncode}; its trials are in the report")
+
+
+def _count(study: optuna.Study, states: tuple[optuna.trial.TrialState, ...]) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
 
 
 def _has_run_a_trial(config: Config) -> bool:
@@ -329,7 +376,7 @@ def _fail_stale(study: optuna.Study, log: Callable[[str], None]) -> None:
     """Trials left running by a process of this machine that died: marked failed, so the study counts them and
     goes on. One whose process still runs (the study continued in another terminal) is left to it."""
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if _alive(trial.user_attrs.get("pid")):
+        if _alive(trial.user_attrs.get("pid")) and trial.user_attrs["pid"] != os.getpid():
             log(f"trial {trial.number} is running in process {trial.user_attrs['pid']}: left to it")
             continue
         study._storage.set_trial_user_attr(trial._trial_id, "reason", "the process running it stopped")
