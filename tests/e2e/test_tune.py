@@ -221,7 +221,7 @@ def test_two_processes_share_one_study_in_postgresql(corpus, tmp_path, postgres)
 
 
 @pytest.mark.slow
-def test_a_process_that_dies_does_not_hold_a_shared_study(corpus, tmp_path, postgres):
+def test_a_killed_process_does_not_hold_a_postgresql_study(corpus, tmp_path, postgres):
     """A machine killed in the middle of a trial: its trial stops beating, and the next process marks it failed."""
     common = ["{train.lr: {log_float: [1.0e-3, 1.0e-2]}}", "tune.trials=3", "tune.pruner=none", "train.max_steps=150",
               f"tune.storage={postgres}", "tune.heartbeat_seconds=1"]

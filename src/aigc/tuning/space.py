@@ -46,8 +46,7 @@ def _values(key: str, spec: dict[str, list[Any]]) -> tuple[str, list[Any]]:
     if kind == "choice":
         if not values:
             raise ConfigError(f"tune.space.{key}: choice needs a non-empty list of values")
-        numeric = set(typing.get_args(setting_annotation(key)) or [setting_annotation(key)]) & {int, float}
-        return kind, [_number(v) for v in values] if numeric else values
+        return kind, [_number(v) for v in values] if _setting_types(key) & {int, float} else values
     values = [_number(v) for v in values]
     if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise ConfigError(f"tune.space.{key}: {kind} needs [low, high], two numbers (got {values!r})")
@@ -73,14 +72,17 @@ def _check_key(key: str, kind: str) -> None:
         raise ConfigError(f"tune.space.{key}: not a setting to tune ({why}); set it outside the space")
     if is_section(key):
         raise ConfigError(f"tune.space.{key} is a section: give one of its settings, e.g. {key}.<name>")
-    annotation = setting_annotation(key)
-    if annotation is None:  # not a setting: validating a trial's values names the valid keys
-        return
-    types = set(typing.get_args(annotation)) or {annotation}
+    types = _setting_types(key)  # none for a key that is not a setting: validating a value names the valid keys
     if bool in types and kind != "choice":
         raise ConfigError(f"tune.space.{key} is true or false: use {{choice: [true, false]}}")
     if kind in ("float", "log_float") and int in types and float not in types:
         raise ConfigError(f"tune.space.{key} is a whole number: use {{int: [low, high]}}")
+
+
+def _setting_types(key: str) -> set[Any]:
+    """The types the setting at ``key`` takes (``{int, NoneType}`` for ``int | None``); empty for no setting."""
+    annotation = setting_annotation(key)
+    return set() if annotation is None else set(typing.get_args(annotation)) or {annotation}
 
 
 def check_space(config: Config, raw: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@
 Each trial is the recipe with the trial's values set, trained by the one training loop into
 ``<run>/tune/trials/NNNN`` for ``tune.trial_minutes``. Pruning uses the evaluations the loop makes anyway:
 its ``on_evaluation`` hook reports each val loss to the trial and raises ``TrialPruned`` when the pruner
-(median or Hyperband) says so. The data is prepared once (``<run>/tune/data``) and shared by every trial
+(median or Hyperband) says so. The data is prepared once (``<run>/tune/data-run``) and shared by every trial
 unless the space changes ``data.*`` or ``tokenizer.*``.
 
 The study lives in Optuna's storage: SQLite in ``<run>/tune/study.db`` by default, so a study killed at
@@ -23,8 +23,8 @@ import os
 import random
 import signal
 import subprocess
-import traceback
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,13 +188,16 @@ class Trials:
             trial.set_user_attr("reason", self.reason(trial, err))
             raise
 
+    def trial_dir(self, trial: optuna.Trial) -> Path:
+        return self.folder / "trials" / f"{trial.number:04d}"
+
     def reason(self, trial: optuna.Trial, err: BaseException) -> str:
         """What the report says of a failed trial: an AigcError's message says it all; anything else (a bug in
         aigc) is named by its type, with its traceback in the trial's folder."""
         text = (str(err).splitlines() or [""])[0][:300]
         if isinstance(err, AigcError):
             return text
-        folder = self.folder / "trials" / f"{trial.number:04d}"
+        folder = self.trial_dir(trial)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "error.txt").write_text("".join(traceback.format_exception(err)), encoding="utf-8")
         return f"{type(err).__name__}: {text} (traceback: {folder / 'error.txt'})"
@@ -203,7 +206,7 @@ class Trials:
         """Train the trial's run with ``values`` set and return its metric (pruned when the values cannot go
         together, or when the pruner says so at an evaluation)."""
         try:
-            config = self.trial_config(values, self.folder / "trials" / f"{trial.number:04d}")
+            config = self.trial_config(values, self.trial_dir(trial))
         except CombinationError as err:
             trial.set_user_attr("reason", err.reason)
             raise optuna.TrialPruned(str(err)) from None
@@ -333,15 +336,16 @@ def _write_best(study: optuna.Study, best: optuna.trial.FrozenTrial, config: Con
     best_raw["recipe"] = f"{config.recipe}-tuned"
     for key in PATH_SETTINGS:
         section, name = key.split(".")
-        value = (best_raw.get(section) or {}).get(name)
-        if value:
-            absolute = [str(Path(v).expanduser().absolute()) for v in value] if isinstance(value, list) else \
-                str(Path(value).expanduser().absolute())
-            best_raw[section][name] = absolute
+        if value := (best_raw.get(section) or {}).get(name):
+            best_raw[section][name] = [_absolute(v) for v in value] if isinstance(value, list) else _absolute(value)
     header = (f"# best of {len(study.trials)} trials of aigc tune: {config.tune.metric} {best.value:.4f} after "
               f"{config.tune.trial_minutes:g}-minute trials (train.max_minutes below is the recipe's)\n")
     (config.run_dir / "tune" / "best.yaml").write_text(header + yaml.safe_dump(best_raw, sort_keys=False),
                                                        encoding="utf-8")
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().absolute())
 
 
 def _stop_helpers(helpers: list[subprocess.Popen], interrupted: bool, log: Callable[[str], None]) -> None:
@@ -368,15 +372,14 @@ def _has_run_a_trial(config: Config) -> bool:
 
 
 def _best(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    return study.best_trial if complete else None
+    return study.best_trial if _count(study, (optuna.trial.TrialState.COMPLETE,)) else None
 
 
 def _fail_stale(study: optuna.Study, log: Callable[[str], None]) -> None:
     """Trials left running by a process of this machine that died: marked failed, so the study counts them and
     goes on. One whose process still runs (the study continued in another terminal) is left to it."""
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if _alive(trial.user_attrs.get("pid")) and trial.user_attrs["pid"] != os.getpid():
+        if _running_elsewhere(trial.user_attrs.get("pid")):
             log(f"trial {trial.number} is running in process {trial.user_attrs['pid']}: left to it")
             continue
         study._storage.set_trial_user_attr(trial._trial_id, "reason", "the process running it stopped")
@@ -384,8 +387,9 @@ def _fail_stale(study: optuna.Study, log: Callable[[str], None]) -> None:
         log(f"trial {trial.number} was running when the study stopped: marked failed")
 
 
-def _alive(pid: int | None) -> bool:
-    if pid is None:  # it died before recording its process
+def _running_elsewhere(pid: int | None) -> bool:
+    """Whether process ``pid`` lives and is not this one (a container's PID 1 may be the trial's and ours)."""
+    if pid is None or pid == os.getpid():  # it died before recording its process, or its number is ours now
         return False
     try:
         os.kill(pid, 0)
