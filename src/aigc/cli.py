@@ -192,17 +192,29 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from aigc.pretrained import import_model
+    from aigc.pretrained.gguf_import import import_gguf, is_gguf
 
     stray = [item for item in args.items if "=" not in item]
     if stray:
-        raise AigcError(f"expected key=value after the model folder, got {' '.join(stray)!r} (e.g. run.dir=runs/smollm)")
-    print(import_model(Path(args.folder), args.items, args.dtype).summary())
+        raise AigcError(f"expected key=value after the model, got {' '.join(stray)!r} (e.g. run.dir=runs/smollm)")
+    source = Path(args.folder)
+    load = import_gguf if is_gguf(source) else import_model
+    print(load(source, args.items, args.dtype).summary())
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "gguf":
+        from aigc.pretrained.gguf_export import export_gguf
+
+        if args.merge:
+            raise AigcError("--merge is for --format hf; a GGUF export always merges a LoRA run's adapters")
+        print(export_gguf(Path(args.run), Path(args.out), args.type).summary())
+        return 0
     from aigc.pretrained.exporter import export_run
 
+    if args.type is not None:
+        raise AigcError("--type is for --format gguf; a Hugging Face folder keeps the run's dtype")
     print(export_run(Path(args.run), Path(args.out), merge=args.merge).summary())
     return 0
 
@@ -308,25 +320,34 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_command(chat, cmd_chat)
     chat.add_argument("--system", default=None, help="a system message that starts every conversation")
     importer = sub.add_parser(
-        "import", help="turn a Hugging Face model folder into a run (gpt2, llama, qwen2, mistral)",
+        "import", help="turn a Hugging Face model folder (gpt2, llama, qwen2, mistral) or a GGUF file into a run",
         description="Import a Hugging Face model folder (config.json, model.safetensors or shards with "
         "model.safetensors.index.json, tokenizer.json, tokenizer_config.json, generation_config.json; the hub cache "
         "keeps them under ~/.cache/huggingface/hub/models--ORG--NAME/snapshots/REV/) as a run directory that "
         "generate, serve and chat accept. Settings: run.dir=PATH (default runs/<folder name>), model.block_size=N "
-        "(a shorter context), generate.*=... (sampling defaults). See docs/pretrained.md.",
+        "(a shorter context), generate.*=... (sampling defaults). A GGUF file (llama.cpp's format: gpt2, llama, qwen2 "
+        "architectures, f32/f16/bf16/q8_0, byte-level BPE vocabulary) imports the same way, dequantized to float32 "
+        "or --dtype. See docs/pretrained.md.",
     )
-    importer.add_argument("folder", metavar="HF_DIR")
+    importer.add_argument("folder", metavar="HF_DIR_OR_GGUF")
     importer.add_argument("items", nargs="*", metavar="key=value", help="settings of the run, e.g. run.dir=runs/smollm")
     importer.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], default=None,
                           help="store the weights in this dtype (default: keep the stored dtype)")
     importer.set_defaults(handler=cmd_import)
-    export = sub.add_parser("export", help="write a text run as a Hugging Face model folder",
-                            description="Write the run's model as a Hugging Face folder (config.json, model.safetensors, "
-                            "tokenizer files, chat template, generation_config.json) that AutoModelForCausalLM and "
-                            "AutoTokenizer load. Imported runs export back bit for bit. A LoRA run exports its base "
-                            "with the adapters in OUT_DIR/adapter (PEFT's format), or merged with --merge.")
+    export = sub.add_parser("export", help="write a text run as a Hugging Face model folder or a GGUF file (llama.cpp, "
+                            "Ollama)",
+                            description="--format hf (default): the run's model as a Hugging Face folder (config.json, "
+                            "model.safetensors, tokenizer files, chat template, generation_config.json) that "
+                            "AutoModelForCausalLM and AutoTokenizer load. Imported runs export back bit for bit. A LoRA "
+                            "run exports its base with the adapters in OUT_DIR/adapter (PEFT's format), or merged with "
+                            "--merge. --format gguf: one GGUF file for llama.cpp (tokenizer, chat template, special "
+                            "ids and sampling defaults inside; a LoRA run merged) and an Ollama Modelfile beside it. "
+                            "See docs/pretrained.md.")
     export.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
     export.add_argument("out", metavar="OUT_DIR")
+    export.add_argument("--format", choices=["hf", "gguf"], default="hf", help="what to write (default hf)")
+    export.add_argument("--type", choices=["f32", "f16", "bf16", "q8_0"], default=None,
+                        help="gguf: the matrices' type (default bf16 for a bf16 model, else f16)")
     export.add_argument("--merge", action="store_true", help="fold a LoRA run's adapters into the weights: one plain model")
     export.set_defaults(handler=cmd_export)
     serve = sub.add_parser("serve", help="serve runs behind an OpenAI-compatible HTTP API with a web playground",

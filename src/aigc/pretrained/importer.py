@@ -23,6 +23,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,43 @@ def _write_weights(path: Path, config: Config, source: SourceWeights, dtype: tor
     return count, "/".join(dtypes)
 
 
+def write_run(config: Config, write_weights: Callable[[Path], tuple[int, str]], tokenizer_json: str,
+              chat: ChatTemplate | None, origin: dict[str, Any]) -> tuple[int, str]:
+    """Write an imported model as the run ``config.run_dir`` (see the module docstring); the weights come from
+    ``write_weights(path)``, which returns (parameter count, dtype name), and that pair is returned.
+
+    ``origin`` (where the weights came from, with file hashes) goes into ``meta.json`` as ``imported_from``.
+    """
+    run_dir = config.run_dir
+    if run_dir.exists():
+        raise CheckpointError(f"{run_dir} already exists; choose another run.dir=... or remove it first")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir.parent / f".tmp-import-{run_dir.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        checkpoint = tmp / CHECKPOINTS / step_name(0)
+        checkpoint.mkdir(parents=True)
+        parameters, dtype_name = write_weights(checkpoint / "model.safetensors")
+        write_json(checkpoint / "config.json", config.model_dump(mode="json"))
+        for folder in (checkpoint, tmp):
+            (folder / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+        files = ["config.json", "model.safetensors", "tokenizer.json"]
+        if chat is not None:
+            write_json(checkpoint / CHAT_FILE, chat.to_json())
+            files.append(CHAT_FILE)
+        meta = {
+            "format": FORMAT_VERSION, "aigc_version": __version__, "torch_version": torch.__version__, "step": 0,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "imported_from": origin,
+            "files": {name: file_hash(checkpoint / name) for name in files},
+        }
+        write_json(checkpoint / "meta.json", meta)
+        point(tmp / CHECKPOINTS, "latest", checkpoint.name)
+        os.replace(tmp, run_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return parameters, dtype_name
+
+
 def import_model(folder: Path, overrides: list[str] | tuple[str, ...] = (), dtype: str | None = None) -> ImportResult:
     """Import the Hugging Face model folder ``folder`` as a run (``run.dir``, default ``runs/<folder name>``)."""
     start = time.monotonic()
@@ -229,36 +267,14 @@ def import_model(folder: Path, overrides: list[str] | tuple[str, ...] = (), dtyp
         raise CheckpointError(f"the tokenizer has {tokenizer.get_vocab_size(with_added_tokens=True)} tokens, more than "
                               f"the model's vocab_size {config.model.vocab_size}")
     source = SourceWeights(folder)
-    chat = chat_for(folder)
 
-    run_dir = config.run_dir
-    if run_dir.exists():
-        raise CheckpointError(f"{run_dir} already exists; choose another run.dir=... or remove it first")
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir.parent / f".tmp-import-{run_dir.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        checkpoint = tmp / CHECKPOINTS / step_name(0)
-        checkpoint.mkdir(parents=True)
-        parameters, dtype_name = _write_weights(checkpoint / "model.safetensors", config, source, DTYPES.get(dtype))
+    def write_weights(path: Path) -> tuple[int, str]:
+        written = _write_weights(path, config, source, DTYPES.get(dtype))
         source.release(source.files)
-        write_json(checkpoint / "config.json", config.model_dump(mode="json"))
-        shutil.copyfile(folder / "tokenizer.json", checkpoint / "tokenizer.json")
-        shutil.copyfile(folder / "tokenizer.json", tmp / "tokenizer.json")
-        files = ["config.json", "model.safetensors", "tokenizer.json"]
-        if chat is not None:
-            write_json(checkpoint / CHAT_FILE, chat.to_json())
-            files.append(CHAT_FILE)
-        meta = {
-            "format": FORMAT_VERSION, "aigc_version": __version__, "torch_version": torch.__version__, "step": 0,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "imported_from": {"path": str(folder.resolve()), "model_type": model_type,
-                              "files": {name: file_hash(folder / name) for name in source.files}},
-            "files": {name: file_hash(checkpoint / name) for name in files},
-        }
-        write_json(checkpoint / "meta.json", meta)
-        point(tmp / CHECKPOINTS, "latest", checkpoint.name)
-        os.replace(tmp, run_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return ImportResult(run_dir, model_type, parameters, dtype_name, time.monotonic() - start)
+        return written
+
+    origin = {"path": str(folder.resolve()), "model_type": model_type,
+              "files": {name: file_hash(folder / name) for name in source.files}}
+    tokenizer_text = (folder / "tokenizer.json").read_text(encoding="utf-8")  # the model's own file, unchanged
+    parameters, dtype_name = write_run(config, write_weights, tokenizer_text, chat_for(folder), origin)
+    return ImportResult(config.run_dir, model_type, parameters, dtype_name, time.monotonic() - start)
