@@ -106,8 +106,12 @@ FAMILIES = {
                   num_key_value_heads=2, head_dim=16, max_position_embeddings=128, tie_word_embeddings=True),
     "mistral": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, max_position_embeddings=128, sliding_window=64),
+    # Qwen2 whose head size is hidden / heads: transformers' GGUF reader ignores an explicit one (key_length)
+    "qwen2-plain": dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True),
 }
-TEMPLATE_OF = {"gpt2": "chatml", "llama": "llama3", "llama-smollm": "smollm", "llama-rope3": "llama3", "qwen2": "chatml", "mistral": "mistral"}
+TEMPLATE_OF = {"gpt2": "chatml", "llama": "llama3", "llama-smollm": "smollm", "llama-rope3": "llama3", "qwen2": "chatml", "mistral": "mistral",
+               "qwen2-plain": "chatml"}
 
 
 def tokenizer(template: str):

@@ -183,10 +183,8 @@ def model_fields(arch: str, hparams: dict[str, Any], rope_freqs: torch.Tensor | 
                               "vocab_size": vocab_size, "mlp_hidden": need("feed_forward_length"),
                               "tie_embeddings": not has_output, "dropout": 0.0}
     if arch == "gpt2":
-        if fields["mlp_hidden"] == 4 * fields["n_embd"]:
-            fields["mlp_hidden"] = None  # GPT-2's default, as an import of its config.json leaves it
-        return fields | {"mlp": "gelu_tanh", "norm": "layernorm", "position": "learned", "bias": True,
-                         "norm_eps": need("attention.layer_norm_epsilon")}
+        return _default_width(fields | {"mlp": "gelu_tanh", "norm": "layernorm", "position": "learned", "bias": True,
+                                        "norm_eps": need("attention.layer_norm_epsilon")})
     head = hparams.get("attention.key_length") or fields["n_embd"] // fields["n_head"]
     if hparams.get("rope.dimension_count", head) != head or hparams.get("attention.value_length", head) != head:
         raise ConfigError("the GGUF model rotates only part of each head or has values of another size than keys; "
@@ -202,6 +200,13 @@ def model_fields(arch: str, hparams: dict[str, Any], rope_freqs: torch.Tensor | 
                           f"{hparams.get('rope.scaling.factor', 1)} is not supported; aigc implements llama3's (rope_freqs)")
     if rope_freqs is not None:
         fields["rope_scaling"] = _llama3_scaling(fields, hparams, rope_freqs)
+    return _default_width(fields)
+
+
+def _default_width(fields: dict[str, Any]) -> dict[str, Any]:
+    """``mlp_hidden`` left unset when it is what ``ModelConfig`` would compute anyway (as a run trained here has it)."""
+    if ModelConfig(**(fields | {"mlp_hidden": None})).hidden == fields["mlp_hidden"]:
+        fields["mlp_hidden"] = None
     return fields
 
 

@@ -1,0 +1,272 @@
+"""GGUF export and import against independent readers: ``gguf``'s reader, transformers, and llama.cpp itself.
+
+Tiny random models of every family aigc exports (tests/parity/tiny_hf.py) are imported, exported as
+GGUF, and run by llama.cpp (through ``llama-cpp-python``, built from its source distribution by
+``make test``): greedy tokens and a chat reply must equal ``aigc generate``'s. transformers' GGUF reader
+is a second reference for the families it reads completely (it ignores ``key_length`` and
+``rope_freqs``, and gives GPT-2 a fixed 1024-position table).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from aigc.chat_template import ChatTemplate
+from aigc.checkpoint import load_checkpoint
+from aigc.cli import main
+from aigc.errors import CheckpointError, ConfigError
+from aigc.generate.sampling import SamplingParams
+from aigc.generate.text import TextGenerator
+from aigc.pretrained import import_model
+from aigc.pretrained.gguf_export import export_gguf
+from aigc.pretrained.gguf_import import import_gguf
+from tests.parity import tiny_hf
+
+gguf = pytest.importorskip("gguf")
+
+# imported (tests/parity/tiny_hf.py), and trained here: aigc's own BPE and chat template, GPT-2 and Llama style
+FAMILIES = ["gpt2", "llama", "llama-rope3", "llama-smollm", "qwen2", "qwen2-plain", "mistral", "own-gpt2", "own-llama"]
+ARCH = {"gpt2": "gpt2", "own-gpt2": "gpt2", "qwen2": "qwen2", "qwen2-plain": "qwen2"}  # the rest are llama
+OWN_STYLES = {"own-gpt2": ["model.mlp=gelu_tanh"],
+              "own-llama": ["model.norm=rmsnorm", "model.mlp=swiglu", "model.position=rope", "model.n_kv_head=1",
+                            "model.bias=true", "model.tie_embeddings=false"]}  # biases in q/k/v, out and MLP
+TRANSFORMERS_READS = ["llama", "llama-smollm", "qwen2-plain", "mistral"]
+PROMPT = "the king and the queen"
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello world"}]
+# q8_0 logits against f32 on these tiny random models: measured max |diff| 0.004 to 0.012 (each weight off by up
+# to half a step of max|row block| / 127); the bound leaves room, and stays far below the logits' spread (~1)
+Q8_LOGIT_ERROR = 0.05
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def exported(request, tmp_path_factory):
+    """(family, root, run dir, {type: GgufExport}) for a tiny model exported at f32 and q8_0."""
+    root = tmp_path_factory.mktemp(request.param)
+    if request.param in OWN_STYLES:
+        _own_run(root / "run", OWN_STYLES[request.param])
+    else:
+        tiny_hf.save_model(root / "hf", request.param)
+        import_model(root / "hf", [f"run.dir={root / 'run'}"])
+    files = {kind: export_gguf(root / "run", root / kind, kind) for kind in ("f32", "q8_0")}
+    return request.param, root, root / "run", files
+
+
+def _own_run(run, options: list[str]) -> None:
+    """A run as aigc trains one (its BPE, its default chat template), with random weights scaled up so that
+    greedy choices are clear-cut."""
+    from aigc.checkpoint import save_checkpoint
+    from aigc.config import load_config
+    from aigc.models import GPT
+    from aigc.tokenizer import train_bpe
+
+    run.mkdir(parents=True)
+    tokenizer = train_bpe(tiny_hf.CORPUS, 300)
+    tokenizer.save(str(run / "tokenizer.json"))
+    config = load_config("text", [f"run.dir={run}", "tokenizer.kind=bpe", "model.n_layer=2", "model.n_head=2",
+                                  "model.n_embd=64", "model.block_size=64", f"model.vocab_size={tokenizer.get_vocab_size()}",
+                                  "generate.temperature=0.7", "generate.top_p=0.9", *options])
+    torch.manual_seed(0)
+    model = GPT(config.model).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+    save_checkpoint(run, 10, config, model.state_dict(), {}, {})
+
+
+def a_tokenizer_eot(checkpoint) -> int:
+    from aigc.tokenizer import EOT, load_tokenizer
+
+    return load_tokenizer(checkpoint.path / "tokenizer.json").token_to_id(EOT)
+
+
+def _metadata(path) -> dict:
+    reader = gguf.GGUFReader(path)
+    return {name: field.contents() for name, field in reader.fields.items()}
+
+
+def test_gguf_reader_finds_everything_llama_cpp_needs(exported):
+    name, _, run, files = exported
+    config = load_checkpoint(run).config.model
+    meta = _metadata(files["f32"].gguf_file)
+    arch = ARCH.get(name, "llama")
+    assert meta["general.architecture"] == arch
+    assert meta[f"{arch}.context_length"] == config.block_size
+    assert meta[f"{arch}.block_count"] == config.n_layer and meta[f"{arch}.embedding_length"] == config.n_embd
+    eps = meta[f"{arch}.attention.layer_norm_epsilon" if arch == "gpt2" else f"{arch}.attention.layer_norm_rms_epsilon"]
+    assert eps == pytest.approx(config.norm_eps, rel=1e-6)
+    if arch != "gpt2":
+        assert meta[f"{arch}.rope.freq_base"] == pytest.approx(config.rope_theta)
+        assert meta[f"{arch}.attention.head_count_kv"] == config.kv_heads
+        assert meta[f"{arch}.attention.key_length"] == config.head_dim
+    tokens = meta["tokenizer.ggml.tokens"]
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt-2"
+    assert len(tokens) == config.vocab_size and len(meta["tokenizer.ggml.token_type"]) == len(tokens)
+    assert meta["tokenizer.ggml.merges"] and meta["tokenizer.ggml.add_bos_token"] is False
+    if name in OWN_STYLES:  # aigc's own: documents end with <|endoftext|>, chat is its Role: text template
+        assert tokens[meta["tokenizer.ggml.eos_token_id"]] == "<|endoftext|>"
+        assert meta["tokenizer.chat_template"] == ChatTemplate().source
+    else:
+        assert [meta["tokenizer.ggml.eos_token_id"], meta["tokenizer.ggml.eot_token_id"]] == config.eos_token_ids
+        assert meta["tokenizer.ggml.bos_token_id"] == config.bos_token_id
+        assert tokens[config.eos_token_ids[0]] == tiny_hf.SPECIALS[tiny_hf.TEMPLATE_OF[name]]["eos_token"]
+        assert meta["tokenizer.chat_template"] == tiny_hf.TEMPLATES[tiny_hf.TEMPLATE_OF[name]]
+    assert meta["general.sampling.temp"] == pytest.approx(0.7) and meta["general.sampling.top_p"] == pytest.approx(0.9)
+    tensors = {t.name: t for t in gguf.GGUFReader(files["q8_0"].gguf_file).tensors}
+    assert tensors["token_embd.weight"].tensor_type == gguf.GGMLQuantizationType.Q8_0
+    assert tensors["output_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    assert ("rope_freqs.weight" in tensors) == (config.rope_scaling is not None)
+
+
+@pytest.mark.parametrize("exported", TRANSFORMERS_READS, indirect=True)
+@pytest.mark.parametrize("kind", ["f32", "q8_0"])
+def test_transformers_reads_our_gguf_with_our_logits(exported, kind):
+    import transformers
+
+    name, _, run, files = exported
+    path = files[kind].gguf_file
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).eval()
+    ours = load_checkpoint(run).load_model()
+    idx = torch.randint(0, 300, (2, 48), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        diff = (ours(idx) - theirs(idx).logits).abs().max().item()
+    assert diff <= (1e-4 if kind == "f32" else Q8_LOGIT_ERROR), f"{name} {kind}: max abs logit difference {diff}"
+
+
+def test_import_of_the_export_gives_the_same_tensors_tokenizer_and_tokens(exported):
+    name, root, run, files = exported
+    back = root / "back"
+    shutil.rmtree(back, ignore_errors=True)
+    result = import_gguf(files["f32"].gguf_file, [f"run.dir={back}"])
+    assert result.run_dir == back
+    before, after = load_checkpoint(run), load_checkpoint(back)
+    ours, theirs = before.model_state(), after.model_state()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # Mistral travels as llama (a context within its window needs none); an aigc run's implicit <|endoftext|>
+    # is written out as the eos id
+    was, now = before.config.model.model_dump(), after.config.model.model_dump()
+    assert now.pop("sliding_window") is None and was.pop("sliding_window") in (None, 64)
+    assert now.pop("eos_token_ids") == (was.pop("eos_token_ids") or [a_tokenizer_eot(before)])
+    assert {k: (v, now[k]) for k, v in was.items() if now[k] != v} == {}
+    assert after.config.generate.temperature == pytest.approx(0.7)
+    text = "\n".join(tiny_hf.CORPUS[:5]) + " 1234 <|im_end|>  two  spaces\n\n"
+    a, b = TextGenerator.from_checkpoint(run), TextGenerator.from_checkpoint(back)
+    assert a.tokenizer.encode(text).ids == b.tokenizer.encode(text).ids
+    assert a.chat.render(CHAT) == b.chat.render(CHAT)
+    greedy = SamplingParams(max_new_tokens=32, temperature=0.0)
+    assert a.complete([PROMPT], greedy)[0].token_ids == b.complete([PROMPT], greedy)[0].token_ids
+
+
+def test_q8_0_import_is_dequantized_within_a_step(exported):
+    name, root, run, files = exported
+    back = root / "back-q8"
+    shutil.rmtree(back, ignore_errors=True)
+    import_gguf(files["q8_0"].gguf_file, [f"run.dir={back}"])
+    ours, theirs = load_checkpoint(run).model_state(), load_checkpoint(back).model_state()
+    for key, value in ours.items():
+        # q8_0 rounds each value to a step of (its 32-value block's max / 127), the step stored in float16:
+        # off by half a step, plus up to 127 float16 rounding errors of the step (2^-11 each, 0.062 steps)
+        step = value.abs().max() / 127
+        assert (value - theirs[key]).abs().max() <= 0.57 * step + 1e-6, key
+
+
+# ---- llama.cpp itself ----
+
+@pytest.fixture(scope="module")
+def llama_cpp():
+    return pytest.importorskip("llama_cpp")
+
+
+def _llama(llama_cpp, path):
+    return llama_cpp.Llama(model_path=str(path), n_ctx=128, n_threads=2, verbose=False, seed=0)
+
+
+def test_llama_cpp_greedy_decodes_as_aigc_generate(exported, llama_cpp):
+    name, _, run, files = exported
+    generator = TextGenerator.from_checkpoint(run)
+    ours = generator.complete([PROMPT], SamplingParams(max_new_tokens=32, temperature=0.0))[0]
+    llm = _llama(llama_cpp, files["f32"].gguf_file)
+    prompt = llm.tokenize(PROMPT.encode(), add_bos=False, special=False)
+    assert prompt == generator.encode_prompt(PROMPT, SamplingParams()), name
+    theirs = []
+    for token in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0):
+        if llm.token_eos() == token or token in generator.eos_ids or len(theirs) == 32:
+            break
+        theirs.append(token)
+    assert theirs == ours.token_ids, name
+
+
+def test_llama_cpp_applies_the_chat_template_as_aigc(exported, llama_cpp):
+    name, _, run, files = exported
+    generator = TextGenerator.from_checkpoint(run)
+    prompt, stops = generator.chat_prompt(CHAT)
+    ours = generator.complete([prompt], SamplingParams(max_new_tokens=16, temperature=0.0, stop=tuple(stops)))[0]
+    llm = _llama(llama_cpp, files["f32"].gguf_file)
+    reply = llm.create_chat_completion(CHAT, temperature=0.0, top_k=1, max_tokens=16, repeat_penalty=1.0,
+                                       stop=stops or None)  # aigc's template stops at "\nUser:", as the Modelfile says
+    assert reply["choices"][0]["message"]["content"] == ours.text, name
+
+
+def test_q8_0_runs_in_llama_cpp_close_to_f32(exported, llama_cpp):
+    name, _, _, files = exported
+    f32, q8 = (_llama(llama_cpp, files[kind].gguf_file) for kind in ("f32", "q8_0"))
+    tokens = f32.tokenize(PROMPT.encode(), add_bos=False)
+    logits = []
+    for llm in (f32, q8):
+        llm.eval(tokens)
+        logits.append(torch.tensor(llm.scores[len(tokens) - 1]))
+    assert (logits[0] - logits[1]).abs().max() <= Q8_LOGIT_ERROR, name
+
+
+# ---- the Modelfile, the CLI, refusals ----
+
+def test_modelfile_carries_template_stops_and_sampling(exported):
+    name, _, _, files = exported
+    text = (files["q8_0"].out_dir / "Modelfile").read_text()
+    assert f"FROM ./{files['q8_0'].gguf_file.name}" in text
+    assert "PARAMETER temperature 0.7" in text and "PARAMETER top_p 0.9" in text
+    if name in OWN_STYLES:
+        assert 'PARAMETER stop "<|endoftext|>"' in text and 'PARAMETER stop "\\nUser:"' in text
+        assert 'User{{ else if eq .Role "assistant" }}Assistant' in text
+        return
+    eos = tiny_hf.SPECIALS[tiny_hf.TEMPLATE_OF[name]]["eos_token"]
+    assert f'PARAMETER stop "{eos}"' in text and 'PARAMETER stop "<|system|>"' in text
+    family = {"chatml": "<|im_start|>{{ .Role }}", "smollm": "<|im_start|>{{ .Role }}",
+              "llama3": "<|start_header_id|>{{ .Role }}", "mistral": "[INST]"}[tiny_hf.TEMPLATE_OF[name]]
+    assert "TEMPLATE" in text and family in text
+    if tiny_hf.TEMPLATE_OF[name] == "smollm":
+        assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in text
+
+
+def test_cli_exports_and_imports_gguf(tmp_path, capsys):
+    tiny_hf.save_model(tmp_path / "hf", "mistral")
+    # a template without a known Ollama form: the Modelfile says to write one by hand
+    (tmp_path / "hf" / "tokenizer_config.json").write_text(
+        (tmp_path / "hf" / "tokenizer_config.json").read_text().replace("[INST]", "[USER]"))
+    assert main(["import", str(tmp_path / "hf"), f"run.dir={tmp_path / 'run'}"]) == 0
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "out"), "--format", "gguf", "--type", "q8_0"]) == 0
+    assert "run-q8_0.gguf" in capsys.readouterr().out
+    modelfile = (tmp_path / "out" / "Modelfile").read_text()
+    assert "TEMPLATE \"\"\"" not in modelfile and "Write a TEMPLATE by hand" in modelfile
+    assert main(["import", str(tmp_path / "out" / "run-q8_0.gguf"), f"run.dir={tmp_path / 'back'}"]) == 0
+    assert "llama (GGUF)" in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "out"), "--format", "gguf"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_a_char_tokenizer_is_refused_with_what_to_do():
+    from aigc.pretrained.gguf_vocab import vocab_of
+    from aigc.tokenizer import train_char
+
+    with pytest.raises(CheckpointError, match="tokenizer.kind=bpe"):
+        vocab_of(train_char(["hello world"], 16), 16)
+
+
+def test_exact_gelu_is_refused(tmp_path, make_config):
+    config = make_config("text", "model.mlp=gelu")
+    from aigc.models.gguf_names import architecture
+
+    with pytest.raises(ConfigError, match="gelu_tanh"):
+        architecture(config.model)
