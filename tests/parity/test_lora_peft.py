@@ -60,3 +60,17 @@ def test_peft_loads_our_checkpoint_onto_the_exported_base_with_the_same_logits(a
         export_run(adapted / "lora", adapted / "merged", merge=True).out_dir).eval()
     assert (_logits(merged, ids) - theirs).abs().max().item() < 1e-4
     assert (_logits(checkpoint.load_model(), ids) - ours_logits).abs().max().item() <= 1e-5  # merged vs unmerged
+
+
+def test_gguf_export_of_a_lora_run_is_the_merged_model(adapted):
+    from aigc.pretrained.gguf_export import export_gguf
+    from aigc.pretrained.gguf_import import import_gguf
+
+    exported = export_gguf(adapted / "lora", adapted / "gguf", "f32")
+    import_gguf(exported.gguf_file, [f"run.dir={adapted / 'from-gguf'}"])
+    ids = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(0))
+    merged = load_checkpoint(adapted / "lora").load_model()
+    base = load_checkpoint(adapted / "base").load_model()
+    back = load_checkpoint(adapted / "from-gguf").load_model()
+    assert (_logits(back, ids) - _logits(merged, ids)).abs().max().item() <= 1e-5
+    assert (_logits(back, ids) - _logits(base, ids)).abs().max().item() > 1e-3  # the adapters are in it
