@@ -29,16 +29,19 @@ gguf = pytest.importorskip("gguf")
 
 # imported (tests/parity/tiny_hf.py), and trained here: aigc's own BPE and chat template, GPT-2 and Llama style
 FAMILIES = ["gpt2", "llama", "llama-rope3", "llama-smollm", "qwen2", "qwen2-plain", "mistral", "own-gpt2", "own-llama"]
-ARCH = {"gpt2": "gpt2", "own-gpt2": "gpt2", "qwen2": "qwen2", "qwen2-plain": "qwen2"}  # the rest are llama
+# the rest are llama; so is the qwen2 whose head size is not width / heads, which llama.cpp's qwen2 cannot hold
+ARCH = {"gpt2": "gpt2", "own-gpt2": "gpt2", "qwen2-plain": "qwen2"}
 OWN_STYLES = {"own-gpt2": ["model.mlp=gelu_tanh"],
               "own-llama": ["model.norm=rmsnorm", "model.mlp=swiglu", "model.position=rope", "model.n_kv_head=1",
                             "model.bias=true", "model.tie_embeddings=false"]}  # biases in q/k/v, out and MLP
 TRANSFORMERS_READS = ["llama", "llama-smollm", "qwen2-plain", "mistral"]
 PROMPT = "the king and the queen"
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello world"}]
-# q8_0 logits against f32 on these tiny random models: measured max |diff| 0.004 to 0.012 (each weight off by up
-# to half a step of max|row block| / 127); the bound leaves room, and stays far below the logits' spread (~1)
-Q8_LOGIT_ERROR = 0.05
+# q8_0 logits against f32, as the largest |difference| over the standard deviation of the f32 logits. Each weight
+# is off by up to half a step of (its 32-value block's max / 127); llama.cpp also rounds the activations to
+# 8 bits in its q8_0 products. Measured on these tiny random models: 0.02 to 0.07 in llama.cpp, about 0.04 in
+# transformers (weights only); the bounds leave room, and stay far below a change of the model.
+Q8_RELATIVE_ERROR = {"llama.cpp": 0.15, "transformers": 0.1}
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -131,8 +134,10 @@ def test_transformers_reads_our_gguf_with_our_logits(exported, kind):
     ours = load_checkpoint(run).load_model()
     idx = torch.randint(0, 300, (2, 48), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        diff = (ours(idx) - theirs(idx).logits).abs().max().item()
-    assert diff <= (1e-4 if kind == "f32" else Q8_LOGIT_ERROR), f"{name} {kind}: max abs logit difference {diff}"
+        reference = ours(idx)
+        diff = (reference - theirs(idx).logits).abs().max().item()
+    bound = 1e-4 if kind == "f32" else Q8_RELATIVE_ERROR["transformers"] * reference.std().item()
+    assert diff <= bound, f"{name} {kind}: max abs logit difference {diff}"
 
 
 def test_import_of_the_export_gives_the_same_tensors_tokenizer_and_tokens(exported):
@@ -179,8 +184,17 @@ def llama_cpp():
     return pytest.importorskip("llama_cpp")
 
 
-def _llama(llama_cpp, path):
-    return llama_cpp.Llama(model_path=str(path), n_ctx=128, n_threads=2, verbose=False, seed=0)
+def _llama(llama_cpp, path, **options):
+    return llama_cpp.Llama(model_path=str(path), n_ctx=128, n_threads=2, verbose=False, seed=0, **options)
+
+
+def _greedy(llm, prompt: list[int], stop_ids, limit: int = 32) -> list[int]:
+    """llama.cpp's greedy tokens after ``prompt``, up to one of ``stop_ids`` or its own end of generation."""
+    tokens = []
+    for token in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0):
+        if llm.token_eos() == token or token in stop_ids or len(tokens) == limit:
+            return tokens
+        tokens.append(token)
 
 
 def test_llama_cpp_greedy_decodes_as_aigc_generate(exported, llama_cpp):
@@ -188,36 +202,43 @@ def test_llama_cpp_greedy_decodes_as_aigc_generate(exported, llama_cpp):
     generator = TextGenerator.from_checkpoint(run)
     ours = generator.complete([PROMPT], SamplingParams(max_new_tokens=32, temperature=0.0))[0]
     llm = _llama(llama_cpp, files["f32"].gguf_file)
-    prompt = llm.tokenize(PROMPT.encode(), add_bos=False, special=False)
+    prompt = llm.tokenize(PROMPT.encode(), add_bos=True, special=False)  # add_bos: the file says not to
     assert prompt == generator.encode_prompt(PROMPT, SamplingParams()), name
-    theirs = []
-    for token in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0):
-        if llm.token_eos() == token or token in generator.eos_ids or len(theirs) == 32:
-            break
-        theirs.append(token)
-    assert theirs == ours.token_ids, name
+    assert _greedy(llm, prompt, generator.eos_ids) == ours.token_ids, name
 
 
 def test_llama_cpp_applies_the_chat_template_as_aigc(exported, llama_cpp):
+    """llama-cpp-python renders the file's template itself (Jinja) and tokenizes it with special tokens: the
+    prompt tokens it decodes from must be ours, and so must the reply's tokens (compared as ids: a random model
+    writes invalid UTF-8, which aigc shows as U+FFFD and llama-cpp-python drops)."""
     name, _, run, files = exported
     generator = TextGenerator.from_checkpoint(run)
-    prompt, stops = generator.chat_prompt(CHAT)
-    ours = generator.complete([prompt], SamplingParams(max_new_tokens=16, temperature=0.0, stop=tuple(stops)))[0]
+    text, stops = generator.chat_prompt(CHAT)
+    ours = generator.complete([text], SamplingParams(max_new_tokens=16, temperature=0.0))[0]
     llm = _llama(llama_cpp, files["f32"].gguf_file)
-    reply = llm.create_chat_completion(CHAT, temperature=0.0, top_k=1, max_tokens=16, repeat_penalty=1.0,
-                                       stop=stops or None)  # aigc's template stops at "\nUser:", as the Modelfile says
-    assert reply["choices"][0]["message"]["content"] == ours.text, name
+    seen = {}
+    complete = llm.create_completion
+
+    def spy(prompt, **options):
+        seen["prompt"] = prompt
+        return complete(prompt=prompt, **options)
+
+    llm.create_completion = spy
+    llm.create_chat_completion(CHAT, temperature=0.0, max_tokens=1)
+    assert seen["prompt"] == generator.encode_prompt(text, SamplingParams()), name
+    assert _greedy(llm, seen["prompt"], generator.eos_ids, 16) == ours.token_ids, name
 
 
 def test_q8_0_runs_in_llama_cpp_close_to_f32(exported, llama_cpp):
     name, _, _, files = exported
-    f32, q8 = (_llama(llama_cpp, files[kind].gguf_file) for kind in ("f32", "q8_0"))
+    f32, q8 = (_llama(llama_cpp, files[kind].gguf_file, logits_all=True) for kind in ("f32", "q8_0"))
     tokens = f32.tokenize(PROMPT.encode(), add_bos=False)
     logits = []
     for llm in (f32, q8):
         llm.eval(tokens)
         logits.append(torch.tensor(llm.scores[len(tokens) - 1]))
-    assert (logits[0] - logits[1]).abs().max() <= Q8_LOGIT_ERROR, name
+    error = ((logits[0] - logits[1]).abs().max() / logits[0].std()).item()
+    assert error <= Q8_RELATIVE_ERROR["llama.cpp"], f"{name}: q8_0 logits off by {error:.3f} of their spread"
 
 
 # ---- the Modelfile, the CLI, refusals ----

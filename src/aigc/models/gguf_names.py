@@ -10,7 +10,8 @@ layout), Hugging Face and aigc rotate its two halves, so export applies llama.cp
 the ``gguf`` package handles.
 
 Mistral is written as ``llama`` (as llama.cpp's converter does): aigc caps its context at the sliding
-window, inside which windowed and full attention agree.
+window, inside which windowed and full attention agree. So is a Qwen2 whose head size is not width /
+heads: llama.cpp's ``qwen2`` assumes it is, its ``llama`` takes any head size and q/k/v biases.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class GgufTensor:
 def architecture(config: ModelConfig) -> str:
     """The GGUF ``general.architecture`` that runs ``config`` as aigc does; a clear error otherwise."""
     kind = family(config)
+    if kind == "qwen2" and config.head_dim * config.n_head != config.n_embd:
+        return "llama"  # llama.cpp's qwen2 assumes head size = width / heads; its llama takes any, and q/k/v biases
     if kind == "gpt2" and config.mlp != "gelu_tanh":
         raise ConfigError("llama.cpp's gpt2 uses the tanh approximation of GELU; this model was trained with exact "
                           "GELU (model.mlp=gelu), so it would run differently there. Train with model.mlp=gelu_tanh "
