@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PYTHON) benchmarks/serve.py
 	$(PYTHON) benchmarks/images.py
 	$(PYTHON) benchmarks/pretrained.py
+	$(PYTHON) benchmarks/llamacpp.py
 	$(PYTHON) benchmarks/finetune.py
 	$(PYTHON) benchmarks/tune.py
 	$(PYTHON) benchmarks/speech.py

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aigc.config import ModelConfig
-from aigc.models.layers import MLP, KVCache, RotaryEmbedding, SelfAttention, init_weights, make_norm
+from aigc.models.layers import MLP, KVCache, Linear, RotaryEmbedding, SelfAttention, init_weights, make_norm
 
 
 class Block(nn.Module):
@@ -69,7 +69,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = make_norm(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.image_size:  # a caption-prefix image model: the pixels get row and column positions too
             self.image_rows = nn.Embedding(config.image_size, config.n_embd)
             self.image_cols = nn.Embedding(config.image_size, config.n_embd)

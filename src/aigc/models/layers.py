@@ -22,6 +22,24 @@ def make_norm(config: ModelConfig) -> nn.Module:
     return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` whose single-row bfloat16 products on the CPU are matrix-vector products (``torch.mv``).
+
+    Decoding one token multiplies one row by every weight matrix. For bfloat16 on the CPU, ``F.linear``
+    sends that row to a GEMM that reads the weights at about half the rate ``torch.mv`` does (measured in
+    benchmarks/llamacpp.py's notes, docs/pretrained.md); float32 and batches take ``F.linear`` as before.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(.., in) -> (.., out)."""
+        if x.dtype != torch.bfloat16 or x.device.type != "cpu" or x.numel() != x.shape[-1] or self.training:
+            return super().forward(x)
+        y = torch.mv(self.weight, x.reshape(-1))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*x.shape[:-1], self.out_features)
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding tables (RoPE, Su et al. 2021) in the "rotate half" layout of Llama/HF.
 
@@ -111,8 +129,8 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.kv_heads, self.head_dim = config.n_head, config.kv_heads, config.head_dim
         self.causal = causal
-        self.qkv = nn.Linear(config.n_embd, (self.n_head + 2 * self.kv_heads) * self.head_dim, bias=config.attention_bias)
-        self.proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
+        self.qkv = Linear(config.n_embd, (self.n_head + 2 * self.kv_heads) * self.head_dim, bias=config.attention_bias)
+        self.proj = Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
     def forward(
@@ -133,15 +151,14 @@ class SelfAttention(nn.Module):
         past = cache.length if cache is not None else 0
         if cache is not None:
             k, v = cache.append(k, v)  # (B, Hkv, S, D)
-        if self.kv_heads != self.n_head:
-            repeat = self.n_head // self.kv_heads
-            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         # Causal masking: with nothing cached, SDPA's is_causal; with a cache, new token t sees keys <= past + t.
         is_causal = self.causal and mask is None and past == 0 and T > 1
         if self.causal and mask is None and past > 0 and T > 1:
             mask = causal_mask(T, past, x.device)
+        # GQA: SDPA lets each key/value head serve n_head / kv_heads query heads, without copying the cache
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal,
+            enable_gqa=self.kv_heads != self.n_head,
         )  # (B, H, T, D)
         return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
@@ -156,9 +173,9 @@ class CrossAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.n_head, self.kv_heads, self.head_dim = config.n_head, config.kv_heads, config.head_dim
-        self.q = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=config.bias)
-        self.kv = nn.Linear(config.n_embd, 2 * self.kv_heads * self.head_dim, bias=config.bias)
-        self.proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
+        self.q = Linear(config.n_embd, self.n_head * self.head_dim, bias=config.bias)
+        self.kv = Linear(config.n_embd, 2 * self.kv_heads * self.head_dim, bias=config.bias)
+        self.proj = Linear(self.n_head * self.head_dim, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
     def memory(self, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,8 +210,8 @@ class MLP(nn.Module):
         self.gated = config.mlp == "swiglu"
         self.approximate = "tanh" if config.mlp == "gelu_tanh" else "none"
         width = config.hidden
-        self.fc = nn.Linear(config.n_embd, (2 if self.gated else 1) * width, bias=config.bias)
-        self.proj = nn.Linear(width, config.n_embd, bias=config.bias)
+        self.fc = Linear(config.n_embd, (2 if self.gated else 1) * width, bias=config.bias)
+        self.proj = Linear(width, config.n_embd, bias=config.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> (B, T, C)."""

@@ -69,6 +69,6 @@ def quantize_model(model: nn.Module, mode: str | None) -> nn.Module:
         raise ConfigError(f"unknown quantization {mode!r}; choose one of {', '.join(QUANTIZE_MODES)}")
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
+            if isinstance(child, nn.Linear):  # ours (layers.Linear) included; LoRA's wrappers are not
                 setattr(parent, name, Int8Linear(child).to(child.weight.device))
     return model

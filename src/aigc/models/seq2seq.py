@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from aigc.config import ModelConfig
-from aigc.models.layers import MLP, CrossAttention, KVCache, RotaryEmbedding, SelfAttention, init_weights, make_norm
+from aigc.models.layers import MLP, CrossAttention, KVCache, Linear, RotaryEmbedding, SelfAttention, init_weights, \
+    make_norm
 
 
 class EncoderBlock(nn.Module):
@@ -63,7 +64,7 @@ class Seq2Seq(nn.Module):
         self.encoder_norm = make_norm(config)
         self.decoder = nn.ModuleList(DecoderBlock(config) for _ in range(config.n_layer))
         self.norm = make_norm(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         init_weights(self, len(self.encoder) + len(self.decoder))
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
