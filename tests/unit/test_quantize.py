@@ -97,3 +97,16 @@ def test_a_bfloat16_model_decodes_a_batch_on_the_int8_kernel():
     assert logits.shape == (3, 1, 97)
     error = (logits - reference).norm() / reference.norm()
     assert error < 0.05, f"relative logit error {error:.4f}"
+
+
+def test_one_bf16_row_through_mv_equals_the_linear_product():
+    """layers.Linear sends one bfloat16 row to torch.mv (faster than F.linear's GEMM on a CPU): same values."""
+    from aigc.models.layers import Linear
+
+    torch.manual_seed(0)
+    layer = Linear(64, 48).to(torch.bfloat16).eval()
+    row, rows = torch.randn(1, 1, 64, dtype=torch.bfloat16), torch.randn(3, 64, dtype=torch.bfloat16)
+    reference = torch.nn.functional.linear(row.float(), layer.weight.float(), layer.bias.float())
+    assert layer(row).shape == (1, 1, 48)
+    assert (layer(row).float() - reference).abs().max() <= 0.05  # bfloat16 rounding of the output
+    assert torch.equal(layer(rows), torch.nn.functional.linear(rows, layer.weight, layer.bias))
