@@ -291,3 +291,15 @@ def test_exact_gelu_is_refused(tmp_path, make_config):
 
     with pytest.raises(ConfigError, match="gelu_tanh"):
         architecture(config.model)
+
+
+@pytest.mark.parametrize("exported", ["llama"], indirect=True)
+def test_a_truncated_or_foreign_file_is_a_clear_error_that_leaves_nothing(exported, tmp_path):
+    _, _, _, files = exported
+    data = files["f32"].gguf_file.read_bytes()
+    for name, content in {"cut.gguf": data[: len(data) * 9 // 10], "header.gguf": data[:3000],
+                          "other.gguf": b"GGUF" + b"\xff" * 64}.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError, match="not a readable GGUF file"):
+            import_gguf(tmp_path / name, [f"run.dir={tmp_path / 'run'}"])
+        assert not (tmp_path / "run").exists()

@@ -254,8 +254,9 @@ def import_model(folder: Path, overrides: list[str] | tuple[str, ...] = (), dtyp
     start = time.monotonic()
     folder = Path(folder)
     if not folder.is_dir():
-        raise CheckpointError(f"{folder} is not a folder; give a Hugging Face model folder (config.json, "
-                              "model.safetensors, tokenizer.json), e.g. one under ~/.cache/huggingface/hub/models--ORG--NAME/snapshots/")
+        raise CheckpointError(f"{folder} is not a folder or a GGUF file; give a Hugging Face model folder (config.json, "
+                              "model.safetensors, tokenizer.json), e.g. one under ~/.cache/huggingface/hub/models--ORG--NAME/snapshots/, "
+                              "or a .gguf file")
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype}: use one of {', '.join(DTYPES)} (default: keep the stored dtype)")
     if not (folder / "tokenizer.json").is_file():
