@@ -46,7 +46,7 @@ class GgufExport:
     template: str | None  # the Ollama chat-template family written into the Modelfile, None when written by hand
 
     def summary(self) -> str:
-        how = (f"with a {self.template} TEMPLATE" if self.template else
+        how = (f"with a TEMPLATE ({self.template} chat format)" if self.template else
                "without a TEMPLATE (write one by hand: see the comment in it)")
         return (f"exported a {self.architecture} model ({self.type}) to {self.gguf_file} and a Modelfile {how}; run it "
                 f"with `llama-cli -m {self.gguf_file}` or `ollama create NAME -f {self.out_dir / 'Modelfile'}`")
