@@ -214,14 +214,15 @@ def _default_width(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def _llama3_scaling(fields: dict[str, Any], hparams: dict[str, Any], rope_freqs: torch.Tensor) -> dict[str, Any]:
-    """The llama3 scaling settings whose factors are ``rope_freqs``: llama.cpp keeps only the factors, so the
-    rule's settings are recovered from them (factor: the largest; the two wavelength bounds: where the
-    factors start and stop changing) and checked by recomputing every factor."""
+    """The llama3 scaling settings whose factors are ``rope_freqs``. llama.cpp keeps only the factors, so the
+    rule is rebuilt from them: its factor is the largest, the original context comes from the metadata (aigc's
+    export writes it), and the low/high frequency factors are taken as Llama 3.1's 1 and 4. Every factor is
+    then recomputed and compared: any other rule is refused, never imported as a different model."""
     factor = float(rope_freqs.max())
     original = int(hparams.get("rope.scaling.original_context_length") or 8192)
     candidate = {"type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                  "original_context": original}
-    probe = ModelConfig(**{k: v for k, v in fields.items()}, rope_scaling=candidate)
+    probe = ModelConfig(**fields, rope_scaling=candidate)
     if not torch.allclose(rope_factors(probe), rope_freqs.float(), rtol=1e-5, atol=1e-6):
         raise ConfigError("the GGUF file's rope_freqs are not Llama 3.1's scaling with its usual low/high frequency "
                           "factors (1 and 4); aigc cannot recompute them")

@@ -17,7 +17,7 @@ from typing import Any
 from safetensors.torch import save_file
 
 from aigc.checkpoint import load_checkpoint
-from aigc.config import GenerateConfig
+from aigc.config import Config, GenerateConfig
 from aigc.errors import CheckpointError
 from aigc.files import read_json, write_json
 from aigc.chat_template import ChatTemplate
@@ -56,6 +56,12 @@ def generation_config(settings: GenerateConfig, model) -> dict[str, Any]:
                   "top_p": settings.top_p, "repetition_penalty": settings.repetition_penalty}
 
 
+def require_text_gpt(config: Config, run: Path, target: str) -> None:
+    """Refuse a run that is not a decoder-only text GPT (a translation, image or speech run): only those export."""
+    if config.model.kind != "gpt" or config.model.image_size or config.model.audio_codes:
+        raise CheckpointError(f"{run} is not a text GPT run; only those export to {target}")
+
+
 def export_run(run: Path, out_dir: Path, merge: bool = False) -> ExportResult:
     """Export the run (or checkpoint) ``run`` to ``out_dir`` (which must not exist yet).
 
@@ -64,8 +70,7 @@ def export_run(run: Path, out_dir: Path, merge: bool = False) -> ExportResult:
     """
     checkpoint = load_checkpoint(run)
     config = checkpoint.config
-    if config.model.kind != "gpt" or config.model.image_size or config.model.audio_codes:
-        raise CheckpointError(f"{run} is not a text GPT run; only those export to a Hugging Face causal LM")
+    require_text_gpt(config, run, "a Hugging Face causal LM")
     if merge and not checkpoint.is_adapter:
         raise CheckpointError(f"{run} holds a whole model, no LoRA adapters to merge; export it without --merge")
     mapping = hf.hf_config(config.model)

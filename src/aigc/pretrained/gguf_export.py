@@ -29,6 +29,7 @@ from aigc.checkpoint import load_checkpoint
 from aigc.errors import CheckpointError, ConfigError
 from aigc.models import gguf_names
 from aigc.pretrained import ollama
+from aigc.pretrained.exporter import require_text_gpt
 from aigc.pretrained.gguf_vocab import vocab_of
 from aigc.tokenizer import EOT, load_tokenizer
 
@@ -68,8 +69,7 @@ def export_gguf(run: Path, out_dir: Path, kind: str | None = None) -> GgufExport
 
     checkpoint = load_checkpoint(run)
     config = checkpoint.config
-    if config.model.kind != "gpt" or config.model.image_size or config.model.audio_codes:
-        raise CheckpointError(f"{run} is not a text GPT run; only those run in llama.cpp")
+    require_text_gpt(config, run, "GGUF for llama.cpp")
     if kind is not None and kind not in TYPES:
         raise ConfigError(f"--type {kind}: use one of {', '.join(TYPES)}")
     if out_dir.exists():

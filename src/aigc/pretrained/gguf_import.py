@@ -36,29 +36,27 @@ def is_gguf(path: Path) -> bool:
         return file.read(4) == MAGIC
 
 
-def _value(field) -> Any:
-    """A metadata field's Python value (``ReaderField.contents`` where this gguf version has it)."""
-    return field.contents()
-
-
 def _metadata(reader) -> dict[str, Any]:
     """Every key's value; float32 values as the shortest decimal that reads back as the same float32 (1e-05, not
     9.999999747378752e-06), which is what was written."""
     out = {}
     for name, field in reader.fields.items():
-        value = _value(field)
+        value = field.contents()
         if isinstance(value, float):
             value = float(np.format_float_positional(np.float32(value), unique=True))
         out[name] = value
     return out
 
 
-def _tensors(reader) -> dict[str, torch.Tensor]:
-    """Every tensor of the file in float32, PyTorch shapes (GGUF stores them reversed)."""
+def _tensors(reader, only: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """The file's tensors (those named in ``only``, default all) in float32, PyTorch shapes (GGUF stores them
+    reversed)."""
     import gguf
 
     out = {}
     for tensor in reader.tensors:
+        if only is not None and tensor.name not in only:
+            continue
         kind = tensor.tensor_type.name
         if kind not in SUPPORTED:
             raise CheckpointError(f"tensor {tensor.name} is {kind}; aigc imports {', '.join(SUPPORTED)} GGUF files "
@@ -102,13 +100,13 @@ def import_gguf(path: Path, overrides: list[str] | tuple[str, ...] = (), dtype: 
     vocab = Vocab(list(meta["tokenizer.ggml.tokens"]), [int(t) for t in meta["tokenizer.ggml.token_type"]],
                   list(meta.get("tokenizer.ggml.merges", [])), str(meta.get("tokenizer.ggml.pre", "default")))
     tokenizer = tokenizer_from(vocab)
-    tensors = _tensors(reader)
+    names = {tensor.name for tensor in reader.tensors}  # the weights are dequantized once the run is checked
     prefix = f"{arch}."
     hparams = {k.removeprefix(prefix): v for k, v in meta.items() if k.startswith(prefix)}
-    has_bias = {"qkv": "blk.0.attn_q.bias" in tensors or "blk.0.attn_qkv.bias" in tensors,
-                "other": "blk.0.attn_output.bias" in tensors}
-    fields = gguf_names.model_fields(arch, hparams, tensors.get("rope_freqs.weight"), len(vocab.tokens),
-                                     "output.weight" in tensors, has_bias)
+    has_bias = {"qkv": "blk.0.attn_q.bias" in names or "blk.0.attn_qkv.bias" in names,
+                "other": "blk.0.attn_output.bias" in names}
+    rope_freqs = _tensors(reader, {"rope_freqs.weight"}).get("rope_freqs.weight")
+    fields = gguf_names.model_fields(arch, hparams, rope_freqs, len(vocab.tokens), "output.weight" in names, has_bias)
     eos = _ids(meta, "eos", "eot", "eom")
     bos, pad = _ids(meta, "bos"), _ids(meta, "padding")
     fields |= {"eos_token_ids": list(dict.fromkeys(eos)), "bos_token_id": bos[0] if bos else None,
@@ -122,7 +120,6 @@ def import_gguf(path: Path, overrides: list[str] | tuple[str, ...] = (), dtype: 
     if not config.model.eos_token_ids:
         raise ConfigError("the GGUF file names no end-of-sequence token (tokenizer.ggml.eos_token_id); "
                           "set model.eos_token_ids=[ID]")
-    state = gguf_names.from_gguf(tensors, config.model)
     target = DTYPES.get(dtype, torch.float32)
     chat = None  # no template, or aigc's own (which comes with its stop strings): the run gets aigc's default
     if meta.get("tokenizer.chat_template", ChatTemplate().source) != ChatTemplate().source:
@@ -131,6 +128,7 @@ def import_gguf(path: Path, overrides: list[str] | tuple[str, ...] = (), dtype: 
                             {k: vocab.tokens[v[0]] for k, v in specials.items() if v}, ())
 
     def write_weights(out: Path) -> tuple[int, str]:
+        state = gguf_names.from_gguf(_tensors(reader), config.model)
         save_file({k: v.to(target).contiguous() for k, v in state.items()}, str(out), metadata={"format": "pt"})
         return sum(v.numel() for v in state.values()), str(target).removeprefix("torch.")
 

@@ -40,6 +40,7 @@ AIGC = """{{- range .Messages }}{{ if or (eq .Role "system") (eq .Role "develope
 {{ else if eq .Role "assistant" }}Assistant{{ else }}{{ .Role }}{{ end }}: {{ .Content }}
 {{ end }}Assistant:"""
 
+PLACEHOLDERS = {"bos_token": "{{ BOS }}", "eos_token": "{{ EOS }}"}  # where a Go template needs a special token's text
 # family -> (strings its Jinja source writes, the Go template, the special tokens it needs)
 FAMILIES = {
     "chatml": (("<|im_start|>", "<|im_end|>"), CHATML, ()),
@@ -60,7 +61,7 @@ def go_template(chat: ChatTemplate, family: str) -> str:
         return AIGC
     _, template, needs = FAMILIES[family]
     for token in needs:  # the special tokens the Jinja template reads, written out
-        template = template.replace("{{ BOS }}" if token == "bos_token" else "{{ EOS }}", chat.tokens.get(token, ""))
+        template = template.replace(PLACEHOLDERS[token], chat.tokens.get(token, ""))
     return template
 
 
