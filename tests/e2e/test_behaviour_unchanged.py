@@ -128,12 +128,26 @@ def _rounded(value):
     return value
 
 
+def _mismatches(seen, recorded, where: str) -> list[str]:
+    """Where ``seen`` differs from ``recorded``: texts, hashes and integers exactly, floats within 1e-4.
+
+    The server batches rows as they arrive, so on a loaded machine the same row may be computed in a batch of another
+    size, which changes a float sum in its last bits (seen in CI: a logprob of -2.446315 rounded both ways).
+    """
+    if isinstance(recorded, float) and isinstance(seen, (int, float)):
+        return [] if abs(seen - recorded) <= 1e-4 else [f"{where}: {seen} != {recorded}"]
+    if isinstance(recorded, dict) and isinstance(seen, dict) and seen.keys() == recorded.keys():
+        return [m for key in recorded for m in _mismatches(seen[key], recorded[key], f"{where}.{key}")]
+    if isinstance(recorded, list) and isinstance(seen, list) and len(seen) == len(recorded):
+        return [m for i, (s, r) in enumerate(zip(seen, recorded)) for m in _mismatches(s, r, f"{where}[{i}]")]
+    return [] if seen == recorded else [f"{where}: {seen!r} != {recorded!r}"]
+
+
 def test_same_seeds_give_the_recorded_outputs(tmp_path):
     seen = _rounded(_observe(tmp_path))
-    if os.environ.get("AIGC_WRITE_GOLDEN"):
+    if os.environ.get("AIGC_WRITE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(json.dumps(seen, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         pytest.skip(f"wrote {GOLDEN}")
     recorded = json.loads(GOLDEN.read_text(encoding="utf-8"))
-    for key, value in recorded.items():
-        assert seen[key] == value, key
+    assert not (wrong := _mismatches(seen, recorded, "outputs")), "\n".join(wrong)
