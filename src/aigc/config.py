@@ -179,6 +179,12 @@ class ModelConfig(Section):
         return self.bias if self.qkv_bias is None else self.qkv_bias
 
     @property
+    def is_text_gpt(self) -> bool:
+        """A decoder-only model of text tokens only (no image or audio tokens): what fine-tuning starts from and
+        what exports to Hugging Face and GGUF."""
+        return self.kind == "gpt" and not self.image_size and not self.audio_codes
+
+    @property
     def hidden(self) -> int:
         if self.mlp_hidden:
             return self.mlp_hidden

@@ -161,3 +161,24 @@ def test_the_generator_refuses_bad_input():
         generator.codes([Utterance("yes", n=0)], params)
     codes = generator.codes([Utterance("yes", "f2", n=2)], params)
     assert len(codes) == 2 and codes[0].shape == (12, 1) and codes[0].max() < 16
+
+
+def test_a_speech_run_is_neither_a_fine_tuning_base_nor_an_export_source(tmp_path):
+    """A speech GPT is a GPT with audio tokens: ``model.init`` and ``aigc export`` refuse it by the same rule."""
+    from aigc.checkpoint import save_checkpoint
+    from aigc.config import load_config
+    from aigc.errors import CheckpointError, ConfigError
+    from aigc.pretrained.exporter import export_run
+    from aigc.pretrained.init import resolve_init
+    from aigc.tokenizer import train_char
+
+    speech = tmp_path / "speech"
+    speech.mkdir()
+    train_char(["m1: yes"], 64).save(str(speech / "tokenizer.json"))
+    model = _speech_model(text_vocab=64, prefix=9, voices=("m1",))
+    config = load_config("speech", [f"run.dir={speech}"]).model_copy(update={"model": model.config})
+    checkpoint = save_checkpoint(speech, 1, config, model.state_dict(), {}, {})
+    with pytest.raises(ConfigError, match="is not a text GPT run"):
+        resolve_init(load_config("text", [f"run.dir={tmp_path / 'tuned'}", f"model.init={checkpoint}"]))
+    with pytest.raises(CheckpointError, match="is not a text GPT run"):
+        export_run(checkpoint, tmp_path / "out")

@@ -58,7 +58,7 @@ def generation_config(settings: GenerateConfig, model) -> dict[str, Any]:
 
 def require_text_gpt(config: Config, run: Path, target: str) -> None:
     """Refuse a run that is not a decoder-only text GPT (a translation, image or speech run): only those export."""
-    if config.model.kind != "gpt" or config.model.image_size or config.model.audio_codes:
+    if not config.model.is_text_gpt:
         raise CheckpointError(f"{run} is not a text GPT run; only those export to {target}")
 
 

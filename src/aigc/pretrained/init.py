@@ -129,7 +129,7 @@ def resolve_init(config: Config, log: Callable[[str], None] = _to_stderr) -> Con
         raise ConfigError(f"model.init={init}: {err}") from None
     checkpoint = load_checkpoint(_local_base(checkpoint.path, config.run_dir, log))
     model = checkpoint.config.model
-    if model.kind != "gpt" or model.image_size:
+    if not model.is_text_gpt:
         raise ConfigError(f"model.init={init} is not a text GPT run; fine-tuning starts from one (an aigc text or "
                           "code run, or an imported Hugging Face causal LM)")
     tokenizer = checkpoint.path / "tokenizer.json"
