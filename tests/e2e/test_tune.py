@@ -98,10 +98,13 @@ def test_sigkill_then_resume_finishes_the_study_and_reruns_no_trial(corpus, tmp_
     resumed = aigc(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     trials = _study(run).trials
-    finished = [t for t in trials if t.state != optuna.trial.TrialState.RUNNING]
-    assert len(finished) == len(trials) == 4
     assert {t.number: t.value for t in trials if t.number in before} == before  # kept, not rerun
-    assert any("stopped" in t.user_attrs.get("reason", "") for t in trials if t.state == optuna.trial.TrialState.FAIL)
+    killed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(killed) == 1 and "stopped" in killed[0].user_attrs["reason"], killed
+    # the killed trial is no outcome: its values run again, and four trials count toward tune.trials=4
+    again = [t for t in trials if t.user_attrs.get("retry_of") == killed[0].number]
+    assert len(again) == 1 and again[0].params == killed[0].params, [t.user_attrs for t in trials]
+    assert len(trials) == 5 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials if t is not killed[0])
     assert [t.number for t in trials if t.user_attrs.get("baseline")] == [0]  # not enqueued again by --resume
 
 
@@ -237,8 +240,9 @@ def test_a_killed_process_does_not_hold_a_postgresql_study(corpus, tmp_path, pos
     survivor = aigc(*_args(corpus, tmp_path / "survivor", *common))
     assert survivor.returncode == 0, survivor.stderr
     trials = optuna.load_study(study_name="aigc", storage=postgres).trials
-    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] + [optuna.trial.TrialState.COMPLETE] * 2
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] + [optuna.trial.TrialState.COMPLETE] * 3
     assert trials[0].user_attrs["pid"] == killed.pid
+    assert trials[1].params == trials[0].params and trials[1].user_attrs["retry_of"] == 0  # run again
     assert "its process stopped" in (tmp_path / "survivor" / "tune" / "report.md").read_text()
 
 
@@ -279,15 +283,16 @@ def test_ctrl_c_stops_the_study_and_resume_continues_it_with_new_draws(corpus, t
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 130 and "continue the study with --resume" in out, (out, err)
-    first = _study(run).trials
-    assert [t.state for t in first] == [optuna.trial.TrialState.FAIL], first  # a cut-short run is never a result
+    first = _study(run).trials  # a cut-short run is never a result: it failed, and its values wait to run again
+    assert [t.state for t in first] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING], first
     assert "interrupted at step" in first[0].user_attrs["reason"]
     refused = aigc(*args, "tune.metric=bits_per_byte", "--resume", cwd=corpus.parent)
     assert refused.returncode == 2 and "was made with another metric" in refused.stderr, refused.stderr
     resumed = aigc(*args, "--resume", cwd=corpus.parent)
     assert resumed.returncode == 0, resumed.stderr
     trials = _study(run).trials
-    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] + [optuna.trial.TrialState.COMPLETE] * 3
-    assert len({t.params["train.lr"] for t in trials}) == 4  # the resumed start did not repeat the first's draws
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] + [optuna.trial.TrialState.COMPLETE] * 4
+    assert trials[1].params == trials[0].params and trials[1].user_attrs["retry_of"] == 0
+    assert len({t.params["train.lr"] for t in trials}) == 4  # otherwise the resumed start did not repeat a draw
     best = yaml.safe_load((run / "tune" / "best.yaml").read_text())
     assert best["data"]["paths"] == [str(corpus)]

@@ -20,6 +20,8 @@ def _cell(value) -> str:
 
 def _note(trial: optuna.trial.FrozenTrial) -> str:
     notes = ["baseline: the recipe's own values"] if trial.user_attrs.get("baseline") else []
+    if "retry_of" in trial.user_attrs:
+        notes.append(f"the values of trial {trial.user_attrs['retry_of']} again (it was cut short)")
     if "reason" in trial.user_attrs:
         notes.append(trial.user_attrs["reason"])
     elif trial.state == optuna.trial.TrialState.FAIL:  # failed by another process: Optuna's heartbeat check

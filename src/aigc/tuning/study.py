@@ -7,12 +7,16 @@ its ``on_evaluation`` hook reports each val loss to the trial and raises ``Trial
 unless the space changes ``data.*`` or ``tokenizer.*``.
 
 The study lives in Optuna's storage: SQLite in ``<run>/tune/study.db`` by default, so a study killed at
-any moment continues with ``--resume`` (a trial that was running when it died is marked failed, finished
-ones are kept); ``tune.storage=postgresql://...`` shares it between processes on several machines (a
-trial whose process stops beating is marked failed by the others), and
+any moment continues with ``--resume`` (a trial that was running when it died is marked failed and run again
+with the same values, finished ones are kept); ``tune.storage=postgresql://...`` shares it between processes on
+several machines (a trial whose process stops beating is marked failed by the others, and run again), and
 ``--workers N`` runs N trial processes here. A trial whose settings cannot go together (heads that do not
 divide the width) is pruned with that reason; one that fails (out of memory, NaN) is recorded as failed
 with its reason, and the study goes on.
+
+``tune.trials`` counts outcomes: complete, pruned and failed trials, but not a trial that was cut short (killed,
+Ctrl-C, SIGTERM), since that one is run again. Failures of a trial's own count as outcomes, or a space whose every
+draw diverges would never end.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomS
 LOWER_IS_BETTER = ("val_loss", "bits_per_byte")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 CLAIMED = (*FINISHED, optuna.trial.TrialState.RUNNING)  # what counts toward tune.trials: running ones too
+RETRY_OF = "retry_of"  # user attribute of a trial that runs again the values of one cut short
 PATH_SETTINGS = ("data.paths", "data.val_paths", "tokenizer.path", "model.init")  # relative to where aigc ran
 
 
@@ -99,7 +104,8 @@ def open_study(config: Config, worker: int = 0) -> optuna.Study:
     while True:
         try:  # a shared study's trials beat, so any process of it fails one whose process died (Optuna's own check)
             storage = storage_url(config) if tc.storage is None else optuna.storages.RDBStorage(
-                tc.storage, heartbeat_interval=tc.heartbeat_seconds, grace_period=3 * tc.heartbeat_seconds)
+                tc.storage, heartbeat_interval=tc.heartbeat_seconds, grace_period=3 * tc.heartbeat_seconds,
+                failed_trial_callback=_retry)
             try:  # loaded as it is (its direction may be another metric's: _check_same_study says so)
                 study = optuna.load_study(study_name=STUDY, storage=storage, pruner=pruner)
             except KeyError:
@@ -183,6 +189,10 @@ class Trials:
         try:
             return self.run(trial, values)
         except optuna.TrialPruned:
+            raise
+        except TrialInterrupted as err:  # cut short, not an outcome: --resume runs its values again
+            trial.set_user_attr("reason", str(err))
+            _retry(trial.study, trial)
             raise
         except BaseException as err:  # its data, out of memory, NaN, a bug: failed with the reason
             trial.set_user_attr("reason", self.reason(trial, err))
@@ -306,8 +316,11 @@ def tune(config: Config, raw: dict[str, Any], resume: bool = False, workers: int
                 + (f"; {left / 60:.1f} min left" if math.isfinite(left) and left > 0 else
                    "; tune.max_minutes spent: no new trial starts" if math.isfinite(left) else ""))
 
-        # trials still running in other processes count too, or each process would start one more at the end
-        enough = optuna.study.MaxTrialsCallback(config.tune.trials, states=CLAIMED)
+        def enough(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            # trials still running in other processes count too, or each process would start one more at the end
+            if _count(study, CLAIMED) >= config.tune.trials:
+                study.stop()
+
         remaining = budget - (time.monotonic() - started)
         try:
             if _count(study, CLAIMED) < config.tune.trials and remaining > 0 and not stop.requested:
@@ -359,7 +372,18 @@ def _stop_helpers(helpers: list[subprocess.Popen], interrupted: bool, log: Calla
 
 
 def _count(study: optuna.Study, states: tuple[optuna.trial.TrialState, ...]) -> int:
-    return len(study.get_trials(deepcopy=False, states=states))
+    """Trials in ``states`` that count toward ``tune.trials``: all but those cut short and run again."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
+    return sum(t.state in states and t.number not in retried for t in trials)
+
+
+def _retry(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial) -> None:
+    """Queue ``trial``'s values again (once): it was cut short (its process killed, Ctrl-C), which is no outcome.
+    Also Optuna's ``failed_trial_callback`` for trials whose heartbeat stopped in a shared study."""
+    if any(t.user_attrs.get(RETRY_OF) == trial.number for t in study.get_trials(deepcopy=False)):
+        return
+    study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF: trial.number})
 
 
 def _has_run_a_trial(config: Config) -> bool:
@@ -384,7 +408,8 @@ def _fail_stale(study: optuna.Study, log: Callable[[str], None]) -> None:
             continue
         study._storage.set_trial_user_attr(trial._trial_id, "reason", "the process running it stopped")
         study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-        log(f"trial {trial.number} was running when the study stopped: marked failed")
+        _retry(study, trial)
+        log(f"trial {trial.number} was running when the study stopped: marked failed, its values run again")
 
 
 def _running_elsewhere(pid: int | None) -> bool:
