@@ -36,7 +36,7 @@ from aigc.data.pairs import PairSampler, split_pairs, target_start
 from aigc.data.shards import open_split
 from aigc.errors import DataError
 from aigc.files import write_json
-from aigc.generate.beam import BeamParams
+from aigc.generate.beam import beam_params
 from aigc.generate.sampling import SamplingParams, sampling_params
 from aigc.generate.text import TextGenerator
 from aigc.generate.translate import Translator
@@ -326,7 +326,7 @@ def evaluate_pairs(generator: Translator, run_dir: Path, manifest: dict, config:
     chosen = pairs(split)[: config.eval.max_pairs]
     sources = [generator.decode(s[:-1].tolist()) for s, _ in chosen]
     references = [generator.decode_target(t[:-1].tolist()) for _, t in chosen]
-    beam = BeamParams(beams=config.generate.beams, max_new_tokens=config.model.block_size) if config.generate.beams > 1 else None
+    beam = beam_params(config.generate, config.model.block_size)
     params = SamplingParams(max_new_tokens=config.model.block_size, temperature=0)
     started = time.perf_counter()
     hypotheses = [out[0] for i in range(0, len(sources), 64) for out in generator.translate(sources[i : i + 64], params, beam)]

@@ -3,7 +3,9 @@
 Three tiny runs (text, translation pairs, digits) are trained from data made here, then driven through
 ``aigc generate`` and ``aigc serve`` with fixed seeds. Every observable result is compared with
 ``tests/golden/behaviour.json``, recorded at commit 11afe60 (before the architecture issue's refactor). Sampling settings are given
-explicitly everywhere, since the defaults now travel with each run.
+explicitly everywhere, since the defaults now travel with each run. Changed on purpose since: ``http_translate``
+(the server now translates with the run's beam search, ``generate.beams=4``, as ``aigc generate`` does, and is
+checked against it: ``translate_defaults``).
 Regenerate only for an intended change of behaviour: ``AIGC_WRITE_GOLDEN=1 pytest tests/e2e/test_behaviour_unchanged.py``.
 """
 
@@ -83,6 +85,7 @@ def _observe(root: Path) -> dict:
                                      "1", *SAMPLED)
     seen["translate_beam"] = _run("generate", str(runs["pairs"]), "--prompt", "go here now", "--beams", "3", "--n", "2",
                                   "--max-new-tokens", "200")
+    seen["translate_defaults"] = _run("generate", str(runs["pairs"]), "--prompt", "a king", "--n", "2")  # beams 4
     folder = root / "drawn"
     _run("generate", str(runs["digits"]), "--prompt", "the digit three", "--n", "3", "--seed", "1", "--guidance", "2",
          "--temperature", "1", "--out", f"{folder}/")
@@ -107,7 +110,7 @@ def _observe(root: Path) -> dict:
             "top_k": None})
         chunks = [json.loads(line[6:]) for line in stream.text.splitlines() if line.startswith("data: {")]
         seen["http_stream"] = [[c["choices"][0]["text"], c["choices"][0]["finish_reason"]] for c in chunks]
-        seen["http_translate"] = post("/v1/chat/completions", {"model": "pairs", "seed": 2, "temperature": 0,
+        seen["http_translate"] = post("/v1/chat/completions", {"model": "pairs", "seed": 2, "temperature": 0, "n": 2,
                                                                "messages": [{"role": "user", "content": "a king"}]})
         drawn = post("/v1/images/generations", {"model": "digits", "prompt": "the digit one", "n": 2, "seed": 6,
                                                 "guidance": 2})
@@ -149,5 +152,8 @@ def test_same_seeds_give_the_recorded_outputs(tmp_path):
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(json.dumps(seen, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         pytest.skip(f"wrote {GOLDEN}")
+    # the server answers a translate run with the run's own settings, its beam search included, as aigc generate does
+    served = [choice["message"]["content"] for choice in seen["http_translate"]["choices"]]
+    assert "\t".join(served) + "\n" == seen["translate_defaults"]
     recorded = json.loads(GOLDEN.read_text(encoding="utf-8"))
     assert not (wrong := _mismatches(seen, recorded, "outputs")), "\n".join(wrong)

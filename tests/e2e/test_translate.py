@@ -161,10 +161,13 @@ def test_serving_a_translation_run(translate_run):
     try:
         client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
         assert client.models.list().data[0].kind == "seq2seq"
-        done = client.completions.create(model="run", prompt="I love you.", max_tokens=20, temperature=0)
-        expected = aigc("generate", str(translate_run[0]), "--prompt", "I love you.", "--temperature", "0",
-                        "--max-new-tokens", "20", "--beams", "1").stdout  # the API has no beam search
-        assert done.choices[0].text == expected.rstrip("\n") and done.usage.completion_tokens > 0
+        done = client.completions.create(model="run", prompt="I love you.", max_tokens=20, n=2)
+        # the run's own settings, its beam search included: the 2 best hypotheses, as aigc generate gives
+        expected = aigc("generate", str(translate_run[0]), "--prompt", "I love you.", "--max-new-tokens", "20",
+                        "--n", "2").stdout
+        assert "\t".join(c.text for c in done.choices) == expected.rstrip("\n") and done.usage.completion_tokens > 0
+        with pytest.raises(openai.BadRequestError, match="n is at most .* beam search"):
+            client.completions.create(model="run", prompt="I love you.", max_tokens=20, n=5)
         chat = client.chat.completions.create(model="run", messages=[{"role": "user", "content": "I love you."}],
                                               max_tokens=20, temperature=0, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in chat if c.choices) == done.choices[0].text

@@ -21,6 +21,7 @@ import numpy as np
 from aigc.config import GenerateConfig
 from aigc.errors import AigcError
 from aigc.chat_template import ChatTemplateError
+from aigc.generate.beam import beam_params
 from aigc.generate.sampling import SamplingParams
 from aigc.generate.text import TextGenerator
 from aigc.generate.translate import Translator
@@ -40,13 +41,15 @@ class InvalidRequest(AigcError):
 
 
 class TranslationWorker(QueueWorker):
-    """Encoder-decoder runs: a request's source ids are translated ``n`` times on one thread, in order."""
+    """Encoder-decoder runs, one request at a time on one thread, in order, as ``aigc generate`` translates: with
+    the run's beam search (``generate.beams`` > 1) a request's ``n`` choices are its ``n`` best hypotheses,
+    otherwise its source is decoded ``n`` times (greedy or sampled)."""
 
     thread_name = "aigc-translate"
 
-    def __init__(self, generator: Translator, max_waiting: int = 256):
+    def __init__(self, generator: Translator, settings: GenerateConfig, max_waiting: int = 256):
         super().__init__(max_waiting)
-        self.generator, self.active = generator, None
+        self.generator, self.settings, self.active = generator, settings, None
 
     @property
     def running(self) -> int:
@@ -65,10 +68,14 @@ class TranslationWorker(QueueWorker):
                 if request.cancelled:
                     self.cancelled += request.n
                     continue
-                sources = [request.prompt + [eot]] * request.n
-                results = self.generator.translate_ids(sources, request.params)
-                for index, hypotheses in enumerate(results):
-                    tokens = hypotheses[0].tokens
+                beam = beam_params(self.settings, request.params.max_new_tokens, n_best=request.n)
+                if beam is None:
+                    results = self.generator.translate_ids([request.prompt + [eot]] * request.n, request.params)
+                    choices = [hypotheses[0] for hypotheses in results]
+                else:
+                    choices = self.generator.translate_ids([request.prompt + [eot]], request.params, beam)[0]
+                for index, choice in enumerate(choices):
+                    tokens = choice.tokens
                     request.completion_tokens += len(tokens)
                     finish = "length" if len(tokens) >= request.params.max_new_tokens else "stop"
                     request.sink(Event(index, text=self.generator.decode_target(tokens), finish_reason=finish))
@@ -297,11 +304,19 @@ class TranslationModel(TextModel):
     @classmethod
     def create(cls, model_id: str, generator: Translator, defaults: GenerateConfig,
                settings: ServeSettings) -> TranslationModel:
-        return cls(model_id, generator, TranslationWorker(generator, settings.max_waiting), defaults)
+        return cls(model_id, generator, TranslationWorker(generator, defaults, settings.max_waiting), defaults)
 
     def chat_prompt(self, messages: list[Message]) -> tuple[str, list[str]]:
         """A translation model translates the last user message."""
         return next((m.text for m in reversed(messages) if m.role == "user"), ""), []
+
+    def check_queue(self, requests: list[Request]) -> None:
+        """Also refuse (400) more choices than the run's beam search keeps hypotheses."""
+        super().check_queue(requests)
+        beams = self.defaults.beams
+        if beams > 1 and any(r.n > beams for r in requests):
+            raise InvalidRequest(f"n is at most {beams} for this model: its choices are the best hypotheses of its "
+                                 f"beam search (generate.beams={beams})", "n")
 
 
 class ImageModel(ServedModel):

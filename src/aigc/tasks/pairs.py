@@ -8,12 +8,13 @@ from typing import Any
 
 from torch import nn
 
+from aigc.checkpoint import Checkpoint
 from aigc.config import Config, GenerateConfig
 from aigc.data.collect import CollectResult, collect_files
 from aigc.data.pairs import PairSampler, read_pairs, split_pairs, target_start
 from aigc.data.prepare import PrepareResult, prepare_pairs
 from aigc.evaluation import evaluate_pairs
-from aigc.generate.beam import BeamParams
+from aigc.generate.beam import beam_params
 from aigc.generate.sampling import sampling_params
 from aigc.generate.translate import Translator
 from aigc.tasks.base import GenerateRequest, Task
@@ -42,8 +43,8 @@ class PairsTask(Task):
                if len(val_pairs) >= tc.batch_size else None)
         return train, val
 
-    def generator(self, path: Path, device: str = "cpu", base: nn.Module | None = None) -> Translator:
-        return Translator.from_checkpoint(path, device)
+    def generator(self, checkpoint: Checkpoint, device: str = "cpu", base: nn.Module | None = None) -> Translator:
+        return Translator.from_checkpoint(checkpoint, device)
 
     def evaluate(self, generator: Translator, run_dir: Path, manifest: dict, config: Config,
                  log: Callable[[str], None]) -> dict[str, Any]:
@@ -62,10 +63,7 @@ class PairsTask(Task):
         """Translate ``request.prompt``, or every input line in batches: one output line per input line
         (blank in, blank out) so the output lines up with the input; ``n`` outputs of a line are tab-separated."""
         params = sampling_params(settings, seed=request.seed)
-        beam = None
-        if settings.beams > 1:
-            beam = BeamParams(beams=settings.beams, max_new_tokens=settings.max_new_tokens, n_best=request.n,
-                              length_penalty=settings.length_penalty, no_repeat_ngram=settings.no_repeat_ngram)
+        beam = beam_params(settings, settings.max_new_tokens, n_best=request.n)
         lines = [request.prompt] if request.prompt is not None else [line.rstrip("\n") for line in request.lines]
         for start in range(0, len(lines), BATCH):
             chunk = lines[start : start + BATCH]
