@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from aigc import __version__
@@ -214,11 +214,18 @@ def load_checkpoint(path: Path) -> Checkpoint:
         if file_hash(file) != expected:
             raise CheckpointError(f"{file} is corrupt (its SHA-256 differs from meta.json); use an earlier checkpoint")
     config = validate_config(read_json(folder / "config.json"))
-    try:
-        load_file(folder / weights_file(config))
+    try:  # the header only: the hashes vouch for the bytes, and the weights are read once, by load_model
+        with safe_open(folder / weights_file(config), "pt"):
+            pass
     except SafetensorError as err:
         raise CheckpointError(f"{folder / weights_file(config)} cannot be read ({err})") from None
     return Checkpoint(folder, config, meta)
+
+
+def as_checkpoint(source: Checkpoint | Path) -> Checkpoint:
+    """``source`` loaded (and verified) unless the caller loaded it already: a command loads its run once and hands
+    the :class:`Checkpoint` down, where each step used to hash and read every file again."""
+    return source if isinstance(source, Checkpoint) else load_checkpoint(source)
 
 
 def checkpoints(run_dir: Path) -> list[Path]:

@@ -135,10 +135,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from aigc.tasks import load_generator, task_for
     from aigc.tasks.base import GenerateRequest
 
-    saved = load_checkpoint(Path(args.run)).config
-    settings = with_flags(saved.generate, args)
-    task = task_for(saved)
-    generator = load_generator(Path(args.run), args.device, args.quantize)
+    checkpoint = load_checkpoint(Path(args.run))  # once: hashed, verified and its weights read one time
+    settings = with_flags(checkpoint.config.generate, args)
+    task = task_for(checkpoint.config)
+    generator = load_generator(checkpoint, args.device, args.quantize)
     request = GenerateRequest(args.prompt, n=args.n, seed=args.seed, stream=args.stream, out=args.out,
                               truncate=not args.no_truncate, lines=_stdin_prompts() if args.prompt is None else ())
     task.generate(generator, request, settings, lambda text: print(text, end="", flush=True))
@@ -152,11 +152,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from aigc.generate.sampling import sampling_params
     from aigc.tasks import load_generator, task_for
 
-    saved = load_checkpoint(Path(args.run)).config
+    checkpoint = load_checkpoint(Path(args.run))
+    saved = checkpoint.config
     if task_for(saved).api != "completions":
         raise AigcError(f"aigc chat talks to text runs; {args.run} is a {saved.data.kind} run (use aigc generate)")
     settings = with_flags(saved.generate, args)
-    generator = load_generator(Path(args.run), args.device, args.quantize)
+    generator = load_generator(checkpoint, args.device, args.quantize)
     interactive = sys.stdin.isatty()
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)

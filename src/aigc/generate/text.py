@@ -14,7 +14,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from aigc.checkpoint import load_checkpoint
+from aigc.checkpoint import Checkpoint, as_checkpoint
 from aigc.errors import GenerationError
 from aigc.chat_template import ChatTemplate
 from aigc.generate.decode import Event
@@ -47,10 +47,10 @@ class TextGenerator:
         self.chat = chat or ChatTemplate()
 
     @classmethod
-    def from_checkpoint(cls, path: Path, device: str = "cpu", base: GPT | None = None) -> TextGenerator:
+    def from_checkpoint(cls, source: Checkpoint | Path, device: str = "cpu", base: GPT | None = None) -> TextGenerator:
         """Load a checkpoint folder or a run directory (its latest checkpoint); a LoRA run's adapters go on
         ``base`` when given (sharing its weights with other adapters), else merged into a base of their own."""
-        checkpoint = load_checkpoint(path)
+        checkpoint = as_checkpoint(source)
         model = checkpoint.load_model(device, merge=base is None, base=base)
         return cls(model, Tokenizer.from_file(str(checkpoint.path / "tokenizer.json")),
                    checkpoint.config.model.eos_token_ids, ChatTemplate.from_checkpoint(checkpoint.path))

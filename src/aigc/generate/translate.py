@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from aigc.checkpoint import load_checkpoint
+from aigc.checkpoint import Checkpoint, as_checkpoint
 from aigc.errors import GenerationError
 from aigc.generate.beam import BeamParams, Hypothesis
 from aigc.generate.engine import Engine
@@ -28,9 +28,9 @@ class Translator:
         self.target_eot = self.target_offset + eot_id(target_tokenizer) if target_tokenizer else self.eot
 
     @classmethod
-    def from_checkpoint(cls, path: Path, device: str = "cpu") -> Translator:
+    def from_checkpoint(cls, source: Checkpoint | Path, device: str = "cpu") -> Translator:
         """Load a checkpoint folder or a run directory (its latest checkpoint)."""
-        checkpoint = load_checkpoint(path)
+        checkpoint = as_checkpoint(source)
         target = checkpoint.path / TARGET_TOKENIZER
         return cls(checkpoint.load_model(device), Tokenizer.from_file(str(checkpoint.path / "tokenizer.json")),
                    Tokenizer.from_file(str(target)) if target.is_file() else None)

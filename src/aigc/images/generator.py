@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from aigc.checkpoint import load_checkpoint
+from aigc.checkpoint import Checkpoint, as_checkpoint
 from aigc.errors import GenerationError
 from aigc.generate.engine import Engine
 from aigc.generate.sampling import SamplingParams
@@ -40,8 +40,8 @@ class ImageGenerator:
         self.prefix = model.config.image_prefix or 1
 
     @classmethod
-    def from_checkpoint(cls, path: Path, device: str = "cpu") -> ImageGenerator:
-        checkpoint = load_checkpoint(path)
+    def from_checkpoint(cls, source: Checkpoint | Path, device: str = "cpu") -> ImageGenerator:
+        checkpoint = as_checkpoint(source)
         return cls(checkpoint.load_model(device), Tokenizer.from_file(str(checkpoint.path / "tokenizer.json")))
 
     def encode(self, prompt: str) -> tuple[list[int], int]:

@@ -29,10 +29,10 @@ SHUTDOWN_MESSAGE = "the server shut down before this request finished; retry on 
 def served_model_for(path: Path, model_id: str, settings: ServeSettings, bases: dict | None = None) -> ServedModel:
     """The run at ``path`` behind the API its task answers (completions, translations, images), with its worker.
     ``bases``: base models shared by the LoRA runs served (:func:`~aigc.tasks.load_generator`)."""
-    config = load_checkpoint(path).config
-    task = task_for(config)
-    generator = load_generator(path, settings.device, settings.quantize, bases)
-    return SERVED_MODELS[task.api].create(model_id, generator, config.generate, settings)
+    checkpoint = load_checkpoint(path)
+    generator = load_generator(checkpoint, settings.device, settings.quantize, bases)
+    return SERVED_MODELS[task_for(checkpoint.config).api].create(model_id, generator, checkpoint.config.generate,
+                                                                  settings)
 
 
 def named_runs(entries: list[str]) -> tuple[list[Path], list[str | None]]:

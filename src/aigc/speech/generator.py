@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from aigc.checkpoint import load_checkpoint
+from aigc.checkpoint import Checkpoint, as_checkpoint
 from aigc.errors import GenerationError
 from aigc.generate.engine import Engine
 from aigc.generate.sampling import SamplingParams
@@ -56,8 +56,8 @@ class SpeechGenerator:
         self.prefix = config.audio_prefix or 1
 
     @classmethod
-    def from_checkpoint(cls, path: Path, device: str = "cpu") -> SpeechGenerator:
-        checkpoint = load_checkpoint(path)
+    def from_checkpoint(cls, source: Checkpoint | Path, device: str = "cpu") -> SpeechGenerator:
+        checkpoint = as_checkpoint(source)
         return cls(checkpoint.load_model(device), Tokenizer.from_file(str(checkpoint.path / "tokenizer.json")))
 
     def voice(self, voice: str | None) -> str | None:

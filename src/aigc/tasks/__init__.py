@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from aigc.checkpoint import CHECKPOINTS, load_checkpoint
+from aigc.checkpoint import CHECKPOINTS, Checkpoint, as_checkpoint, load_checkpoint
 from aigc.config import Config, apply_override, validate_config
 from aigc.data.collect import CollectResult
 from aigc.data.prepare import PrepareResult
@@ -33,22 +33,23 @@ def prepare(config: Config) -> PrepareResult:
     return task_for(config).prepare(resolve_init(config))
 
 
-def load_generator(path: Path, device: str = "cpu", quantize: str | None = None, bases: dict | None = None):
-    """The generator of a run directory or checkpoint, as its task makes it; ``quantize="int8"``: its linear
-    layers' weights as int8 (:func:`~aigc.models.quantize.quantize_model`).
+def load_generator(source: Checkpoint | Path, device: str = "cpu", quantize: str | None = None,
+                   bases: dict | None = None):
+    """The generator of a run directory or checkpoint (or of one loaded already), as its task makes it;
+    ``quantize="int8"``: its linear layers' weights as int8 (:func:`~aigc.models.quantize.quantize_model`).
 
     ``bases``: base models already loaded, by their identity. A LoRA run then puts its adapters on its
     base from there (loading it the first time), so a server with several adapters of one base holds the
     base's weights once. Quantized, each run gets its own base with its adapters merged in.
     """
-    checkpoint = load_checkpoint(path)
+    checkpoint = as_checkpoint(source)
     base = None
     if bases is not None and checkpoint.is_adapter and quantize is None:
         identity = checkpoint.base_identity()
         if identity not in bases:
             bases[identity] = checkpoint.load_base(device)
         base = bases[identity]
-    generator = task_for(checkpoint.config).generator(path, device, base)
+    generator = task_for(checkpoint.config).generator(checkpoint, device, base)
     quantize_model(generator.model, quantize)
     return generator
 
@@ -74,7 +75,7 @@ def evaluate(run_dir: Path, log: Callable[[str], None] = print, recipe: Config |
     task = task_for(config)
     data_root = _held_out_root(task, config, checkpoint.path, run_dir, overrides, log)
     manifest = read_manifest(data_root / "data")
-    generator = task.generator(checkpoint.path)
+    generator = task.generator(checkpoint)
     report: dict = {"checkpoint": str(checkpoint.path), "step": checkpoint.meta["step"]}
     if data_root != run_dir:
         report["data"] = manifest["sources"]["files"]

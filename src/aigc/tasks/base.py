@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from aigc.checkpoint import Checkpoint
 from aigc.config import Config, GenerateConfig
 from aigc.data.collect import CollectResult
 from aigc.data.prepare import PrepareResult, prepared_settings
@@ -78,8 +79,8 @@ class Task(ABC):
         """Copy into a fresh model what the data fixes (nothing, unless a task says otherwise)."""
 
     @abstractmethod
-    def generator(self, path: Path, device: str = "cpu", base: nn.Module | None = None) -> Any:
-        """The generator of a run directory or checkpoint: text, translations or images from prompts.
+    def generator(self, checkpoint: Checkpoint, device: str = "cpu", base: nn.Module | None = None) -> Any:
+        """The generator of a loaded checkpoint: text, translations, images or speech from prompts.
         ``base``: the loaded base model of a LoRA run, shared with other adapters (text GPTs only have them)."""
 
     @abstractmethod

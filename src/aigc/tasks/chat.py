@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from aigc.checkpoint import Checkpoint
 from aigc.config import Config, GenerateConfig
 from aigc.data.collect import CollectResult, collect_files
 from aigc.data.conversations import prepare_conversations, read_conversations
@@ -49,8 +50,8 @@ class ChatTask(Task):
                if has_val else None)
         return train, val
 
-    def generator(self, path: Path, device: str = "cpu", base: nn.Module | None = None) -> TextGenerator:
-        return TextGenerator.from_checkpoint(path, device, base)
+    def generator(self, checkpoint: Checkpoint, device: str = "cpu", base: nn.Module | None = None) -> TextGenerator:
+        return TextGenerator.from_checkpoint(checkpoint, device, base)
 
     def evaluate(self, generator: TextGenerator, run_dir: Path, manifest: dict, config: Config,
                  log: Callable[[str], None]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from aigc.checkpoint import Checkpoint
 from aigc.config import Config, GenerateConfig
 from aigc.data.clean import CleaningReport
 from aigc.data.collect import CollectResult, write_sources
@@ -61,8 +62,8 @@ class ImageTask(Task):
         """The palette (the pixels' colours) is saved with the weights."""
         model.palette.copy_(torch.tensor(manifest["image"]["palette"], dtype=torch.uint8))
 
-    def generator(self, path: Path, device: str = "cpu", base: nn.Module | None = None) -> ImageGenerator:
-        return ImageGenerator.from_checkpoint(path, device)
+    def generator(self, checkpoint: Checkpoint, device: str = "cpu", base: nn.Module | None = None) -> ImageGenerator:
+        return ImageGenerator.from_checkpoint(checkpoint, device)
 
     def evaluate(self, generator: ImageGenerator, run_dir: Path, manifest: dict, config: Config,
                  log: Callable[[str], None]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from aigc.checkpoint import Checkpoint
 from aigc.config import Config, GenerateConfig
 from aigc.data.clean import CleaningReport
 from aigc.data.collect import CollectResult, write_sources
@@ -64,8 +65,8 @@ class SpeechTask(Task):
         """The codebooks (each audio token's log-mel frame) are saved with the weights."""
         model.codebook.copy_(torch.tensor(manifest["speech"]["codebooks"], dtype=torch.float32))
 
-    def generator(self, path: Path, device: str = "cpu", base: nn.Module | None = None) -> SpeechGenerator:
-        return SpeechGenerator.from_checkpoint(path, device)
+    def generator(self, checkpoint: Checkpoint, device: str = "cpu", base: nn.Module | None = None) -> SpeechGenerator:
+        return SpeechGenerator.from_checkpoint(checkpoint, device)
 
     def evaluate(self, generator: SpeechGenerator, run_dir: Path, manifest: dict, config: Config,
                  log: Callable[[str], None]) -> dict[str, Any]:
