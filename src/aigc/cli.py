@@ -13,7 +13,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from aigc.config import Config, GenerateConfig, builtin_recipes, describe_keys, load_config
+from aigc.config import Config, GenerateConfig, LoadSettings, builtin_recipes, describe_keys, load_config
 from aigc.errors import AigcError
 from aigc.flags import add_flags, with_flags
 
@@ -89,7 +89,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if stray:
         raise AigcError(f"expected key=value after the run, got {' '.join(stray)!r} (e.g. data.paths=[notes/])")
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731
-    print(evaluate(Path(args.run), log=log, overrides=args.items, quantize=args.quantize).summary())
+    quantize = with_flags(LoadSettings(), args).quantize
+    print(evaluate(Path(args.run), log=log, overrides=args.items, quantize=quantize).summary())
     return 0
 
 
@@ -138,7 +139,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(Path(args.run))  # once: hashed, verified and its weights read one time
     settings = with_flags(checkpoint.config.generate, args)
     task = task_for(checkpoint.config)
-    generator = load_generator(checkpoint, args.device, args.quantize)
+    load = with_flags(LoadSettings(), args)
+    generator = load_generator(checkpoint, load.device, load.quantize)
     request = GenerateRequest(args.prompt, n=args.n, seed=args.seed, stream=args.stream, out=args.out,
                               truncate=not args.no_truncate, lines=_stdin_prompts() if args.prompt is None else ())
     task.generate(generator, request, settings, lambda text: print(text, end="", flush=True))
@@ -157,7 +159,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if task_for(saved).api != "completions":
         raise AigcError(f"aigc chat talks to text runs; {args.run} is a {saved.data.kind} run (use aigc generate)")
     settings = with_flags(saved.generate, args)
-    generator = load_generator(checkpoint, args.device, args.quantize)
+    load = with_flags(LoadSettings(), args)
+    generator = load_generator(checkpoint, load.device, load.quantize)
     interactive = sys.stdin.isatty()
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
@@ -251,18 +254,10 @@ def _sampling_command(parser: argparse.ArgumentParser, handler: Callable) -> Non
     """The run, seed and device of a command that samples from a run, and the sampling flags (run defaults)."""
     parser.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
     parser.add_argument("--seed", type=int, default=None, help="same seed, same output")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    _quantize_flag(parser)
+    add_flags(parser, LoadSettings)
     add_flags(parser.add_argument_group("sampling (default: the run's generate settings)"), GenerateConfig,
               defaults_from="the run's")
     parser.set_defaults(handler=handler)
-
-
-def _quantize_flag(parser: argparse.ArgumentParser) -> None:
-    from aigc.models.quantize import QUANTIZE_MODES
-
-    parser.add_argument("--quantize", choices=QUANTIZE_MODES, default=None,
-                        help="int8: linear weights as int8 with a scale per row (weight-only; docs/pretrained.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("items", nargs="*", metavar="key=value",
                           help="data.*, eval.* or generate.* settings; data.paths=[files] scores those files instead "
                           "of the run's held-out split, reported in RUN_DIR/eval/files/ (e.g. an imported model on your notes)")
-    _quantize_flag(evaluate)
+    add_flags(evaluate, LoadSettings, skip=("device",))
     evaluate.set_defaults(handler=cmd_eval)
     generate = sub.add_parser(
         "generate",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -256,23 +256,51 @@ class TrainConfig(Section):
         return self
 
 
+# The bounds of each sampling setting, written once: the recipe's generate section (and so the CLI's flags), the HTTP
+# request fields and SamplingParams all check these. Temperature stops at 2 as in OpenAI's API; the repetition
+# penalty's bounds keep a float32 logit divided or multiplied by it finite and non-zero.
+NewTokens = Annotated[int, Field(ge=1)]
+Temperature = Annotated[float, Field(ge=0, le=2)]
+TopK = Annotated[int, Field(ge=1)]
+TopP = Annotated[float, Field(gt=0, le=1)]
+MinP = Annotated[float, Field(ge=0, lt=1)]
+RepetitionPenalty = Annotated[float, Field(ge=0.01, le=100)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+Guidance = Annotated[float, Field(ge=0, le=20)]
+SAMPLING_BOUNDS = {"max_new_tokens": NewTokens, "temperature": Temperature, "top_k": TopK | None, "top_p": TopP,
+                   "min_p": MinP, "repetition_penalty": RepetitionPenalty, "presence_penalty": Penalty,
+                   "frequency_penalty": Penalty}
+
+
+class LoadSettings(BaseModel):
+    """How a trained run is loaded to answer prompts: ``aigc generate``, ``chat``, ``eval`` and ``serve`` take these
+    flags from here, so each is declared once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device: str = Field("cpu", description="torch device of the model (cpu, cuda, cuda:1, mps)")
+    quantize: Literal["int8"] | None = Field(
+        None, description="int8: linear weights as int8 with a scale per row (weight-only: a quarter of the float32 "
+        "bytes; see docs/pretrained.md for the quality it costs)")
+
+
 class GenerateConfig(Section):
     """How the run's model samples: what its evaluation uses, and the defaults of ``aigc generate``,
     ``aigc serve`` and the playground (as a Hugging Face model's ``generation_config.json``)."""
 
-    max_new_tokens: int = Field(128, ge=1, description="tokens to generate per sample")
-    temperature: float = Field(0.8, ge=0, description="sampling temperature; 0 = greedy (the most likely token)")
-    top_k: int | None = Field(40, ge=1, description="sample among the k most likely tokens (none or null = all)")
-    top_p: float = Field(1.0, gt=0, le=1, description="sample within the smallest set of tokens with this total probability")
-    min_p: float = Field(0.0, ge=0, lt=1, description="drop tokens less likely than min_p times the most likely one")
-    repetition_penalty: float = Field(1.0, ge=0.01, le=100, description="divide the logits of tokens already seen (1 = off)")
-    presence_penalty: float = Field(0.0, ge=-2, le=2, description="subtract once from the logits of generated tokens")
-    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="subtract per occurrence from generated tokens' logits")
+    max_new_tokens: NewTokens = Field(128, description="tokens to generate per sample")
+    temperature: Temperature = Field(0.8, description="sampling temperature, 0 to 2; 0 = greedy (the most likely token)")
+    top_k: TopK | None = Field(40, description="sample among the k most likely tokens (none or null = all)")
+    top_p: TopP = Field(1.0, description="sample within the smallest set of tokens with this total probability")
+    min_p: MinP = Field(0.0, description="drop tokens less likely than min_p times the most likely one")
+    repetition_penalty: RepetitionPenalty = Field(1.0, description="divide the logits of tokens already seen (1 = off)")
+    presence_penalty: Penalty = Field(0.0, description="subtract once from the logits of generated tokens")
+    frequency_penalty: Penalty = Field(0.0, description="subtract per occurrence from generated tokens' logits")
     stop: list[str] = Field(default_factory=list, description="stop before any of these strings (\\n = newline)")
     beams: int = Field(1, ge=1, description="seq2seq: beam size (1 = greedy or sampling)")
     length_penalty: float = Field(1.0, description="seq2seq beam search: score / length^alpha")
     no_repeat_ngram: int = Field(0, ge=0, description="seq2seq beam search: forbid repeated n-grams of this size")
-    guidance: float = Field(1.0, ge=0, le=20, description="images and speech: classifier-free guidance scale (1 = none)")
+    guidance: Guidance = Field(1.0, description="images and speech: classifier-free guidance scale (1 = none)")
     voice: str | None = Field(None, description="speech: the voice to speak in (one the run was trained on; none = "
                               "its first)")
     speed: float = Field(1.0, ge=0.25, le=4.0, description="speech: playback speed of the generated audio")

@@ -73,3 +73,26 @@ def test_describe_keys_covers_contract():
                 "model.n_head", "model.n_embd", "model.block_size", "train.max_steps", "train.max_minutes",
                 "train.batch_size", "train.lr", "train.eval_every", "train.checkpoint_every"}
     assert contract <= keys
+
+
+@pytest.mark.parametrize("name, outside, inside", [
+    ("temperature", 2.5, 2.0), ("top_p", 0.0, 1.0), ("min_p", 1.0, 0.5), ("top_k", 0, 1),
+    ("repetition_penalty", 101.0, 100.0), ("presence_penalty", -2.5, -2.0), ("frequency_penalty", 2.5, 2.0),
+])
+def test_a_sampling_bound_is_the_same_in_the_recipe_the_request_and_the_engine(name, outside, inside):
+    """Written once (aigc.config.SAMPLING_BOUNDS): a value outside is refused by all three, the edge accepted."""
+    from pydantic import ValidationError
+
+    from aigc.errors import GenerationError
+    from aigc.generate.sampling import SamplingParams
+    from aigc.serve.schemas import CompletionRequest
+
+    with pytest.raises(ConfigError, match=f"generate.{name}"):
+        load_config("text", [f"generate.{name}={outside}"])
+    with pytest.raises(ValidationError):
+        CompletionRequest(model="m", prompt="p", **{name: outside})
+    with pytest.raises(GenerationError, match=name):
+        SamplingParams(**{name: outside})
+    assert getattr(load_config("text", [f"generate.{name}={inside}"]).generate, name) == inside
+    assert getattr(CompletionRequest(model="m", prompt="p", **{name: inside}), name) == inside
+    assert getattr(SamplingParams(**{name: inside}), name) == inside

@@ -98,7 +98,7 @@ def test_extreme_settings_decode_or_are_refused(generator):
     penalised = generator.complete(["hello"], SamplingParams(max_new_tokens=20, temperature=1.0, seed=1,
                                                             repetition_penalty=0.01))[0]
     assert penalised.finish_reason in ("stop", "length") and len(penalised.token_ids) > 0
-    with pytest.raises(Exception, match=r"repetition_penalty must be in \[0.01, 100\]"):
+    with pytest.raises(Exception, match=r"repetition_penalty=.*: input should be (greater|less) than or equal to"):
         SamplingParams(repetition_penalty=1e-40)
 
 

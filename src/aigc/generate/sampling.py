@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from pydantic import TypeAdapter, ValidationError
 
-from aigc.config import GenerateConfig
+from aigc.config import SAMPLING_BOUNDS, GenerateConfig
 from aigc.errors import GenerationError
 
 GREEDY_BELOW = 1e-5  # a temperature this small is greedy decoding (dividing by it overflows float32)
+_BOUNDS = {name: TypeAdapter(bounds) for name, bounds in SAMPLING_BOUNDS.items()}
 
 
 @dataclass(frozen=True)
@@ -37,18 +39,11 @@ class SamplingParams:
     truncate_prompt: bool = True
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise GenerationError(f"max new tokens must be at least 1 (got {self.max_new_tokens})")
-        if self.temperature < 0:
-            raise GenerationError(f"temperature must be 0 (greedy) or more (got {self.temperature})")
-        if not 0 < self.top_p <= 1:
-            raise GenerationError(f"top_p must be in (0, 1] (got {self.top_p})")
-        if not 0 <= self.min_p < 1:
-            raise GenerationError(f"min_p must be in [0, 1) (got {self.min_p})")
-        if self.top_k is not None and self.top_k < 1:
-            raise GenerationError(f"top_k must be at least 1 (got {self.top_k})")
-        if not 0.01 <= self.repetition_penalty <= 100:
-            raise GenerationError(f"repetition_penalty must be in [0.01, 100] (got {self.repetition_penalty})")
+        for name, bounds in _BOUNDS.items():  # the bounds of aigc.config, where the recipe's settings get them
+            try:
+                bounds.validate_python(getattr(self, name))
+            except ValidationError as err:
+                raise GenerationError(f"{name}={getattr(self, name)!r}: {err.errors()[0]['msg'].lower()}") from None
         if any(not s for s in self.stop):
             raise GenerationError("stop strings must not be empty")
         if self.seed is not None and not 0 <= self.seed < 2**63:

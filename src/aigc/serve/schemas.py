@@ -15,7 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from aigc.config import GenerateConfig
+from aigc.config import GenerateConfig, Guidance, MinP, NewTokens, Penalty, RepetitionPenalty, Temperature, TopK, \
+    TopP
 from aigc.generate.sampling import SamplingParams, sampling_params
 
 IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "modalities", "prediction", "audio",
@@ -50,20 +51,19 @@ class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: NewTokens | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = Field(None, validate_default=True)
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    top_k: int | None = Field(None, ge=1)
-    min_p: float | None = Field(None, ge=0, lt=1)
-    # Bounded so that dividing or multiplying a float32 logit by it can neither overflow nor reach 0 (1 = off).
-    repetition_penalty: float | None = Field(None, ge=0.01, le=100)
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    top_k: TopK | None = None
+    min_p: MinP | None = None
+    repetition_penalty: RepetitionPenalty | None = None
     ignore_eos: bool = False
     stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=64)
 
@@ -153,8 +153,8 @@ class GuidedFields(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT)
-    guidance: float | None = Field(None, ge=0, le=20)
-    temperature: float | None = Field(None, ge=0, le=2)
+    guidance: Guidance | None = None
+    temperature: Temperature | None = None
 
     def sampling_params(self, defaults: GenerateConfig) -> tuple[SamplingParams, float]:
         """The run's ``defaults`` with the request's seed and, when sent, temperature; and the guidance scale."""

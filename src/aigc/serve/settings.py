@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
+from aigc.config import LoadSettings
 from aigc.errors import ConfigError
 
 API_KEY_ENV = "AIGC_API_KEY"
 
 
-class ServeSettings(BaseModel):
-    """Address, security, limits and device of one server."""
+class ServeSettings(LoadSettings):
+    """Address, security, limits of one server, and how it loads its models (device, quantize)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -42,11 +42,6 @@ class ServeSettings(BaseModel):
                                    json_schema_extra={"flag": "--ping-interval"})
     drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM / Ctrl-C, seconds to let running requests "
                                    "finish before the rest get 503", json_schema_extra={"flag": "--drain-timeout"})
-    device: str = Field("cpu", description="torch device of the models (cpu, cuda, cuda:1, mps)")
-    quantize: Literal["int8"] | None = Field(
-        None, description="int8: every model's linear weights as int8 with a scale per row (a quarter of the float32 "
-        "bytes; see docs/pretrained.md for the quality it costs)")
-
     @field_validator("api_keys")
     @classmethod
     def _keys_not_blank(cls, keys: list[str]) -> list[str]:
