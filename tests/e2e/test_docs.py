@@ -1,4 +1,4 @@
-"""Every ```python block in docs/*.md runs, in order per page, in a fresh working directory."""
+"""Every ```python block in docs/*.md runs, in order per page, in a fresh working directory, and checks what it shows."""
 
 import os
 import re
@@ -15,6 +15,8 @@ PAGES = sorted(p for p in DOCS.glob("*.md")
 @pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
 def test_doc_examples_run(page, tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
+    # running is not enough: an example that prints a wrong value runs too, so each page's examples check theirs
+    assert any("assert " in block for block in blocks), f"{page.name}: its examples assert nothing they show"
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": f"docs_{page.stem}"}
     for block in blocks:
