@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from aigc.code_checks import compiles as code_compiles, parses as code_parses
 from aigc.config import Config
 from aigc.data.pairs import PairSampler, split_pairs, target_start
 from aigc.data.shards import open_split
@@ -213,19 +214,13 @@ def _top_level_headers(source: str, limit: int, docstring: bool) -> list[str]:
 
 
 def code_validity(headers: list[str], completions: list[str]) -> dict[str, Any]:
-    parses = compiles = 0
-    for header, completion in zip(headers, completions):
-        program = header + completion
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ast.parse(program)
-                parses += 1
-                compile(program, "<sample>", "exec")
-                compiles += 1
-        except (SyntaxError, ValueError):
-            continue
-    n = len(headers)
+    """How many of the programs ``header + completion`` parse, and how many also compile (code_checks' rules)."""
+    programs = [header + completion for header, completion in zip(headers, completions)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # invalid escapes in generated strings
+        parsed = [program for program in programs if code_parses(program)]
+        compiles = sum(code_compiles(program) for program in parsed)
+    parses, n = len(parsed), len(headers)
     return {"completions": n, "parses": parses, "compiles": compiles,
             "syntax_valid_rate": parses / n if n else 0.0, "compile_rate": compiles / n if n else 0.0}
 

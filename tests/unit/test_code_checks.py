@@ -108,3 +108,13 @@ def test_run_many_keeps_input_order_with_mixed_outcomes():
         "error: SyntaxError: invalid syntax (<generated>, line 1)",
         "no examples",
     ]
+
+
+def test_the_reports_code_validity_counts_what_parses_and_what_compiles():
+    """The run report's rates on known completions: one right, one that only parses, one that does not parse."""
+    from aigc.evaluation import code_validity
+
+    header = "def f(x):"
+    report = code_validity([header] * 3, ["\n    return x\n", "\n    nonlocal y\n", "\n    return (\n"])
+    assert (report["parses"], report["compiles"]) == (2, 1)
+    assert (report["syntax_valid_rate"], report["compile_rate"]) == (2 / 3, 1 / 3)
