@@ -53,6 +53,7 @@ LOWER_IS_BETTER = ("val_loss", "bits_per_byte")
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 CLAIMED = (*FINISHED, optuna.trial.TrialState.RUNNING)  # what counts toward tune.trials: running ones too
 RETRY_OF = "retry_of"  # user attribute of a trial that runs again the values of one cut short
+SURPLUS = "surplus"  # user attribute of a trial drawn by one process when others had claimed tune.trials already
 PATH_SETTINGS = ("data.paths", "data.val_paths", "tokenizer.path", "model.init")  # relative to where aigc ran
 
 
@@ -186,6 +187,12 @@ class Trials:
     def __call__(self, trial: optuna.Trial) -> float:
         values = suggest(trial, self.config.tune.space)
         trial.set_user_attr("pid", os.getpid())  # which process ran it (--workers)
+        if _claimed_before(trial) >= self.config.tune.trials:  # processes that started trials together
+            trial.set_user_attr(SURPLUS, True)
+            trial.set_user_attr("reason", f"not run: the study's {self.config.tune.trials} trials were claimed "
+                                "by the time this process drew it")
+            trial.study.stop()
+            raise optuna.TrialPruned("surplus")
         try:
             return self.run(trial, values)
         except optuna.TrialPruned:
@@ -372,10 +379,23 @@ def _stop_helpers(helpers: list[subprocess.Popen], interrupted: bool, log: Calla
 
 
 def _count(study: optuna.Study, states: tuple[optuna.trial.TrialState, ...]) -> int:
-    """Trials in ``states`` that count toward ``tune.trials``: all but those cut short and run again."""
-    trials = study.get_trials(deepcopy=False)
+    """Trials in ``states`` that count toward ``tune.trials``."""
+    return len(_counted(study.get_trials(deepcopy=False), states))
+
+
+def _counted(trials: list[optuna.trial.FrozenTrial], states: tuple[optuna.trial.TrialState, ...],
+             ) -> list[optuna.trial.FrozenTrial]:
+    """All ``trials`` in ``states`` but those cut short and run again, and the surplus ones never run."""
     retried = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
-    return sum(t.state in states and t.number not in retried for t in trials)
+    return [t for t in trials if t.state in states and t.number not in retried and not t.user_attrs.get(SURPLUS)]
+
+
+def _claimed_before(trial: optuna.Trial) -> int:
+    """How many trials numbered before ``trial`` count toward ``tune.trials`` (running ones included). Trial numbers
+    are handed out in one order by the storage, so of processes that start trials together exactly the first ones
+    to reach ``tune.trials`` run: the study holds as many outcomes as asked, not one per process more."""
+    earlier = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number]
+    return len(_counted(earlier, CLAIMED))
 
 
 def _retry(study: optuna.Study, trial: optuna.trial.FrozenTrial | optuna.Trial) -> None:
