@@ -112,7 +112,13 @@ def test_stop_strings_in_generation(generator):
 def test_logprobs_and_usage(generator):
     result = generator.complete(["hello"], SamplingParams(max_new_tokens=5, temperature=0, logprobs=True))[0]
     assert result.prompt_tokens > 0
-    assert len(result.logprobs) == len(result.token_ids) and all(lp <= 0 for lp in result.logprobs)
+    assert len(result.logprobs) == len(result.token_ids) == 5
+    # each is the log-softmax of the model's logits at its position, recomputed here over the whole sequence
+    prompt = generator.tokenizer.encode("hello", add_special_tokens=False).ids
+    with torch.no_grad():
+        logits = generator.engine.model(torch.tensor([prompt + result.token_ids[:-1]]))[0, len(prompt) - 1 :]
+    expected = torch.log_softmax(logits.float(), -1)[torch.arange(5), torch.tensor(result.token_ids)]
+    torch.testing.assert_close(torch.tensor(result.logprobs), expected, atol=1e-4, rtol=0)
 
 
 def test_filters():

@@ -15,7 +15,9 @@ from aigc.models.quantize import PACKED_MAX_ROWS, Int8Linear, quantize_model
 @pytest.mark.parametrize("in_features", [64, 67])  # 64 takes the int8 kernel up to PACKED_MAX_ROWS rows, 67 never
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("rows", [1, PACKED_MAX_ROWS, PACKED_MAX_ROWS + 1, 100])
-def test_int8_linear_is_close_to_the_float_one(rows, bias, in_features):
+@pytest.mark.parametrize("native_bf16", [False, True])  # the dequantized products in float32 (AVX2) or bfloat16
+def test_int8_linear_is_close_to_the_float_one(rows, bias, in_features, native_bf16, monkeypatch):
+    monkeypatch.setattr("aigc.models.quantize.cpu_has_bf16", lambda: native_bf16)
     torch.manual_seed(0)
     linear = nn.Linear(in_features, 45, bias=bias)
     x = torch.randn(rows, in_features)
@@ -99,14 +101,19 @@ def test_a_bfloat16_model_decodes_a_batch_on_the_int8_kernel():
     assert error < 0.05, f"relative logit error {error:.4f}"
 
 
-def test_one_bf16_row_through_mv_equals_the_linear_product():
-    """layers.Linear sends one bfloat16 row to torch.mv (faster than F.linear's GEMM on a CPU): same values."""
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_bf16_rows_through_mv_or_float32_equal_the_linear_product(native_bf16, monkeypatch):
+    """layers.Linear sends one bfloat16 row to torch.mv (faster than F.linear's GEMM on a CPU), and several rows
+    through float32 on a CPU without bfloat16 instructions: the same values."""
     from aigc.models.layers import Linear
 
+    monkeypatch.setattr("aigc.models.layers.cpu_has_bf16", lambda: native_bf16)
     torch.manual_seed(0)
     layer = Linear(64, 48).to(torch.bfloat16).eval()
     row, rows = torch.randn(1, 1, 64, dtype=torch.bfloat16), torch.randn(3, 64, dtype=torch.bfloat16)
     reference = torch.nn.functional.linear(row.float(), layer.weight.float(), layer.bias.float())
     assert layer(row).shape == (1, 1, 48)
     assert (layer(row).float() - reference).abs().max() <= 0.05  # bfloat16 rounding of the output
-    assert torch.equal(layer(rows), torch.nn.functional.linear(rows, layer.weight, layer.bias))
+    wide = torch.nn.functional.linear(rows.float(), layer.weight.float(), layer.bias.float()).to(torch.bfloat16)
+    expected = torch.nn.functional.linear(rows, layer.weight, layer.bias) if native_bf16 else wide
+    assert layer(rows).dtype == torch.bfloat16 and torch.equal(layer(rows), expected)

@@ -6,6 +6,7 @@ width, H = query heads, Hkv = key/value heads, D = head size (C // H unless mode
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -22,23 +23,38 @@ def make_norm(config: ModelConfig) -> nn.Module:
     return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
-class Linear(nn.Linear):
-    """``nn.Linear`` whose single-row bfloat16 products on the CPU are matrix-vector products (``torch.mv``).
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); most laptops (AVX2) do not."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
-    Decoding one token multiplies one row by every weight matrix. For bfloat16 on the CPU, ``F.linear``
-    sends that row to a GEMM that is slower than ``torch.mv``: with mv, a SmolLM2-shaped bf16 decode went from
-    15.7 to 19.7 tokens/s (torch 2.13, 2 AVX-512 cores, docs/pretrained.md); float32, batches and training take
-    ``F.linear`` as before.
+
+class Linear(nn.Linear):
+    """``nn.Linear`` with two bfloat16 paths for inference on a CPU.
+
+    - One row (decoding one token) is a matrix-vector product (``torch.mv``): ``F.linear`` sends it to a GEMM
+      that is slower; with mv, a SmolLM2-shaped bf16 decode went from 15.7 to 19.7 tokens/s (torch 2.13, 2
+      AVX-512 cores, docs/pretrained.md).
+    - Several rows (a prompt, a batch) on a CPU without bfloat16 instructions are multiplied in float32, the
+      weights widened for the call: torch's bfloat16 GEMM emulated on AVX2 runs at about a seventh of its
+      float32 rate, and widening costs one pass over the weights (docs/pretrained.md, "Speed").
+
+    Float32, training and other devices take ``F.linear`` as before.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(.., in) -> (.., out)."""
-        if x.dtype != torch.bfloat16 or x.device.type != "cpu" or x.numel() != x.shape[-1] or self.training:
+        if x.dtype != torch.bfloat16 or x.device.type != "cpu" or self.training:
             return super().forward(x)
-        y = torch.mv(self.weight, x.reshape(-1))
-        if self.bias is not None:
-            y = y + self.bias
-        return y.view(*x.shape[:-1], self.out_features)
+        if x.numel() == x.shape[-1]:
+            y = torch.mv(self.weight, x.reshape(-1))
+            if self.bias is not None:
+                y = y + self.bias
+            return y.view(*x.shape[:-1], self.out_features)
+        if cpu_has_bf16():
+            return super().forward(x)
+        bias = None if self.bias is None else self.bias.float()
+        return F.linear(x.float(), self.weight.float(), bias).to(torch.bfloat16)
 
 
 class RotaryEmbedding(nn.Module):

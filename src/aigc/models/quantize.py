@@ -11,7 +11,9 @@ against 122 us), while torch's own ``_weight_int8pack_mm`` kernel (the one gpt-f
 That kernel wants contiguous bfloat16 activations and bfloat16 scales, so the product runs in bfloat16
 and is cast back. It does not check its shapes: with ``in_features`` not a multiple of 16 (8, 24, 40,
 67, 72, 100) it returned inf/NaN or crashed the process (torch 2.13), so such layers dequantize instead.
-Off the CPU every call dequantizes to bfloat16: int8 saves neither time nor peak memory there yet.
+Several rows (a prompt) dequantize instead, to float32 on a CPU without bfloat16 instructions (AVX2), where
+torch's bfloat16 GEMM is emulated at a seventh of float32's rate. Off the CPU every call dequantizes to bfloat16:
+int8 saves neither time nor peak memory there yet.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aigc.errors import ConfigError
+from aigc.models.layers import cpu_has_bf16
 
 QUANTIZE_MODES = ("int8",)
 PACKED_MAX_ROWS = 16  # up to this many rows (decode steps) the int8 kernel wins; a prefill dequantizes once instead
@@ -47,8 +50,11 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) in any float dtype -> (..., out) in the same dtype."""
         rows = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()  # the kernel reads rows densely
-        if self.packed and rows.device.type == "cpu" and rows.shape[0] <= PACKED_MAX_ROWS:
+        cpu = rows.device.type == "cpu"
+        if self.packed and cpu and rows.shape[0] <= PACKED_MAX_ROWS:
             out = torch._weight_int8pack_mm(rows, self.weight, self.scale)
+        elif cpu and not cpu_has_bf16():  # bf16 GEMM emulated on AVX2: a seventh of float32's rate
+            out = F.linear(rows.float(), self.weight.float()) * self.scale.float()
         else:
             out = F.linear(rows, self.weight.to(torch.bfloat16)) * self.scale
         out = out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
