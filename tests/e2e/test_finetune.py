@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -175,6 +176,10 @@ def test_sft_end_to_end_learns_the_held_out_assistant_turns(base, tmp_path):
     assert report["loss"] < before["loss"] - 0.5, (report["loss"], before["loss"])  # measured: 2.8 -> 1.4
     answers = [s["answer"] for s in report["samples"]]
     assert len(answers) == 4 and all(s["reference"].count("-") == 1 for s in report["samples"])
+    # the answers have learned the shape "word-word" (measured: 4 of 4, e.g. 'stort-stort' for 'heart-storm'),
+    # which the base model, trained on plain text, never writes
+    shaped = [a for a in answers if re.fullmatch(r"\s*[a-z]+-[a-z]+\.?\s*", a)]
+    assert len(shaped) >= 3, answers
     chat = aigc("generate", run, "--prompt", "Join crown and rose.", "--temperature", "0", "--max-new-tokens", "12")
     assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
 
