@@ -41,7 +41,7 @@ from aigc.chat_template import CHAT_FILE
 from aigc.config import Config, validate_config
 from aigc.errors import CheckpointError
 from aigc.files import file_hash, read_json, write_json
-from aigc.models import build_model
+from aigc.models import empty_model
 from aigc.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, apply_lora, available_targets, load_peft_state, \
     merge_lora, peft_config
 from aigc.tokenizer import TARGET_TOKENIZER
@@ -83,7 +83,7 @@ class Checkpoint:
         """
         if self.is_adapter:
             return self._load_adapted(device, merge, base)
-        model = build_model(self.config.model)
+        model = empty_model(self.config.model)  # every tensor is overwritten by the checkpoint's
         state = self.model_state()
         stored = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
         if stored != torch.float32:

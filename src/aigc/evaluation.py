@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from aigc.code_checks import compiles as code_compiles, parses as code_parses
 from aigc.config import Config
@@ -113,6 +114,14 @@ def quantization_text(q: dict[str, Any]) -> str:
             f"(loss {q['loss_stored_weights']:.4f} -> {q['loss']:.4f})")
 
 
+def summed_nll(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
+    """The held-out loss every kind reports, in one place: the summed negative log-likelihood (nats) of ``targets``
+    (...,) under ``logits`` (..., V), in float32, and how many targets were scored (those of -1 are not)."""
+    nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
+                          reduction="sum")
+    return nll.item(), int((targets >= 0).sum())
+
+
 SCORE_WINDOW = 2048  # at most this many tokens of context per scored window
 SCORE_BATCH_TOKENS = 2048  # tokens per forward pass: the logits of an imported 150k vocabulary stay ~1 GB
 
@@ -140,10 +149,7 @@ def score(model, tokens: np.ndarray, block: int, max_tokens: int) -> tuple[float
     total = 0.0
     for inputs, targets in windows:
         for start in range(0, len(inputs), batch):
-            logits = model(inputs[start : start + batch]).float()
-            total += torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), targets[start : start + batch].reshape(-1), reduction="sum"
-            ).item()
+            total += summed_nll(model(inputs[start : start + batch]), targets[start : start + batch])[0]
     return total, usable, tokens[1 : usable + 1]
 
 
@@ -313,10 +319,8 @@ def evaluate_pairs(generator: Translator, run_dir: Path, manifest: dict, config:
     total = count = 0.0
     with torch.inference_mode():
         for (src, src_mask, tgt_in), tgt_out in sampler.eval_batches(max(1, min(len(val) // 16, 50))):
-            logits = generator.model(src, src_mask, tgt_in).float()
-            total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), tgt_out.reshape(-1),
-                                                       ignore_index=-1, reduction="sum").item()
-            count += int((tgt_out >= 0).sum())
+            nll, scored = summed_nll(generator.model(src, src_mask, tgt_in), tgt_out)
+            total, count = total + nll, count + scored
     split = "test" if manifest["splits"].get("test.src", {}).get("documents") else "val"
     chosen = pairs(split)[: config.eval.max_pairs]
     sources = [generator.decode(s[:-1].tolist()) for s, _ in chosen]

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from aigc.code_checks import compiles, defines_function, extract_code, run_many
 from aigc.config import Config
@@ -25,7 +24,7 @@ from aigc.data.packing import PackedSampler
 from aigc.data.shards import open_split
 from aigc.data.stdlib_functions import functions_in
 from aigc.errors import DataError
-from aigc.evaluation import diversity
+from aigc.evaluation import diversity, summed_nll
 from aigc.generate.sampling import sampling_params
 from aigc.generate.text import TextGenerator
 
@@ -45,10 +44,8 @@ def assistant_loss(model, sampler: PackedSampler, max_tokens: int) -> tuple[floa
     """Summed NLL (nats) and count of held-out assistant tokens, until about ``max_tokens`` are scored."""
     total, count = 0.0, 0
     for inputs, targets in sampler.eval_batches(None):
-        logits = model(*inputs).float()
-        total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
-                                 reduction="sum").item()
-        count += int((targets >= 0).sum())
+        nll, scored = summed_nll(model(*inputs), targets)
+        total, count = total + nll, count + scored
         if count >= max_tokens:
             break
     if count == 0:

@@ -135,7 +135,7 @@ def test_filters():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(max_new_tokens=0), "at least 1"), (dict(max_new_tokens=-3), "at least 1"),
+    (dict(max_new_tokens=0), "greater than or equal to 1"), (dict(max_new_tokens=-3), "greater than or equal to 1"),
     (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(temperature=-0.1), "temperature"),
 ])
 def test_bad_parameters(kwargs, message):

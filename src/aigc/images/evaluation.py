@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from aigc.data.pairs import split_pairs
+from aigc.evaluation import summed_nll
 from aigc.generate.sampling import SamplingParams
 from aigc.images import shapes
 from aigc.images.generator import ImageGenerator
@@ -40,10 +41,8 @@ def bits_per_pixel(model, pairs, eot: int, prefix: int, batch: int = 64) -> tupl
     total, count = 0.0, 0
     for start in range(0, len(sequences), batch):
         chunk = sequences[start : start + batch]
-        logits = model(chunk[:, :-1])[:, prefix - 1 :].float()
-        pixels = chunk[:, prefix:]
-        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), pixels.flatten(), reduction="sum").item()
-        count += pixels.numel()
+        nll, scored = summed_nll(model(chunk[:, :-1])[:, prefix - 1 :], chunk[:, prefix:])
+        total, count = total + nll, count + scored
     return total / max(count, 1) / math.log(2), count
 
 

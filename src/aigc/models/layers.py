@@ -23,6 +23,9 @@ def make_norm(config: ModelConfig) -> nn.Module:
     return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
+WIDEN_ABOVE_ROWS = 16  # bf16 products of more rows than this run in float32 on a CPU without bf16 instructions
+
+
 @functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX); most laptops (AVX2) do not."""
@@ -35,9 +38,10 @@ class Linear(nn.Linear):
     - One row (decoding one token) is a matrix-vector product (``torch.mv``): ``F.linear`` sends it to a GEMM
       that is slower; with mv, a SmolLM2-shaped bf16 decode went from 15.7 to 19.7 tokens/s (torch 2.13, 2
       AVX-512 cores, docs/pretrained.md).
-    - Several rows (a prompt, a batch) on a CPU without bfloat16 instructions are multiplied in float32, the
-      weights widened for the call: torch's bfloat16 GEMM emulated on AVX2 runs at about a seventh of its
-      float32 rate, and widening costs one pass over the weights (docs/pretrained.md, "Speed").
+    - More than ``WIDEN_ABOVE_ROWS`` rows (a prompt) on a CPU without bfloat16 instructions are multiplied in
+      float32, the weights widened for the call: torch's bfloat16 GEMM emulated on AVX2 runs at about a seventh
+      of its float32 rate, and widening costs one pass over the weights (docs/pretrained.md, "Speed"). A decode
+      batch (up to 16 rows) stays in bfloat16: widened, a Qwen2.5-shaped batch of 8 decoded 15.6 -> 9.5 tok/s.
 
     Float32, training and other devices take ``F.linear`` as before.
     """
@@ -51,7 +55,7 @@ class Linear(nn.Linear):
             if self.bias is not None:
                 y = y + self.bias
             return y.view(*x.shape[:-1], self.out_features)
-        if cpu_has_bf16():
+        if x.numel() <= WIDEN_ABOVE_ROWS * x.shape[-1] or cpu_has_bf16():
             return super().forward(x)
         bias = None if self.bias is None else self.bias.float()
         return F.linear(x.float(), self.weight.float(), bias).to(torch.bfloat16)
@@ -66,13 +70,21 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, max_positions: int, theta: float, scaling: RopeScaling | None = None):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        if scaling is not None:
-            inv_freq = llama3_frequencies(inv_freq, scaling)
-        angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)  # (P, D/2)
+        self.head_dim, self.max_positions, self.theta, self.scaling = head_dim, max_positions, theta, scaling
+        self.register_buffer("cos", torch.empty(max_positions, head_dim), persistent=False)
+        self.register_buffer("sin", torch.empty(max_positions, head_dim), persistent=False)
+        self.reset_tables()
+
+    def reset_tables(self) -> None:
+        """(Re)compute the cos/sin tables (P, D), in float32 on their device: they are not saved with the weights,
+        so a model built without initialisation (:func:`aigc.models.empty_model`) computes them here."""
+        device = self.cos.device
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+        if self.scaling is not None:
+            inv_freq = llama3_frequencies(inv_freq, self.scaling)
+        angles = torch.outer(torch.arange(self.max_positions, dtype=torch.float32), inv_freq)  # (P, D/2)
         angles = torch.cat([angles, angles], dim=-1)  # (P, D)
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.cos, self.sin = angles.cos().to(device), angles.sin().to(device)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin for ``positions`` (T,) or (B, T) -> each (T, D) or (B, 1, T, D), broadcastable over heads."""
