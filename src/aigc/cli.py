@@ -294,9 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=cmd_eval)
     generate = sub.add_parser(
         "generate",
-        help="generate with a trained model: text, translations or images (no --prompt: read prompts line by line)",
+        help="generate with a trained model: text, translations, images or speech (no --prompt: read prompts line by line)",
         description="Generate from --prompt with the model of a run or checkpoint; only the output goes to stdout "
-        "(text runs: the continuation; translation runs: one line per input line; image runs: the PNG paths). "
+        "(text runs: the continuation; translation runs: one line per input line; image runs: the PNG paths; speech runs: "
+        "the WAV paths). "
         "Without --prompt, prompts are read line by line from stdin (an interactive loop on a terminal; write \\n "
         "for a newline inside a prompt). Sampling settings default to the run's own (its recipe's generate "
         "section, what its evaluation used); flags override them for this call.",
@@ -306,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--n", type=int, default=1, help="samples per prompt")
     generate.add_argument("--stream", action="store_true", help="text runs: print text as it is generated")
     generate.add_argument("--no-truncate", action="store_true", help="error on prompts longer than the context")
-    generate.add_argument("--out", help="image runs: grid.png (one sheet) or folder/ (one PNG per sample)")
+    generate.add_argument("--out", help="image runs: grid.png (one sheet) or folder/ (one PNG per sample); speech runs: "
+                          "clip.wav (one clip) or folder/ (one WAV per sample)")
     chat = sub.add_parser(
         "chat", help="chat with a text run in the terminal (its chat template; /reset, /exit)",
         description="An interactive chat with a text run (an imported model uses its own chat template; aigc's own "
@@ -347,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--merge", action="store_true", help="fold a LoRA run's adapters into the weights: one plain model")
     export.set_defaults(handler=cmd_export)
     serve = sub.add_parser("serve", help="serve runs behind an OpenAI-compatible HTTP API with a web playground",
-                           description="Serve every run given at /v1 (completions, chat completions, images, models) "
+                           description="Serve every run given at /v1 (completions, chat completions, images, speech, models) "
                            "with a playground at /. See docs/serving.md.")
     serve.add_argument("runs", nargs="+", metavar="[NAME=]RUN_DIR",
                        help="runs to serve, each under its folder name or NAME (LoRA runs of one base share it)")

@@ -27,7 +27,8 @@ SHUTDOWN_MESSAGE = "the server shut down before this request finished; retry on 
 
 
 def served_model_for(path: Path, model_id: str, settings: ServeSettings, bases: dict | None = None) -> ServedModel:
-    """The run at ``path`` behind the API its task answers (completions, translations, images), with its worker.
+    """The run at ``path`` behind the API its task answers (completions, translations, images, speech), with its
+    worker.
     ``bases``: base models shared by the LoRA runs served (:func:`~aigc.tasks.load_generator`)."""
     checkpoint = load_checkpoint(path)
     generator = load_generator(checkpoint, settings.device, settings.quantize, bases)
