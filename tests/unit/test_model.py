@@ -29,6 +29,23 @@ def test_tied_embeddings_and_param_count():
     assert model.flops_per_token() == 6 * model.num_params() + 12 * 2 * 32 * 32
 
 
+@pytest.mark.parametrize("options", [dict(GPT2_STYLE), dict(LLAMA_STYLE, rope_theta=500.0, tie_embeddings=False)],
+                         ids=["gpt2-tied", "llama-untied"])
+def test_a_model_built_empty_then_loaded_equals_the_original(options):
+    """empty_model (what a checkpoint loads into, skipping the random init) keeps the output projection tied to
+    the embedding and computes the RoPE tables that are not saved: loaded, it gives the same logits."""
+    from aigc.models import empty_model
+
+    torch.manual_seed(0)
+    config = ModelConfig(**options)
+    original = GPT(config).eval()
+    empty = empty_model(config)
+    assert (empty.lm_head.weight is empty.wte.weight) == config.tie_embeddings
+    empty.load_state_dict(original.state_dict())
+    idx = torch.randint(0, 64, (2, 12))
+    assert torch.equal(empty.eval()(idx), original(idx))
+
+
 def test_scaled_residual_init():
     torch.manual_seed(0)
     model = GPT(ModelConfig(**dict(GPT2_STYLE, n_layer=8, n_embd=256, n_head=4)))

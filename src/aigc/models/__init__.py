@@ -22,7 +22,17 @@ def empty_model(config: ModelConfig) -> nn.Module:
     the meta device, then given storage; the RoPE tables, which are not saved, are computed."""
     with torch.device("meta"):
         model = build_model(config)
+    first: dict[int, tuple[nn.Module, str]] = {}  # each parameter's first owner: to_empty unties shared ones
+    ties = []
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if id(parameter) in first:
+                ties.append((module, name, *first[id(parameter)]))
+            else:
+                first[id(parameter)] = (module, name)
     model.to_empty(device="cpu")
+    for module, name, owner, owner_name in ties:  # a tied output projection shares the embedding again
+        setattr(module, name, getattr(owner, owner_name))
     for module in model.modules():
         if isinstance(module, RotaryEmbedding):
             module.reset_tables()
