@@ -17,6 +17,7 @@ from PIL import Image
 from aigc import prepare
 from aigc.checkpoint import load_checkpoint
 from aigc.config import load_config
+from aigc.generate.beam import beam_params
 from aigc.generate.sampling import SamplingParams
 from aigc.generate.text import TextGenerator
 from aigc.generate.translate import Translator
@@ -100,8 +101,9 @@ def test_requests_are_routed_by_model(server, runs, ids):
     translated = post(server, "/v1/completions", {"model": ids["translate"], "prompt": "I love you.", "max_tokens": 20,
                                                   "temperature": 0})
     assert translated.status_code == 200, translated.text
-    reference = Translator.from_checkpoint(runs["translate"]).translate(
-        ["I love you."], SamplingParams(max_new_tokens=20, temperature=0))[0][0]
+    translator = Translator.from_checkpoint(runs["translate"])  # with the run's own beam search, as the server
+    beam = beam_params(load_checkpoint(runs["translate"]).config.generate, 20)
+    reference = translator.translate(["I love you."], SamplingParams(max_new_tokens=20, temperature=0), beam)[0][0]
     assert translated.json()["choices"][0]["text"] == reference and translated.json()["model"] == ids["translate"]
     chat = post(server, "/v1/chat/completions", {"model": ids["translate"], "max_tokens": 20, "temperature": 0,
                                                  "messages": [{"role": "user", "content": "Hello."},
