@@ -104,6 +104,15 @@ class Checkpoint:
             merge_lora(model)
         return model.to(device).eval()
 
+    def stored_precision(self) -> str:
+        """The safetensors type of the floating weights ("F32", "BF16", ...; a LoRA run: its base's), from the
+        file's header."""
+        if self.is_adapter:
+            return load_checkpoint(self.config.model.init).stored_precision()
+        with safe_open(self.path / weights_file(self.config), "pt") as weights:
+            types = {weights.get_slice(key).get_dtype() for key in weights.keys()}
+        return next((t for t in ("BF16", "F16", "F32") if t in types), "F32")
+
     def base_identity(self) -> str:
         """What a LoRA checkpoint's base is, whatever folder holds it: its files' SHA-256 (each fine-tuned run links
         its base into ``<run>/base``, so runs on one base have different paths to the same bytes)."""

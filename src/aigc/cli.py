@@ -140,7 +140,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     settings = with_flags(checkpoint.config.generate, args)
     task = task_for(checkpoint.config)
     load = with_flags(LoadSettings(), args)
-    generator = load_generator(checkpoint, load.device, load.quantize)
+    generator = load_generator(checkpoint, load.device, load.quantize, backend=load.backend)
     request = GenerateRequest(args.prompt, n=args.n, seed=args.seed, stream=args.stream, out=args.out,
                               truncate=not args.no_truncate, lines=_stdin_prompts() if args.prompt is None else ())
     task.generate(generator, request, settings, lambda text: print(text, end="", flush=True))
@@ -160,7 +160,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise AigcError(f"aigc chat talks to text runs; {args.run} is a {saved.data.kind} run (use aigc generate)")
     settings = with_flags(saved.generate, args)
     load = with_flags(LoadSettings(), args)
-    generator = load_generator(checkpoint, load.device, load.quantize)
+    generator = load_generator(checkpoint, load.device, load.quantize, backend=load.backend)
     interactive = sys.stdin.isatty()
     system = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(system)
@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("items", nargs="*", metavar="key=value",
                           help="data.*, eval.* or generate.* settings; data.paths=[files] scores those files instead "
                           "of the run's held-out split, reported in RUN_DIR/eval/files/ (e.g. an imported model on your notes)")
-    add_flags(evaluate, LoadSettings, skip=("device",))
+    add_flags(evaluate, LoadSettings, skip=("device", "backend"))
     evaluate.set_defaults(handler=cmd_eval)
     generate = sub.add_parser(
         "generate",

@@ -282,6 +282,9 @@ class LoadSettings(BaseModel):
     quantize: Literal["int8"] | None = Field(
         None, description="int8: linear weights as int8 with a scale per row (weight-only: a quarter of the float32 "
         "bytes; see docs/pretrained.md for the quality it costs)")
+    backend: Literal["torch", "llamacpp"] = Field(
+        "torch", description="what computes a text GPT's logits: torch, or llamacpp (llama.cpp's CPU kernels through "
+        "llama-cpp-python, on a GGUF export made once; faster decoding on a CPU, same sampling and stop rules)")
 
 
 class GenerateConfig(Section):

@@ -19,6 +19,7 @@ from aigc.errors import GenerationError
 from aigc.generate.beam import BeamParams, Hypothesis, beam_search
 from aigc.generate.decode import Event, PaddedBatch, Row, next_logits, seed_base
 from aigc.generate.sampling import SamplingParams, apply_penalties, choose
+from aigc.generate.slots import SlotBatch
 from aigc.models.gpt import GPT
 from aigc.models.seq2seq import Seq2Seq
 
@@ -62,13 +63,21 @@ class Engine:
         at the latest).
         """
         rows = rows if rows is not None else self.rows(prompts, params, self.steps_for(prompts, params))
-        batch = PaddedBatch(self.model, prompts, max(row.limit for row in rows), use_cache)
+        batch = self.padded_batch(prompts, max(row.limit for row in rows), use_cache)
         logits = batch.prefill()
         while True:
             yield [None if row.done else row.accept(row_logits) for row, row_logits in zip(rows, logits)]
             if all(row.done for row in rows):
                 return
             logits = batch.decode_step(torch.tensor([row.last for row in rows], device=self.device))
+
+    def padded_batch(self, prompts: list[list[int]], steps: int, use_cache: bool = True) -> PaddedBatch:
+        """The layout :meth:`steps` decodes ``prompts`` in, with room for ``steps`` new tokens each."""
+        return PaddedBatch(self.model, prompts, steps, use_cache)
+
+    def slot_batch(self, slots: int) -> SlotBatch:
+        """The layout the server's continuous batching runs ``slots`` rows in."""
+        return SlotBatch(self.model, slots)
 
     def rows(self, prompts: list[list[int]], params: SamplingParams, limits: list[int], **options) -> list[Row]:
         """One :class:`Row` per prompt, seeded ``base + i``, producing at most ``limits[i]`` tokens; ``options``

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from aigc.generate.decode import next_logits
 from aigc.models.layers import KVCache
 
 
@@ -48,10 +49,11 @@ class SlotCache:
 
 
 class SlotBatch:
-    """The rows of a continuous batch across all layers: load a prefilled sequence, step, move, free."""
+    """The rows of a continuous batch across all layers: prefill a sequence into slots, step, move, free."""
 
     def __init__(self, model, slots: int, positions: int = 256):
         c, param = model.config, model.wte.weight
+        self.model = model
         self.slots, self.capacity, self.active = slots, c.block_size, 0
         self.allocated = min(positions, c.block_size)
         self.lengths = torch.zeros(slots, dtype=torch.long, device=param.device)
@@ -64,6 +66,31 @@ class SlotBatch:
             self.allocated = min(self.capacity, max(positions, 2 * self.allocated))
             for cache in self.caches:
                 cache.grow(self.allocated)
+
+    def prefill(self, prompt: list[int], copies: int) -> tuple[torch.Tensor, list[int]]:
+        """Run ``prompt`` alone and load its keys/values into ``copies`` free slots: the logits after it (V,) and
+        the slots. Nothing is kept if it fails."""
+        ids = torch.tensor(prompt, device=self.lengths.device)
+        caches = self.model.new_caches(1, len(ids))
+        logits = next_logits(self.model, ids[None], caches)[0]
+        first = self.active
+        try:
+            return logits, [self.add(caches) for _ in range(copies)]
+        except BaseException:
+            self.active = first
+            raise
+
+    def step(self, tokens: list[int]) -> torch.Tensor:
+        """One token per active row -> the logits after it, (B, V)."""
+        positions, mask = self.step_inputs()
+        ids = torch.tensor(tokens, device=self.lengths.device)[:, None]
+        logits = next_logits(self.model, ids, self.caches, positions, mask)
+        self.advance()
+        return logits
+
+    def reset(self) -> None:
+        """Free every slot."""
+        self.active = 0
 
     def add(self, prefilled: list[KVCache], row: int = 0) -> int:
         """Copy row ``row`` of a prefilled per-layer cache into the next free slot; return the slot."""

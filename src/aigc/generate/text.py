@@ -38,11 +38,13 @@ class Completion:
 class TextGenerator:
     """Prompts in, text out, for the decoder-only GPT: a tokenizer and the one decode core."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, eos_ids: Iterable[int] = (), chat: ChatTemplate | None = None):
+    def __init__(self, model: GPT, tokenizer: Tokenizer, eos_ids: Iterable[int] = (), chat: ChatTemplate | None = None,
+                 engine: Engine | None = None):
         """``eos_ids``: the ids that end a sequence (an imported model's); default the tokenizer's <|endoftext|>.
-        ``chat``: how a conversation becomes a prompt; default aigc's plain template."""
+        ``chat``: how a conversation becomes a prompt; default aigc's plain template. ``engine``: what computes
+        the logits; default PyTorch's (:class:`Engine` of ``model``)."""
         self.model, self.tokenizer = model, tokenizer
-        self.engine = Engine(model)
+        self.engine = engine or Engine(model)
         self.eos_ids = frozenset(eos_ids) or frozenset({eot_id(tokenizer)})
         self.chat = chat or ChatTemplate()
 

@@ -1,7 +1,8 @@
 """Continuous batching for the decoder-only GPT: requests join and leave the running batch between steps.
 
 One background thread owns the model. Each turn it admits waiting requests into free slots (prefill
-of the prompt, alone, then its keys/values are copied into the shared :class:`SlotBatch`), then runs
+of the prompt, alone, into the engine's slot batch: :class:`~aigc.generate.slots.SlotBatch`, or
+llama.cpp's), then runs
 one decoding step for every running sequence at once. A sequence leaves as soon as it stops (stop id,
 stop string, token limit, full context), is cancelled (the client went away) or passes its deadline,
 and its slot is free for the next request in the same turn.
@@ -24,9 +25,8 @@ from dataclasses import dataclass, field
 import torch
 
 from aigc.errors import AigcError
-from aigc.generate.decode import Event, Row, next_logits, seed_base
+from aigc.generate.decode import Event, Row, seed_base
 from aigc.generate.sampling import SamplingParams
-from aigc.generate.slots import SlotBatch
 from aigc.generate.text import TextGenerator
 
 log = logging.getLogger(__name__)
@@ -134,12 +134,12 @@ class Scheduler(QueueWorker):
     def __init__(self, generator: TextGenerator, max_running: int = 32, max_waiting: int = 256,
                  max_waiting_tokens: int = 1_000_000):
         super().__init__(max_waiting)
-        self.generator, self.model = generator, generator.model
+        self.generator = generator
         self.max_running, self.max_waiting_tokens = max_running, max_waiting_tokens
-        self.batch = SlotBatch(self.model, max_running)
+        self.batch = generator.engine.slot_batch(max_running)
         self.rows: list[_Sequence] = []  # rows[slot] is the sequence in that slot
         self._eos_ids = generator.eos_ids
-        self._vocab = self.model.config.vocab_size
+        self._vocab = generator.engine.vocab_size
 
     def _check(self, request: Request) -> None:
         if request.n > self.max_running:
@@ -174,7 +174,7 @@ class Scheduler(QueueWorker):
                     if not sequence.row.done:
                         sequence.request.sink(Event(sequence.row.index, error=f"generation failed: {err}"))
                 self.rows.clear()
-                self.batch.active = 0
+                self.batch.reset()
         for sequence in self.rows:
             sequence.request.sink(Event(sequence.row.index, error="the server stopped"))
 
@@ -191,19 +191,19 @@ class Scheduler(QueueWorker):
 
     @torch.inference_mode()
     def _prefill(self, request: Request) -> None:
-        """Run the prompt alone, copy its keys/values into ``n`` slots and choose each row's first token.
+        """Run the prompt alone into ``n`` slots and choose each row's first token.
 
         A failure here (a bad request that passed validation) ends this request only.
         """
         try:
-            ids = torch.tensor(request.prompt, device=self.model.wte.weight.device)
-            caches = self.model.new_caches(1, len(ids))
-            logits = next_logits(self.model, ids[None], caches)[0]  # (V,)
-            base, limit = seed_base(request.params), min(request.params.max_new_tokens, self.batch.capacity - len(ids) + 1)
-            for index in range(request.n):
+            logits, slots = self.batch.prefill(request.prompt, request.n)  # (V,)
+            ids = torch.tensor(request.prompt, device=self.generator.engine.device)
+            base = seed_base(request.params)
+            limit = min(request.params.max_new_tokens, self.batch.capacity - len(ids) + 1)
+            for index, slot in enumerate(slots):
                 row = Row(index, ids, request.params, self._vocab, limit, base + index, self.generator.decode,
                           self._stop_ids(request.params), request.top_logprobs)
-                self.rows.append(_Sequence(request, row, self.batch.add(caches)))
+                self.rows.append(_Sequence(request, row, slot))
         except Exception as err:  # noqa: BLE001 - reported to the request's client
             self._fail(request, err, range(request.n))
             self._retire()
@@ -215,16 +215,13 @@ class Scheduler(QueueWorker):
     @torch.inference_mode()
     def _step(self) -> None:
         """One token for every running row; a failure of the batch's forward pass reaches every running request."""
-        tokens = torch.tensor([[s.row.last] for s in self.rows], device=self.model.wte.weight.device)  # (B, 1)
-        positions, mask = self.batch.step_inputs()
         try:
-            logits = next_logits(self.model, tokens, self.batch.caches, positions, mask)  # (B, V)
+            logits = self.batch.step([s.row.last for s in self.rows])  # (B, V)
         except Exception as err:  # noqa: BLE001 - reported to every client in the batch
             for request in {id(s.request): s.request for s in self.rows}.values():
                 self._fail(request, err)
             self._retire()
             return
-        self.batch.advance()
         for sequence, row_logits in zip(list(self.rows), logits):
             self._accept(sequence, row_logits)
         self._retire()

@@ -31,7 +31,7 @@ def served_model_for(path: Path, model_id: str, settings: ServeSettings, bases: 
     worker.
     ``bases``: base models shared by the LoRA runs served (:func:`~aigc.tasks.load_generator`)."""
     checkpoint = load_checkpoint(path)
-    generator = load_generator(checkpoint, settings.device, settings.quantize, bases)
+    generator = load_generator(checkpoint, settings.device, settings.quantize, bases, settings.backend)
     return SERVED_MODELS[task_for(checkpoint.config).api].create(model_id, generator, checkpoint.config.generate,
                                                                   settings)
 

@@ -34,15 +34,21 @@ def prepare(config: Config) -> PrepareResult:
 
 
 def load_generator(source: Checkpoint | Path, device: str = "cpu", quantize: str | None = None,
-                   bases: dict | None = None):
+                   bases: dict | None = None, backend: str = "torch"):
     """The generator of a run directory or checkpoint (or of one loaded already), as its task makes it;
     ``quantize="int8"``: its linear layers' weights as int8 (:func:`~aigc.models.quantize.quantize_model`).
+    ``backend="llamacpp"``: a text GPT whose logits llama.cpp computes
+    (:func:`~aigc.generate.llamacpp.llamacpp_generator`; int8 is then GGUF's q8_0).
 
     ``bases``: base models already loaded, by their identity. A LoRA run then puts its adapters on its
     base from there (loading it the first time), so a server with several adapters of one base holds the
     base's weights once. Quantized, each run gets its own base with its adapters merged in.
     """
     checkpoint = as_checkpoint(source)
+    if backend == "llamacpp":
+        from aigc.generate.llamacpp import llamacpp_generator
+
+        return llamacpp_generator(checkpoint, device, quantize)
     base = None
     if bases is not None and checkpoint.is_adapter and quantize is None:
         identity = checkpoint.base_identity()

@@ -1,0 +1,274 @@
+"""llama.cpp as the engine under a text GPT's decode core: ``aigc generate|chat|serve --backend llamacpp``.
+
+On a CPU, llama.cpp's kernels decode 1.7 to 3 times faster than PyTorch's at batch 1 (see
+``docs/pretrained.md``, measured by ``benchmarks/llamacpp.py``). This backend hands it only the
+arithmetic: the run is exported once to GGUF (:func:`~aigc.pretrained.gguf_export.export_gguf`, kept
+beside the checkpoint) and loaded through llama-cpp-python's C API, which turns token ids into
+next-token logits. Everything after the logits stays aigc's own :class:`~aigc.generate.decode.Row`:
+sampling with the row's seed, penalties, stop ids and stop strings, log-probabilities and text; the
+tokenizer and the chat template are the run's. So a prompt decodes with the same settings and rules on
+either backend, and greedy decoding gives the same tokens (tested).
+
+Two batch layouts, as for PyTorch: :class:`LlamaPaddedBatch` (prompts decoded together, for
+``aigc generate``) and :class:`LlamaSlotBatch` (rows that join and leave, for the server's continuous
+batching). Each sequence is its own llama.cpp sequence id with its own KV stream, so no padding is
+computed and a row that leaves frees its cells without moving anyone's keys.
+
+Shapes: B = rows decoded in a call, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aigc.chat_template import ChatTemplate
+from aigc.checkpoint import Checkpoint
+from aigc.config import ModelConfig
+from aigc.errors import ConfigError, GenerationError
+from aigc.generate.engine import Engine
+from aigc.generate.text import TextGenerator
+from aigc.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+# KV positions one server holds in all (f16 keys and values: 23 KB each for a SmolLM2-135M shape, 1.5 GB in all):
+# each of its slots gets the model's context, or this divided by the slots when that is less
+SERVER_KV_POSITIONS = 65_536
+CACHE = ".gguf"
+GGML_LOG_ERROR = 4  # ggml_log_level: none, debug, info, warn, error, cont
+_log_callback = None  # beside a run's checkpoints: the GGUF of each checkpoint decoded with llama.cpp
+
+
+def _library():
+    """llama-cpp-python's ctypes bindings, logging into :data:`log` (its errors as errors, the rest as debug), or
+    a clear error saying how to install them."""
+    global _log_callback
+    try:
+        import llama_cpp
+    except ImportError:
+        raise ConfigError("--backend llamacpp needs llama-cpp-python: pip install 'aigc[llamacpp]' (it builds "
+                          "llama.cpp from source, a few minutes), or use --backend torch") from None
+    if _log_callback is None:
+        @llama_cpp.llama_log_callback
+        def to_logging(level: int, text: bytes, user_data) -> None:
+            log.log(logging.ERROR if level == GGML_LOG_ERROR else logging.DEBUG, "%s",
+                    text.decode("utf-8", "replace").rstrip())
+
+        _log_callback = to_logging  # kept: llama.cpp calls it for as long as the process runs
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+    return llama_cpp
+
+
+class LlamaCppModel:
+    """A GGUF file loaded by llama.cpp (weights memory-mapped), with the run's model config for its limits."""
+
+    def __init__(self, gguf_file: Path, config: ModelConfig, threads: int | None = None):
+        self.lib = _library()
+        self.config, self.gguf_file = config, gguf_file
+        self.threads = threads or torch.get_num_threads()
+        self.lib.llama_backend_init()
+        self.handle = self.lib.llama_model_load_from_file(str(gguf_file).encode(), self.lib.llama_model_default_params())
+        if not self.handle:
+            raise GenerationError(f"llama.cpp could not load {gguf_file}; delete it to export it again")
+        vocab = self.lib.llama_vocab_n_tokens(self.lib.llama_model_get_vocab(self.handle))
+        if vocab != config.vocab_size:
+            raise GenerationError(f"{gguf_file} has {vocab} tokens, the run {config.vocab_size}; delete it to export "
+                                  "it again")
+
+    def context(self, sequences: int, positions: int) -> LlamaContext:
+        """A new context of ``sequences`` sequences with room for ``positions`` tokens each."""
+        return LlamaContext(self, sequences, positions)
+
+    def __del__(self):
+        if getattr(self, "handle", None):
+            self.lib.llama_model_free(self.handle)
+
+
+class LlamaContext:
+    """One llama.cpp context: ``sequences`` KV streams (sequence ids ``0 ..``) of ``positions`` tokens each."""
+
+    def __init__(self, model: LlamaCppModel, sequences: int, positions: int):
+        lib = self.lib = model.lib
+        self.model, self.sequences, self.positions = model, sequences, positions
+        self.vocab_size = model.config.vocab_size
+        params = lib.llama_context_default_params()
+        params.n_seq_max, params.n_ctx = sequences, sequences * positions
+        params.n_batch = params.n_ctx  # a whole prefill goes in one call; llama.cpp splits it into micro-batches
+        params.n_ubatch = min(512, params.n_ctx)
+        params.n_outputs_max = sequences  # only each sequence's last token has logits
+        params.n_threads = params.n_threads_batch = model.threads
+        params.kv_unified = False  # a stream per sequence: attention reads its own keys only, as a slot does
+        self.handle = lib.llama_init_from_model(model.handle, params)
+        if not self.handle:
+            raise GenerationError(f"llama.cpp could not make a context of {sequences} x {positions} positions "
+                                  "(out of memory?); ask for fewer at once")
+        self.memory = lib.llama_get_memory(self.handle)
+        self.batch = lib.llama_batch_init(params.n_batch, 0, 1)
+
+    def decode(self, seqs: list[int], tokens: list[list[int]], starts: list[int]) -> torch.Tensor:
+        """Append ``tokens[i]`` to sequence ``seqs[i]`` from position ``starts[i]``; the logits after each
+        sequence's last new token, float32 (B, V)."""
+        batch, n = self.batch, 0
+        for seq, ids, start in zip(seqs, tokens, starts):
+            for offset, token in enumerate(ids):
+                batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, start + offset, 1
+                batch.seq_id[n][0] = seq
+                batch.logits[n] = offset == len(ids) - 1
+                n += 1
+        batch.n_tokens = n
+        status = self.lib.llama_decode(self.handle, batch)
+        if status != 0:
+            raise GenerationError(f"llama.cpp could not decode {n} tokens (llama_decode returned {status})")
+        logits = self.lib.llama_get_logits(self.handle)
+        return torch.from_numpy(np.ctypeslib.as_array(logits, shape=(len(seqs), self.vocab_size)).copy())
+
+    def clear(self, seq: int = -1) -> None:
+        """Forget the tokens of sequence ``seq`` (-1: of every sequence)."""
+        self.lib.llama_memory_seq_rm(self.memory, seq, -1, -1)
+
+    def copy(self, source: int, target: int) -> None:
+        """Give sequence ``target`` (empty) the tokens of ``source``."""
+        self.lib.llama_memory_seq_cp(self.memory, source, target, -1, -1)
+
+    def __del__(self):
+        if getattr(self, "handle", None):
+            self.lib.llama_batch_free(self.batch)
+            self.lib.llama_free(self.handle)
+
+
+class LlamaPaddedBatch:
+    """Prompts decoded together, each its own sequence: the llama.cpp form of
+    :class:`~aigc.generate.decode.PaddedBatch` (``prefill``, ``decode_step``)."""
+
+    def __init__(self, model: LlamaCppModel, prompts: list[list[int]], steps: int):
+        self.context = model.context(len(prompts), max(map(len, prompts)) + steps)
+        self.prompts, self.lengths = prompts, [len(p) for p in prompts]
+        self.seqs = list(range(len(prompts)))
+
+    def prefill(self) -> torch.Tensor:
+        """Logits after every prompt, (B, V)."""
+        return self.context.decode(self.seqs, self.prompts, [0] * len(self.seqs))
+
+    def decode_step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append one token per row, (B,); logits after it, (B, V)."""
+        logits = self.context.decode(self.seqs, [[t] for t in tokens.tolist()], self.lengths)
+        self.lengths = [length + 1 for length in self.lengths]
+        return logits
+
+
+class LlamaSlotBatch:
+    """The rows of a continuous batch in one llama.cpp context: the llama.cpp form of
+    :class:`~aigc.generate.slots.SlotBatch` (``prefill``, ``step``, ``remove``, ``reset``).
+
+    Slot ``i`` (rows ``0 .. active - 1`` are live) decodes into sequence ``seq_of[i]``; a row that leaves
+    swaps sequence ids with the last live row, so no keys move.
+    """
+
+    def __init__(self, model: LlamaCppModel, slots: int):
+        self.slots, self.active = slots, 0
+        self.capacity = min(model.config.block_size, max(SERVER_KV_POSITIONS // slots, 256))
+        self.context = model.context(slots, self.capacity)
+        self.seq_of, self.lengths = list(range(slots)), [0] * slots
+
+    def prefill(self, prompt: list[int], copies: int) -> tuple[torch.Tensor, list[int]]:
+        """Decode ``prompt`` into the next free slot and copy it into ``copies - 1`` more; the logits after it (V,)
+        and the slots."""
+        if len(prompt) >= self.capacity:
+            raise GenerationError(f"the prompt has {len(prompt)} tokens; this server holds {self.capacity} per "
+                                  "sequence (fewer --max-running sequences hold more each)")
+        first = self.seq_of[self.active]
+        logits = self.context.decode([first], [prompt], [0])[0]
+        slots = list(range(self.active, self.active + copies))
+        for slot in slots:
+            if slot != self.active:
+                self.context.copy(first, self.seq_of[slot])
+            self.lengths[slot] = len(prompt)
+        self.active += copies
+        return logits, slots
+
+    def step(self, tokens: list[int]) -> torch.Tensor:
+        """One token per live row -> the logits after it, (B, V)."""
+        live = range(self.active)
+        logits = self.context.decode(self.seq_of[: self.active], [[t] for t in tokens], self.lengths[: self.active])
+        for slot in live:
+            self.lengths[slot] += 1
+        return logits
+
+    def remove(self, slot: int) -> int | None:
+        """Free ``slot``: the last live row takes its place; return the row that moved (None if none did)."""
+        last = self.active - 1
+        self.context.clear(self.seq_of[slot])
+        self.active -= 1
+        if slot == last:
+            return None
+        self.seq_of[slot], self.seq_of[last] = self.seq_of[last], self.seq_of[slot]
+        self.lengths[slot] = self.lengths[last]
+        return last
+
+    def reset(self) -> None:
+        """Free every slot."""
+        self.context.clear()
+        self.active = 0
+
+
+class LlamaCppEngine(Engine):
+    """The decode engine of a text GPT with llama.cpp computing the logits (on the CPU)."""
+
+    def __init__(self, model: LlamaCppModel):
+        self.model = model
+        self.block_size, self.vocab_size = model.config.block_size, model.config.vocab_size
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def padded_batch(self, prompts: list[list[int]], steps: int, use_cache: bool = True) -> LlamaPaddedBatch:
+        return LlamaPaddedBatch(self.model, prompts, steps)
+
+    def slot_batch(self, slots: int) -> LlamaSlotBatch:
+        return LlamaSlotBatch(self.model, slots)
+
+
+def gguf_type(checkpoint: Checkpoint, quantize: str | None) -> str:
+    """The GGUF type that decodes as the run does: q8_0 for ``--quantize int8``, else the stored precision."""
+    if quantize == "int8":
+        return "q8_0"
+    return {"BF16": "bf16", "F16": "f16"}.get(checkpoint.stored_precision(), "f32")
+
+
+def cached_gguf(checkpoint: Checkpoint, kind: str) -> Path:
+    """The checkpoint exported to GGUF ``kind``, once: kept in ``checkpoints/.gguf/`` under the hash of the
+    checkpoint's files (and of a LoRA run's base), so a changed checkpoint is exported again."""
+    from aigc.pretrained.gguf_export import export_gguf
+
+    identity = json.dumps([checkpoint.meta.get("files"), checkpoint.base_identity() if checkpoint.is_adapter else None],
+                          sort_keys=True)
+    folder = checkpoint.path.parent / CACHE / f"{checkpoint.path.name}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}-{kind}"
+    found = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
+    if found:
+        return found[0]
+    shutil.rmtree(folder, ignore_errors=True)
+    log.info("exporting %s to GGUF (%s) for llama.cpp, once, into %s", checkpoint.path, kind, folder)
+    return export_gguf(checkpoint.path, folder, kind).gguf_file
+
+
+def llamacpp_generator(checkpoint: Checkpoint, device: str = "cpu", quantize: str | None = None) -> TextGenerator:
+    """A :class:`TextGenerator` of a text GPT run whose logits llama.cpp computes (on the CPU)."""
+    from aigc.pretrained.exporter import require_text_gpt
+
+    require_text_gpt(checkpoint.config, checkpoint.path, "llama.cpp (--backend llamacpp)")
+    if device != "cpu":
+        raise ConfigError(f"--backend llamacpp runs on the CPU; drop --device {device}, or use --backend torch")
+    _library()
+    model = LlamaCppModel(cached_gguf(checkpoint, gguf_type(checkpoint, quantize)), checkpoint.config.model)
+    tokenizer = load_tokenizer(checkpoint.path / "tokenizer.json")
+    return TextGenerator(model, tokenizer, checkpoint.config.model.eos_token_ids,
+                         ChatTemplate.from_checkpoint(checkpoint.path), engine=LlamaCppEngine(model))
