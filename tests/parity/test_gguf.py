@@ -303,3 +303,115 @@ def test_a_truncated_or_foreign_file_is_a_clear_error_that_leaves_nothing(export
         with pytest.raises(CheckpointError, match="not a readable GGUF file"):
             import_gguf(tmp_path / name, [f"run.dir={tmp_path / 'run'}"])
         assert not (tmp_path / "run").exists()
+
+
+# ---- aigc on llama.cpp: --backend llamacpp ----
+
+def _answers(generator, prompt: str, params: SamplingParams) -> tuple[list[int], str, str]:
+    completion = generator.complete([prompt], params)[0]
+    return completion.token_ids, completion.text, completion.finish_reason
+
+
+def test_the_llamacpp_backend_decodes_as_torch(exported, llama_cpp):
+    """The same tokens greedy, and the same seeded samples with penalties and a stop string: llama.cpp computes the
+    logits, aigc's decode core samples and stops."""
+    from aigc.tasks import load_generator
+
+    name, _, run, _ = exported
+    torch_generator, llama = load_generator(run), load_generator(run, backend="llamacpp")
+    text, _ = torch_generator.chat_prompt(CHAT)
+    greedy = SamplingParams(max_new_tokens=32, temperature=0.0)
+    sampled = SamplingParams(max_new_tokens=24, temperature=0.8, top_k=20, top_p=0.9, repetition_penalty=1.3,
+                             frequency_penalty=0.5, seed=7, stop=["e"], logprobs=True)
+    for prompt, params in [(PROMPT, greedy), (text, greedy), (PROMPT, sampled)]:
+        assert _answers(llama, prompt, params) == _answers(torch_generator, prompt, params), (name, params)
+    batched = [c.token_ids for c in llama.complete([PROMPT, text, "a"], greedy)]
+    assert batched == [_answers(llama, p, greedy)[0] for p in (PROMPT, text, "a")], name
+
+
+@pytest.mark.parametrize("exported", ["qwen2"], indirect=True)
+def test_the_llamacpp_backend_exports_once_per_checkpoint_and_type(exported, llama_cpp):
+    from aigc.generate.llamacpp import CACHE
+    from aigc.tasks import load_generator
+
+    _, _, run, _ = exported
+    cache = load_checkpoint(run).path.parent / CACHE
+    shutil.rmtree(cache, ignore_errors=True)
+    load_generator(run, backend="llamacpp")
+    q8 = load_generator(run, quantize="int8", backend="llamacpp")
+    files = sorted(p.name for p in cache.glob("*/*.gguf"))
+    assert files == ["run-f32.gguf", "run-q8_0.gguf"]
+    stamps = [p.stat().st_mtime_ns for p in cache.glob("*/*.gguf")]
+    load_generator(run, backend="llamacpp")
+    assert [p.stat().st_mtime_ns for p in cache.glob("*/*.gguf")] == stamps  # not exported again
+    assert gguf.GGUFReader(q8.model.gguf_file).tensors[0].tensor_type == gguf.GGMLQuantizationType.Q8_0
+    assert len(q8.complete([PROMPT], SamplingParams(max_new_tokens=8, temperature=0.0))[0].token_ids) == 8
+
+
+def _serve(run, bodies: list[dict], backend: str, slots: int, together: bool) -> list[dict]:
+    """The JSON answers of a server of ``run`` to ``bodies`` (completions or chats), sent all at once or one after
+    another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    from aigc.serve.app import create_app
+    from aigc.serve.server import served_model_for
+    from aigc.serve.settings import ServeSettings
+
+    settings = ServeSettings(backend=backend, max_batch=slots)
+    model = served_model_for(run, "tiny", settings)
+    model.worker.start()
+    try:
+        with TestClient(create_app([model], settings)) as client, ThreadPoolExecutor(len(bodies) if together else 1) as pool:
+            paths = ["/v1/chat/completions" if "messages" in body else "/v1/completions" for body in bodies]
+            replies = list(pool.map(lambda sent: client.post(sent[0], json=sent[1]), zip(paths, bodies)))
+    finally:
+        model.worker.stop()
+    assert all(reply.status_code == 200 for reply in replies), [reply.text for reply in replies]
+    return [reply.json()["choices"] for reply in replies]
+
+
+@pytest.mark.parametrize("exported", ["llama"], indirect=True)
+def test_serve_on_llamacpp_answers_as_torch_one_request_at_a_time(exported, llama_cpp):
+    """More requests than slots, n=2 (the prompt's keys copied to a second sequence), greedy and seeded with the
+    run's sampling defaults, and a chat: each answer equals torch's for the request alone."""
+    _, _, run, _ = exported
+    prompts = [PROMPT, "hello world", "the queen", "a b c d e f", "king"]
+    bodies = [{"model": "tiny", "prompt": p, "max_tokens": 12, "temperature": 0.9 if i % 2 else 0.0, "seed": i, "n": 2}
+              for i, p in enumerate(prompts)]
+    bodies.append({"model": "tiny", "messages": CHAT, "max_tokens": 8, "temperature": 0})
+    assert _serve(run, bodies, "llamacpp", 3, together=True) == _serve(run, bodies, "torch", 2, together=False)
+
+
+@pytest.mark.parametrize("exported", ["own-gpt2"], indirect=True)
+def test_cli_generate_and_chat_on_llamacpp_print_what_torch_prints(exported, llama_cpp, capsys, monkeypatch):
+    import io
+
+    _, _, run, _ = exported
+    printed = {}
+    for backend in ("torch", "llamacpp"):
+        assert main(["generate", str(run), "--prompt", PROMPT, "--temperature", "0", "--max-new-tokens", "16",
+                     "--backend", backend]) == 0
+        monkeypatch.setattr("sys.stdin", io.StringIO("hello world\n"))
+        assert main(["chat", str(run), "--temperature", "0", "--max-new-tokens", "16", "--backend", backend]) == 0
+        printed[backend] = capsys.readouterr().out
+    assert printed["llamacpp"] == printed["torch"] and len(printed["torch"]) > len(PROMPT)
+
+
+def test_the_llamacpp_backend_refuses_what_it_cannot_run(tmp_path, llama_cpp):
+    from aigc.checkpoint import save_checkpoint
+    from aigc.config import load_config
+    from aigc.models import GPT
+    from aigc.tasks import load_generator
+    from aigc.tokenizer import train_char
+
+    tokenizer = train_char(tiny_hf.CORPUS, 64)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    config = load_config("text", [f"run.dir={tmp_path}", "model.n_layer=1", "model.n_head=2", "model.n_embd=16",
+                                  "model.block_size=16", f"model.vocab_size={tokenizer.get_vocab_size()}", "model.mlp=gelu_tanh"])
+    save_checkpoint(tmp_path, 1, config, GPT(config.model).state_dict(), {}, {})
+    with pytest.raises(CheckpointError, match="tokenizer.kind=bpe"):  # llama.cpp cannot hold a char vocabulary
+        load_generator(tmp_path, backend="llamacpp")
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        load_generator(tmp_path, device="cuda", backend="llamacpp")

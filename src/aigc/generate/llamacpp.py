@@ -151,16 +151,23 @@ class LlamaPaddedBatch:
     def __init__(self, model: LlamaCppModel, prompts: list[list[int]], steps: int):
         self.context = model.context(len(prompts), max(map(len, prompts)) + steps)
         self.prompts, self.lengths = prompts, [len(p) for p in prompts]
-        self.seqs = list(range(len(prompts)))
+        self.seqs, self.context_size = list(range(len(prompts))), model.config.block_size
 
     def prefill(self) -> torch.Tensor:
         """Logits after every prompt, (B, V)."""
         return self.context.decode(self.seqs, self.prompts, [0] * len(self.seqs))
 
     def decode_step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Append one token per row, (B,); logits after it, (B, V)."""
-        logits = self.context.decode(self.seqs, [[t] for t in tokens.tolist()], self.lengths)
-        self.lengths = [length + 1 for length in self.lengths]
+        """Append one token per row, (B,); logits after it, (B, V).
+
+        A row whose context is full has produced its last token (its logits are unused): it is not fed, and
+        its logits are zeros."""
+        live = [row for row, length in enumerate(self.lengths) if length < self.context_size]
+        tokens = tokens.tolist()
+        logits = torch.zeros(len(tokens), self.context.vocab_size)
+        logits[live] = self.context.decode(live, [[tokens[row]] for row in live], [self.lengths[row] for row in live])
+        for row in live:
+            self.lengths[row] += 1
         return logits
 
 
@@ -183,7 +190,7 @@ class LlamaSlotBatch:
         and the slots."""
         if len(prompt) >= self.capacity:
             raise GenerationError(f"the prompt has {len(prompt)} tokens; this server holds {self.capacity} per "
-                                  "sequence (fewer --max-running sequences hold more each)")
+                                  "sequence (a smaller --max-batch gives each sequence more)")
         first = self.seq_of[self.active]
         logits = self.context.decode([first], [prompt], [0])[0]
         slots = list(range(self.active, self.active + copies))
