@@ -110,14 +110,31 @@ def llamacpp_source(cache: Path) -> Path:
             return candidate
     sdist = next((path for path in SDIST_COPIES if path.is_file()), None)
     if sdist is None:
-        download = cache / "dl"
-        subprocess.run([sys.executable, "-m", "pip", "download", f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "--no-deps",
-                        "--no-binary", ":all:", "-d", str(download)], check=True)
-        sdist = download / SDIST
+        sdist = download_sdist(cache / "dl")
     with tarfile.open(sdist) as archive:
         safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12 / 3.11.4
         archive.extractall(cache / "src", **safe)
     return extracted
+
+
+def download_sdist(folder: Path) -> Path:
+    """The sdist's file from PyPI (its simple index, in JSON), checked against the index's SHA-256. Not
+    ``pip download``: that prepares the sdist's metadata, building each of its build dependencies from source."""
+    import hashlib
+    import urllib.request
+
+    index = urllib.request.Request("https://pypi.org/simple/llama-cpp-python/",
+                                   headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(index) as answer:
+        entry = next(file for file in json.load(answer)["files"] if file["filename"] == SDIST)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / SDIST
+    print(f"downloading {entry['url']} ...", flush=True)
+    urllib.request.urlretrieve(entry["url"], path)
+    if hashlib.sha256(path.read_bytes()).hexdigest() != entry["hashes"]["sha256"]:
+        path.unlink()
+        raise SystemExit(f"{SDIST} does not match PyPI's SHA-256; run again")
+    return path
 
 
 def built_with(cache: Path) -> Path:
@@ -375,6 +392,11 @@ def batch_eight(models: list[Model], cache: Path, bandwidth: float, new_tokens: 
 
 
 SERVER_PROMPT = "The quick brown fox jumps over the lazy dog. " * 4  # the same text, one tokenizer, both servers
+# Each client's prompt starts with its own word: llama-server keeps finished prompts in RAM (--cache-ram, on by
+# default) and loads a cached one into a new slot, so 16 copies of one prompt would skip their prefill there
+# (aigc has no prefix cache yet); every request prefills its own prompt on both servers.
+CLIENT_WORDS = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine", "Ten", "Eleven",
+                "Twelve", "Thirteen", "Fourteen", "Fifteen", "Sixteen"]
 
 
 def start_server(command: list[str], ready_url: str) -> subprocess.Popen:
@@ -395,19 +417,21 @@ def start_server(command: list[str], ready_url: str) -> subprocess.Popen:
 
 def clients_rate(url: str, model: str, clients: int, tokens: int) -> tuple[float, int]:
     """(output tokens/s, tokens) of ``clients`` concurrent /v1/completions requests of ``tokens`` greedy tokens
-    each (after one warm-up request); the tokens are the servers' own counts (``usage``)."""
-    body = {"model": model, "prompt": SERVER_PROMPT, "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
+    each (after one warm-up request), each prompt its own (``CLIENT_WORDS``); the tokens are the servers' own counts
+    (``usage``)."""
 
-    async def one(client: httpx.AsyncClient) -> int:
+    async def one(client: httpx.AsyncClient, index: int) -> int:
+        body = {"model": model, "prompt": f"{CLIENT_WORDS[index % len(CLIENT_WORDS)]}: {SERVER_PROMPT}",
+                "max_tokens": tokens, "temperature": 0, "ignore_eos": True}
         response = await client.post(f"{url}/v1/completions", json=body)
         response.raise_for_status()
         return response.json()["usage"]["completion_tokens"]
 
     async def all_clients() -> tuple[float, int]:
         async with httpx.AsyncClient(timeout=1800) as client:
-            await one(client)
+            await one(client, 0)
             started = time.perf_counter()
-            produced = sum(await asyncio.gather(*(one(client) for _ in range(clients))))
+            produced = sum(await asyncio.gather(*(one(client, index) for index in range(1, clients + 1))))
             return produced / (time.perf_counter() - started), produced
 
     return asyncio.run(all_clients())

@@ -187,12 +187,16 @@ class LlamaSlotBatch:
 
     def prefill(self, prompt: list[int], copies: int) -> tuple[torch.Tensor, list[int]]:
         """Decode ``prompt`` into the next free slot and copy it into ``copies - 1`` more; the logits after it (V,)
-        and the slots."""
+        and the slots. All or nothing: after a failure no slot is kept."""
         if len(prompt) >= self.capacity:
             raise GenerationError(f"the prompt has {len(prompt)} tokens; this server holds {self.capacity} per "
                                   "sequence (a smaller --max-batch gives each sequence more)")
         first = self.seq_of[self.active]
-        logits = self.context.decode([first], [prompt], [0])[0]
+        try:
+            logits = self.context.decode([first], [prompt], [0])[0]
+        except BaseException:  # nothing kept: llama.cpp may leave what it decoded before a fatal error
+            self.context.clear(first)
+            raise
         slots = list(range(self.active, self.active + copies))
         for slot in slots:
             if slot != self.active:

@@ -69,7 +69,7 @@ class SlotBatch:
 
     def prefill(self, prompt: list[int], copies: int) -> tuple[torch.Tensor, list[int]]:
         """Run ``prompt`` alone and load its keys/values into ``copies`` free slots: the logits after it (V,) and
-        the slots. Nothing is kept if it fails."""
+        the slots. All or nothing: after a failure no slot is kept."""
         ids = torch.tensor(prompt, device=self.lengths.device)
         caches = self.model.new_caches(1, len(ids))
         logits = next_logits(self.model, ids[None], caches)[0]

@@ -1,9 +1,8 @@
 """Continuous batching for the decoder-only GPT: requests join and leave the running batch between steps.
 
 One background thread owns the model. Each turn it admits waiting requests into free slots (prefill
-of the prompt, alone, into the engine's slot batch: :class:`~aigc.generate.slots.SlotBatch`, or
-llama.cpp's), then runs
-one decoding step for every running sequence at once. A sequence leaves as soon as it stops (stop id,
+of each prompt, alone, into the engine's slot batch: :class:`~aigc.generate.slots.SlotBatch`, or
+llama.cpp's), then runs one decoding step for every running sequence at once. A sequence leaves as soon as it stops (stop id,
 stop string, token limit, full context), is cancelled (the client went away) or passes its deadline,
 and its slot is free for the next request in the same turn.
 
@@ -193,24 +192,27 @@ class Scheduler(QueueWorker):
     def _prefill(self, request: Request) -> None:
         """Run the prompt alone into ``n`` slots and choose each row's first token.
 
-        A failure here (a bad request that passed validation) ends this request only.
+        A failure here (a bad request that passed validation) ends this request only, and keeps no slot.
         """
         try:
+            rows = self._rows(request)
             logits, slots = self.batch.prefill(request.prompt, request.n)  # (V,)
-            ids = torch.tensor(request.prompt, device=self.generator.engine.device)
-            base = seed_base(request.params)
-            limit = min(request.params.max_new_tokens, self.batch.capacity - len(ids) + 1)
-            for index, slot in enumerate(slots):
-                row = Row(index, ids, request.params, self._vocab, limit, base + index, self.generator.decode,
-                          self._stop_ids(request.params), request.top_logprobs)
-                self.rows.append(_Sequence(request, row, slot))
         except Exception as err:  # noqa: BLE001 - reported to the request's client
             self._fail(request, err, range(request.n))
-            self._retire()
             return
-        for sequence in self.rows[len(self.rows) - request.n :]:
+        sequences = [_Sequence(request, row, slot) for row, slot in zip(rows, slots)]
+        self.rows.extend(sequences)
+        for sequence in sequences:
             self._accept(sequence, logits)
         self._retire()
+
+    def _rows(self, request: Request) -> list[Row]:
+        """The decode-core rows of ``request``'s ``n`` choices, seeded ``base + index``."""
+        ids = torch.tensor(request.prompt, device=self.generator.engine.device)
+        base = seed_base(request.params)
+        limit = min(request.params.max_new_tokens, self.batch.capacity - len(ids) + 1)
+        return [Row(index, ids, request.params, self._vocab, limit, base + index, self.generator.decode,
+                    self._stop_ids(request.params), request.top_logprobs) for index in range(request.n)]
 
     @torch.inference_mode()
     def _step(self) -> None:
