@@ -48,6 +48,7 @@ from aigc.tokenizer import TARGET_TOKENIZER
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
+GGUF_CACHE = ".gguf"  # in checkpoints/: each checkpoint's GGUF exports for --backend llamacpp, named <step>-<hash>-<type>
 
 
 def weights_file(config: Config) -> str:
@@ -98,17 +99,28 @@ class Checkpoint:
             if merge:
                 raise ValueError("adapters are merged into a base of their own, not into a shared one")
             model = copy.deepcopy(base, {id(t): t for t in itertools.chain(base.parameters(), base.buffers())})
+        return self._with_adapters(model, merge and next(model.parameters()).dtype == torch.float32).to(device)
+
+    def _with_adapters(self, model: torch.nn.Module, merge: bool) -> torch.nn.Module:
         apply_lora(model, self.config.train.lora)
         load_peft_state(model, self.model_state())
-        if merge and next(model.parameters()).dtype == torch.float32:
+        if merge:
             merge_lora(model)
-        return model.to(device).eval()
+        return model.eval()
+
+    def load_merged(self) -> torch.nn.Module:
+        """The model as one set of weights, to hand to another engine (a file, llama.cpp): a LoRA run's adapters
+        folded into its base, widened to float32 for that when the base is not (folded into bfloat16 weights,
+        small updates would round away)."""
+        if not self.is_adapter:
+            return self.load_model()
+        return self._with_adapters(self.load_base().float(), merge=True)
 
     def stored_precision(self) -> str:
-        """The safetensors type of the floating weights ("F32", "BF16", ...; a LoRA run: its base's), from the
-        file's header."""
+        """The safetensors type of the floating weights ("F32", "BF16", ...) from the file's header; a LoRA run's
+        merged model (:meth:`load_merged`) is float32."""
         if self.is_adapter:
-            return load_checkpoint(self.config.model.init).stored_precision()
+            return "F32"
         with safe_open(self.path / weights_file(self.config), "pt") as weights:
             types = {weights.get_slice(key).get_dtype() for key in weights.keys()}
         return next((t for t in ("BF16", "F16", "F32") if t in types), "F32")
@@ -254,11 +266,14 @@ def latest_valid(run_dir: Path, warn=print) -> Checkpoint | None:
 
 
 def prune(run_dir: Path, keep: int) -> None:
-    """Delete step folders other than the ``keep`` newest and the one ``best`` points to; clear stale temp folders."""
+    """Delete step folders other than the ``keep`` newest and the one ``best`` points to (and their GGUF exports);
+    clear stale temp folders."""
     root = run_dir / CHECKPOINTS
     best = (root / "best").resolve() if (root / "best").is_symlink() else None
     for folder in checkpoints(run_dir)[:-keep]:
         if folder.resolve() != best:
             shutil.rmtree(folder)
+            for export in (root / GGUF_CACHE).glob(f"{folder.name}-*"):
+                shutil.rmtree(export, ignore_errors=True)
     for stale in root.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)

@@ -325,17 +325,21 @@ def test_the_llamacpp_backend_decodes_as_torch(exported, llama_cpp):
                              frequency_penalty=0.5, seed=7, stop=["e"], logprobs=True)
     for prompt, params in [(PROMPT, greedy), (text, greedy), (PROMPT, sampled)]:
         assert _answers(llama, prompt, params) == _answers(torch_generator, prompt, params), (name, params)
-    batched = [c.token_ids for c in llama.complete([PROMPT, text, "a"], greedy)]
-    assert batched == [_answers(llama, p, greedy)[0] for p in (PROMPT, text, "a")], name
+    # batched as alone, with a prompt that fills the context (cut to its last block_size - 1 tokens: 2 new tokens)
+    prompts = [PROMPT, text, " ".join(tiny_hf.CORPUS) * 20, "a"]
+    batched = [c.token_ids for c in llama.complete(prompts, greedy)]
+    assert batched == [_answers(llama, p, greedy)[0] for p in prompts], name
+    assert batched == [c.token_ids for c in torch_generator.complete(prompts, greedy)], name
+    assert len(batched[2]) == 2, name
 
 
 @pytest.mark.parametrize("exported", ["qwen2"], indirect=True)
 def test_the_llamacpp_backend_exports_once_per_checkpoint_and_type(exported, llama_cpp):
-    from aigc.generate.llamacpp import CACHE
+    from aigc.checkpoint import GGUF_CACHE
     from aigc.tasks import load_generator
 
     _, _, run, _ = exported
-    cache = load_checkpoint(run).path.parent / CACHE
+    cache = load_checkpoint(run).path.parent / GGUF_CACHE
     shutil.rmtree(cache, ignore_errors=True)
     load_generator(run, backend="llamacpp")
     q8 = load_generator(run, quantize="int8", backend="llamacpp")
@@ -378,10 +382,42 @@ def test_serve_on_llamacpp_answers_as_torch_one_request_at_a_time(exported, llam
     run's sampling defaults, and a chat: each answer equals torch's for the request alone."""
     _, _, run, _ = exported
     prompts = [PROMPT, "hello world", "the queen", "a b c d e f", "king"]
-    bodies = [{"model": "tiny", "prompt": p, "max_tokens": 12, "temperature": 0.9 if i % 2 else 0.0, "seed": i, "n": 2}
-              for i, p in enumerate(prompts)]
+    # rows leave at different steps, so the last live row moves into a freed slot (its keys copied) mid-run
+    bodies = [{"model": "tiny", "prompt": p, "max_tokens": 4 + 3 * i, "temperature": 0.9 if i % 2 else 0.0, "seed": i,
+               "n": 2} for i, p in enumerate(prompts)]
     bodies.append({"model": "tiny", "messages": CHAT, "max_tokens": 8, "temperature": 0})
     assert _serve(run, bodies, "llamacpp", 3, together=True) == _serve(run, bodies, "torch", 2, together=False)
+
+
+@pytest.mark.parametrize("exported", ["qwen2"], indirect=True)
+def test_a_server_promises_what_its_llamacpp_slots_hold(exported, llama_cpp, monkeypatch):
+    """Slots smaller than the model's context (their share of the server's key/value memory): /v1/models says so,
+    and a prompt or max_tokens beyond it is a 400 that says what to do, not a failed or cut-short generation."""
+    from fastapi.testclient import TestClient
+
+    import aigc.generate.llamacpp as llamacpp
+    from aigc.serve.app import create_app
+    from aigc.serve.server import served_model_for
+    from aigc.serve.settings import ServeSettings
+
+    _, _, run, _ = exported
+    monkeypatch.setattr(llamacpp, "SERVER_KV_BYTES", 1)
+    monkeypatch.setattr(llamacpp, "MIN_SLOT_POSITIONS", 24)
+    settings = ServeSettings(backend="llamacpp", max_batch=2)
+    model = served_model_for(run, "tiny", settings)
+    model.worker.start()
+    try:
+        with TestClient(create_app([model], settings)) as client:
+            assert client.get("/v1/models").json()["data"][0]["context"] == 24
+            body = {"model": "tiny", "prompt": PROMPT, "temperature": 0}
+            too_long = client.post("/v1/completions", json=body | {"prompt": PROMPT * 8})
+            too_many = client.post("/v1/completions", json=body | {"max_tokens": 30})
+            fits = client.post("/v1/completions", json=body | {"max_tokens": 8})
+    finally:
+        model.worker.stop()
+    for refused in (too_long, too_many):
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "context_length_exceeded"
+    assert fits.status_code == 200 and fits.json()["usage"]["completion_tokens"] == 8
 
 
 @pytest.mark.parametrize("exported", ["own-gpt2"], indirect=True)

@@ -21,9 +21,13 @@ from tests.parity import tiny_hf
 @pytest.fixture(scope="module", params=["llama", "qwen2", "gpt2"])
 def adapted(request, tmp_path_factory):
     """A tiny random model of the family, imported, then LoRA-trained for a few steps on a tiny corpus."""
-    root = tmp_path_factory.mktemp(request.param)
-    tiny_hf.save_model(root / "hf", request.param)
-    import_model(root / "hf", [f"run.dir={root / 'base'}"])
+    return _adapted(tmp_path_factory.mktemp(request.param), request.param)
+
+
+def _adapted(root, family: str, dtype: str | None = None):
+    """``root`` with ``base`` (``family`` imported, as ``dtype``) and ``lora`` (LoRA-trained on it for 6 steps)."""
+    tiny_hf.save_model(root / "hf", family)
+    import_model(root / "hf", [f"run.dir={root / 'base'}"], dtype=dtype)
     corpus = root / "corpus.txt"
     corpus.write_text("\n\n".join(tiny_hf.CORPUS), encoding="utf-8")
     config = load_config("text", [f"run.dir={root / 'lora'}", f"data.paths=[{corpus}]", f"model.init={root / 'base'}",
@@ -74,3 +78,22 @@ def test_gguf_export_of_a_lora_run_is_the_merged_model(adapted):
     back = load_checkpoint(adapted / "from-gguf").load_model()
     assert (_logits(back, ids) - _logits(merged, ids)).abs().max().item() <= 1e-5
     assert (_logits(back, ids) - _logits(base, ids)).abs().max().item() > 1e-3  # the adapters are in it
+
+
+def test_a_lora_run_on_a_bf16_base_exports_merged_in_float32_and_decodes_on_llamacpp(tmp_path):
+    """Folded into bfloat16 weights small updates would round away, so torch keeps them beside the base; a GGUF (and
+    --backend llamacpp) gets them folded into a float32 copy, and greedy-decodes as torch does."""
+    pytest.importorskip("llama_cpp")
+    from aigc.generate.engine import Engine
+    from aigc.generate.sampling import SamplingParams
+    from aigc.pretrained.gguf_export import export_gguf
+    from aigc.tasks import load_generator
+
+    root = _adapted(tmp_path, "llama", dtype="bf16")
+    assert export_gguf(root / "lora", root / "gguf").type == "f16"  # exported from the float32 merge
+    llama, reference = load_generator(root / "lora", backend="llamacpp"), load_generator(root / "lora")
+    assert next(reference.model.parameters()).dtype == torch.bfloat16
+    reference.engine = Engine(load_checkpoint(root / "lora").load_merged())
+    greedy = SamplingParams(max_new_tokens=16, temperature=0.0)
+    prompt = "the king and the queen"
+    assert llama.complete([prompt], greedy)[0].token_ids == reference.complete([prompt], greedy)[0].token_ids

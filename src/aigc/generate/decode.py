@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -34,6 +35,36 @@ class Event:
     finish_reason: str | None = None
     error: str | None = None
     timed_out: bool = False  # the error is the request's deadline, not a failure
+
+
+class PromptBatch(Protocol):
+    """Prompts decoded together (:class:`PaddedBatch`, or llama.cpp's): the logits of every row, step by step."""
+
+    def prefill(self) -> torch.Tensor:
+        """Logits after every prompt, (B, V)."""
+
+    def decode_step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append one token per row, (B,); logits after it, (B, V)."""
+
+
+class ContinuousBatch(Protocol):
+    """Rows that join and leave between steps (:class:`~aigc.generate.slots.SlotBatch`, or llama.cpp's); the live
+    rows are slots ``0 .. active - 1``, each holding at most ``capacity`` tokens."""
+
+    active: int
+    capacity: int
+
+    def prefill(self, prompt: list[int], copies: int) -> tuple[torch.Tensor, list[int]]:
+        """Run ``prompt`` into ``copies`` free slots: the logits after it (V,) and the slots; nothing kept on failure."""
+
+    def step(self, tokens: list[int]) -> torch.Tensor:
+        """One token per live row -> the logits after it, (B, V)."""
+
+    def remove(self, slot: int) -> int | None:
+        """Free ``slot`` by moving the last live row into it; return the row that moved (None if none did)."""
+
+    def reset(self) -> None:
+        """Free every slot."""
 
 
 def seed_base(params: SamplingParams) -> int:

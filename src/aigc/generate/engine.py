@@ -17,7 +17,7 @@ import torch
 
 from aigc.errors import GenerationError
 from aigc.generate.beam import BeamParams, Hypothesis, beam_search
-from aigc.generate.decode import Event, PaddedBatch, Row, next_logits, seed_base
+from aigc.generate.decode import ContinuousBatch, Event, PaddedBatch, PromptBatch, Row, next_logits, seed_base
 from aigc.generate.sampling import SamplingParams, apply_penalties, choose
 from aigc.generate.slots import SlotBatch
 from aigc.models.gpt import GPT
@@ -30,17 +30,29 @@ def _generators(params: SamplingParams, rows: int, device: torch.device) -> list
     return [torch.Generator(device=device).manual_seed(base + row) for row in range(rows)]
 
 
-class Engine:
-    """Batched autoregressive decoding over a :class:`~aigc.models.gpt.GPT` or a :class:`~aigc.models.seq2seq.Seq2Seq`."""
+class DecoderEngine:
+    """Decoding of a decoder-only GPT's prompts through the decode core, over a backend's two batch layouts.
 
-    def __init__(self, model: GPT | Seq2Seq):
-        self.model = model.eval()
-        self.block_size = model.config.block_size
-        self.vocab_size = model.config.vocab_size
+    Subclasses set ``model``, ``block_size`` and ``vocab_size`` and make the layouts: :class:`Engine` on
+    PyTorch, :class:`~aigc.generate.llamacpp.LlamaCppEngine` on llama.cpp.
+    """
+
+    model: object
+    block_size: int
+    vocab_size: int
 
     @property
     def device(self) -> torch.device:
-        return self.model.wte.weight.device
+        """Where rows keep their prompts, counts and generators: the device of the logits."""
+        raise NotImplementedError
+
+    def padded_batch(self, prompts: list[list[int]], steps: int, use_cache: bool = True) -> PromptBatch:
+        """The layout :meth:`steps` decodes ``prompts`` in, with room for ``steps`` new tokens each."""
+        raise NotImplementedError
+
+    def slot_batch(self, slots: int) -> ContinuousBatch:
+        """The layout the server's continuous batching runs ``slots`` rows in."""
+        raise NotImplementedError
 
     def steps_for(self, prompts: list[list[int]], params: SamplingParams) -> list[int]:
         """How many tokens each of ``prompts`` may produce: ``max_new_tokens``, or what the context leaves it.
@@ -71,20 +83,32 @@ class Engine:
                 return
             logits = batch.decode_step(torch.tensor([row.last for row in rows], device=self.device))
 
-    def padded_batch(self, prompts: list[list[int]], steps: int, use_cache: bool = True) -> PaddedBatch:
-        """The layout :meth:`steps` decodes ``prompts`` in, with room for ``steps`` new tokens each."""
-        return PaddedBatch(self.model, prompts, steps, use_cache)
-
-    def slot_batch(self, slots: int) -> SlotBatch:
-        """The layout the server's continuous batching runs ``slots`` rows in."""
-        return SlotBatch(self.model, slots)
-
     def rows(self, prompts: list[list[int]], params: SamplingParams, limits: list[int], **options) -> list[Row]:
         """One :class:`Row` per prompt, seeded ``base + i``, producing at most ``limits[i]`` tokens; ``options``
         go to every row (decode, stop_ids, ...)."""
         base = seed_base(params)
         return [Row(i, torch.tensor(p, device=self.device), params, self.vocab_size, limit, base + i, **options)
                 for i, (p, limit) in enumerate(zip(prompts, limits))]
+
+
+class Engine(DecoderEngine):
+    """Batched autoregressive decoding over a :class:`~aigc.models.gpt.GPT` or a :class:`~aigc.models.seq2seq.Seq2Seq`
+    on PyTorch: the decoder-only GPT's prompts, the encoder-decoder's sources, the caption-prefix model's pixels."""
+
+    def __init__(self, model: GPT | Seq2Seq):
+        self.model = model.eval()
+        self.block_size = model.config.block_size
+        self.vocab_size = model.config.vocab_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.wte.weight.device
+
+    def padded_batch(self, prompts: list[list[int]], steps: int, use_cache: bool = True) -> PaddedBatch:
+        return PaddedBatch(self.model, prompts, steps, use_cache)
+
+    def slot_batch(self, slots: int) -> SlotBatch:
+        return SlotBatch(self.model, slots)
 
     def _encode(self, sources: list[list[int]], repeat: int = 1):
         """Right-padded sources -> per-layer cross K/V and mask, each row repeated ``repeat`` times (beams)."""

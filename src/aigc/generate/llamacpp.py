@@ -1,6 +1,6 @@
 """llama.cpp as the engine under a text GPT's decode core: ``aigc generate|chat|serve --backend llamacpp``.
 
-On a CPU, llama.cpp's kernels decode 1.7 to 3 times faster than PyTorch's at batch 1 (see
+On a CPU, llama.cpp's kernels decode 2 to 4 times faster than PyTorch's at batch 1 (see
 ``docs/pretrained.md``, measured by ``benchmarks/llamacpp.py``). This backend hands it only the
 arithmetic: the run is exported once to GGUF (:func:`~aigc.pretrained.gguf_export.export_gguf`, kept
 beside the checkpoint) and loaded through llama-cpp-python's C API, which turns token ids into
@@ -12,7 +12,7 @@ either backend, and greedy decoding gives the same tokens (tested).
 Two batch layouts, as for PyTorch: :class:`LlamaPaddedBatch` (prompts decoded together, for
 ``aigc generate``) and :class:`LlamaSlotBatch` (rows that join and leave, for the server's continuous
 batching). Each sequence is its own llama.cpp sequence id with its own KV stream, so no padding is
-computed and a row that leaves frees its cells without moving anyone's keys.
+computed.
 
 Shapes: B = rows decoded in a call, V = vocabulary.
 """
@@ -20,6 +20,7 @@ Shapes: B = rows decoded in a call, V = vocabulary.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import json
 import logging
@@ -29,22 +30,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aigc import __version__
 from aigc.chat_template import ChatTemplate
-from aigc.checkpoint import Checkpoint
+from aigc.checkpoint import GGUF_CACHE, Checkpoint
 from aigc.config import ModelConfig
-from aigc.errors import ConfigError, GenerationError
-from aigc.generate.engine import Engine
+from aigc.errors import CheckpointError, ConfigError, GenerationError
+from aigc.generate.engine import DecoderEngine
 from aigc.generate.text import TextGenerator
 from aigc.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-# KV positions one server holds in all (f16 keys and values: 23 KB each for a SmolLM2-135M shape, 1.5 GB in all):
-# each of its slots gets the model's context, or this divided by the slots when that is less
-SERVER_KV_POSITIONS = 65_536
-CACHE = ".gguf"
+# The keys and values one server holds (llama.cpp allocates them at start): each of its slots gets the model's
+# context, or its share of this when that is less (a SmolLM2-135M shape: 23 KB a position, 2,900 positions for each
+# of 32 slots)
+SERVER_KV_BYTES = 2 * 2**30
+MIN_SLOT_POSITIONS = 256  # a slot's least room, whatever its share of SERVER_KV_BYTES
+MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ: the sequences one context decodes
 GGML_LOG_ERROR = 4  # ggml_log_level: none, debug, info, warn, error, cont
-_log_callback = None  # beside a run's checkpoints: the GGUF of each checkpoint decoded with llama.cpp
+_log_callback = None  # llama.cpp's log callback, kept alive for as long as the process runs
 
 
 def _library():
@@ -62,7 +66,7 @@ def _library():
             log.log(logging.ERROR if level == GGML_LOG_ERROR else logging.DEBUG, "%s",
                     text.decode("utf-8", "replace").rstrip())
 
-        _log_callback = to_logging  # kept: llama.cpp calls it for as long as the process runs
+        _log_callback = to_logging
         llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
     return llama_cpp
 
@@ -74,6 +78,7 @@ class LlamaCppModel:
         self.lib = _library()
         self.config, self.gguf_file = config, gguf_file
         self.threads = threads or torch.get_num_threads()
+        self.kv_bytes_per_token = config.n_layer * config.kv_heads * config.head_dim * 2 * 2  # keys, values in f16
         self.lib.llama_backend_init()
         self.handle = self.lib.llama_model_load_from_file(str(gguf_file).encode(), self.lib.llama_model_default_params())
         if not self.handle:
@@ -96,6 +101,10 @@ class LlamaContext:
     """One llama.cpp context: ``sequences`` KV streams (sequence ids ``0 ..``) of ``positions`` tokens each."""
 
     def __init__(self, model: LlamaCppModel, sequences: int, positions: int):
+        if sequences > MAX_SEQUENCES:
+            raise GenerationError(f"llama.cpp decodes at most {MAX_SEQUENCES} sequences at once, not {sequences}: "
+                                  f"ask for fewer prompts or choices at once (aigc serve: --max-batch {MAX_SEQUENCES} "
+                                  "or less)")
         lib = self.lib = model.lib
         self.model, self.sequences, self.positions = model, sequences, positions
         self.vocab_size = model.config.vocab_size
@@ -108,8 +117,8 @@ class LlamaContext:
         params.kv_unified = False  # a stream per sequence: attention reads its own keys only, as a slot does
         self.handle = lib.llama_init_from_model(model.handle, params)
         if not self.handle:
-            raise GenerationError(f"llama.cpp could not make a context of {sequences} x {positions} positions "
-                                  "(out of memory?); ask for fewer at once")
+            raise GenerationError(f"llama.cpp could not make a context of {sequences} sequences of {positions} "
+                                  "positions (out of memory?); ask for fewer prompts at once, or a smaller --max-batch")
         self.memory = lib.llama_get_memory(self.handle)
         self.batch = lib.llama_batch_init(params.n_batch, 0, 1)
 
@@ -126,7 +135,8 @@ class LlamaContext:
         batch.n_tokens = n
         status = self.lib.llama_decode(self.handle, batch)
         if status != 0:
-            raise GenerationError(f"llama.cpp could not decode {n} tokens (llama_decode returned {status})")
+            raise GenerationError(f"llama.cpp could not decode {n} tokens (llama_decode returned {status}; its errors "
+                                  "are logged above); retry with fewer prompts at once, or use --backend torch")
         logits = self.lib.llama_get_logits(self.handle)
         return torch.from_numpy(np.ctypeslib.as_array(logits, shape=(len(seqs), self.vocab_size)).copy())
 
@@ -175,15 +185,23 @@ class LlamaSlotBatch:
     """The rows of a continuous batch in one llama.cpp context: the llama.cpp form of
     :class:`~aigc.generate.slots.SlotBatch` (``prefill``, ``step``, ``remove``, ``reset``).
 
-    Slot ``i`` (rows ``0 .. active - 1`` are live) decodes into sequence ``seq_of[i]``; a row that leaves
-    swaps sequence ids with the last live row, so no keys move.
+    Slot ``i`` decodes into llama.cpp sequence ``i``, and the live rows are always ``0 .. active - 1``: a row
+    that leaves is replaced by the last one, whose KV stream is copied over (as ``SlotBatch`` moves its
+    keys). llama.cpp computes a step of separate streams in one pass only over consecutive sequence ids, so a
+    gap would split every later step into one pass per run of ids.
+
+    Each slot holds the model's context, or its share of :data:`SERVER_KV_BYTES` when that is less
+    (``capacity``, what the server then promises a request).
     """
 
     def __init__(self, model: LlamaCppModel, slots: int):
         self.slots, self.active = slots, 0
-        self.capacity = min(model.config.block_size, max(SERVER_KV_POSITIONS // slots, 256))
+        share = SERVER_KV_BYTES // (slots * model.kv_bytes_per_token)
+        self.capacity = min(model.config.block_size, max(share, MIN_SLOT_POSITIONS))
         self.context = model.context(slots, self.capacity)
-        self.seq_of, self.lengths = list(range(slots)), [0] * slots
+        self.lengths = [0] * slots
+        log.info("llama.cpp holds %d sequences of %d positions (%.1f GiB of keys and values)", slots, self.capacity,
+                 slots * self.capacity * model.kv_bytes_per_token / 2**30)
 
     def prefill(self, prompt: list[int], copies: int) -> tuple[torch.Tensor, list[int]]:
         """Decode ``prompt`` into the next free slot and copy it into ``copies - 1`` more; the logits after it (V,)
@@ -191,16 +209,16 @@ class LlamaSlotBatch:
         if len(prompt) >= self.capacity:
             raise GenerationError(f"the prompt has {len(prompt)} tokens; this server holds {self.capacity} per "
                                   "sequence (a smaller --max-batch gives each sequence more)")
-        first = self.seq_of[self.active]
+        first = self.active
         try:
             logits = self.context.decode([first], [prompt], [0])[0]
         except BaseException:  # nothing kept: llama.cpp may leave what it decoded before a fatal error
             self.context.clear(first)
             raise
-        slots = list(range(self.active, self.active + copies))
+        slots = list(range(first, first + copies))
         for slot in slots:
-            if slot != self.active:
-                self.context.copy(first, self.seq_of[slot])
+            if slot != first:
+                self.context.copy(first, slot)
             self.lengths[slot] = len(prompt)
         self.active += copies
         return logits, slots
@@ -208,19 +226,20 @@ class LlamaSlotBatch:
     def step(self, tokens: list[int]) -> torch.Tensor:
         """One token per live row -> the logits after it, (B, V)."""
         live = range(self.active)
-        logits = self.context.decode(self.seq_of[: self.active], [[t] for t in tokens], self.lengths[: self.active])
+        logits = self.context.decode(list(live), [[t] for t in tokens], self.lengths[: self.active])
         for slot in live:
             self.lengths[slot] += 1
         return logits
 
     def remove(self, slot: int) -> int | None:
-        """Free ``slot``: the last live row takes its place; return the row that moved (None if none did)."""
+        """Free ``slot`` by moving the last live row into it; return the row that moved (None if none did)."""
         last = self.active - 1
-        self.context.clear(self.seq_of[slot])
+        self.context.clear(slot)
         self.active -= 1
         if slot == last:
             return None
-        self.seq_of[slot], self.seq_of[last] = self.seq_of[last], self.seq_of[slot]
+        self.context.copy(last, slot)  # llama.cpp copies the stream before its next decode writes to either
+        self.context.clear(last)
         self.lengths[slot] = self.lengths[last]
         return last
 
@@ -230,8 +249,9 @@ class LlamaSlotBatch:
         self.active = 0
 
 
-class LlamaCppEngine(Engine):
-    """The decode engine of a text GPT with llama.cpp computing the logits (on the CPU)."""
+class LlamaCppEngine(DecoderEngine):
+    """The decode engine of a text GPT with llama.cpp computing the logits (on the CPU). It has no uncached path:
+    ``use_cache`` (the reference the torch cache is tested against) does not apply."""
 
     def __init__(self, model: LlamaCppModel):
         self.model = model
@@ -252,23 +272,32 @@ def gguf_type(checkpoint: Checkpoint, quantize: str | None) -> str:
     """The GGUF type that decodes as the run does: q8_0 for ``--quantize int8``, else the stored precision."""
     if quantize == "int8":
         return "q8_0"
-    return {"BF16": "bf16", "F16": "f16"}.get(checkpoint.stored_precision(), "f32")
+    return {"BF16": "bf16", "F16": "f16"}.get(checkpoint.stored_precision(), "f32")  # a LoRA run: merged in f32
 
 
 def cached_gguf(checkpoint: Checkpoint, kind: str) -> Path:
     """The checkpoint exported to GGUF ``kind``, once: kept in ``checkpoints/.gguf/`` under the hash of the
-    checkpoint's files (and of a LoRA run's base), so a changed checkpoint is exported again."""
+    checkpoint's files (and of a LoRA run's base) and of aigc's version, so a changed checkpoint or a new aigc
+    exports again. A lock lets one process export while another waits for its file."""
     from aigc.pretrained.gguf_export import export_gguf
 
-    identity = json.dumps([checkpoint.meta.get("files"), checkpoint.base_identity() if checkpoint.is_adapter else None],
-                          sort_keys=True)
-    folder = checkpoint.path.parent / CACHE / f"{checkpoint.path.name}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}-{kind}"
-    found = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
-    if found:
-        return found[0]
-    shutil.rmtree(folder, ignore_errors=True)
-    log.info("exporting %s to GGUF (%s) for llama.cpp, once, into %s", checkpoint.path, kind, folder)
-    return export_gguf(checkpoint.path, folder, kind).gguf_file
+    identity = json.dumps([__version__, checkpoint.meta.get("files"),
+                           checkpoint.base_identity() if checkpoint.is_adapter else None], sort_keys=True)
+    root = checkpoint.path.parent / GGUF_CACHE
+    folder = root / f"{checkpoint.path.name}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}-{kind}"
+    try:
+        root.mkdir(exist_ok=True)
+        with open(root / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            found = sorted(folder.glob("*.gguf")) if folder.is_dir() else []
+            if found:
+                return found[0]
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("exporting %s to GGUF (%s) for llama.cpp, once, into %s", checkpoint.path, kind, folder)
+            return export_gguf(checkpoint.path, folder, kind).gguf_file
+    except PermissionError as err:
+        raise CheckpointError(f"--backend llamacpp keeps a GGUF export of the checkpoint in {root}, which cannot be "
+                              f"written ({err.strerror}): make the run's folder writable, or use --backend torch") from None
 
 
 def llamacpp_generator(checkpoint: Checkpoint, device: str = "cpu", quantize: str | None = None) -> TextGenerator:

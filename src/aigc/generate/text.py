@@ -18,7 +18,7 @@ from aigc.checkpoint import Checkpoint, as_checkpoint
 from aigc.errors import GenerationError
 from aigc.chat_template import ChatTemplate
 from aigc.generate.decode import Event
-from aigc.generate.engine import Engine
+from aigc.generate.engine import DecoderEngine, Engine
 from aigc.generate.sampling import SamplingParams
 from aigc.models.gpt import GPT
 from aigc.tokenizer import eot_id
@@ -39,10 +39,11 @@ class TextGenerator:
     """Prompts in, text out, for the decoder-only GPT: a tokenizer and the one decode core."""
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, eos_ids: Iterable[int] = (), chat: ChatTemplate | None = None,
-                 engine: Engine | None = None):
+                 engine: DecoderEngine | None = None):
         """``eos_ids``: the ids that end a sequence (an imported model's); default the tokenizer's <|endoftext|>.
         ``chat``: how a conversation becomes a prompt; default aigc's plain template. ``engine``: what computes
-        the logits; default PyTorch's (:class:`Engine` of ``model``)."""
+        the logits; default PyTorch's (:class:`Engine` of ``model``; ``model`` is then what that engine runs,
+        e.g. a :class:`~aigc.generate.llamacpp.LlamaCppModel`)."""
         self.model, self.tokenizer = model, tokenizer
         self.engine = engine or Engine(model)
         self.eos_ids = frozenset(eos_ids) or frozenset({eot_id(tokenizer)})

@@ -79,7 +79,7 @@ def export_run(run: Path, out_dir: Path, merge: bool = False) -> ExportResult:
     if out_dir.exists():
         raise CheckpointError(f"{out_dir} already exists; give a new folder to export into")
     separate = checkpoint.is_adapter and not merge
-    model = load_checkpoint(config.model.init).load_model() if separate else checkpoint.load_model()
+    model = load_checkpoint(config.model.init).load_model() if separate else checkpoint.load_merged()
     weights = hf.hf_state_dict(model)
     if config.model.tie_embeddings:
         weights.pop("lm_head.weight")  # transformers ties it from tie_word_embeddings

@@ -79,7 +79,7 @@ def export_gguf(run: Path, out_dir: Path, kind: str | None = None) -> GgufExport
     vocab = vocab_of(tokenizer, config.model.vocab_size)
     eos_ids = list(config.model.eos_token_ids) or [tokenizer.token_to_id(EOT)]
     chat = ChatTemplate.from_checkpoint(checkpoint.path)
-    model = checkpoint.load_model()  # a LoRA run: its adapters merged into the base
+    model = checkpoint.load_merged()  # a LoRA run: its adapters merged into the base (in float32)
     stored = next(model.parameters()).dtype
     kind = kind or ("bf16" if stored == torch.bfloat16 else "f16")
     state = {k: v.detach() for k, v in model.state_dict().items()}

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from aigc.errors import AigcError
-from aigc.generate.decode import Event, Row, seed_base
+from aigc.generate.decode import Event, Row
 from aigc.generate.sampling import SamplingParams
 from aigc.generate.text import TextGenerator
 
@@ -208,11 +208,10 @@ class Scheduler(QueueWorker):
 
     def _rows(self, request: Request) -> list[Row]:
         """The decode-core rows of ``request``'s ``n`` choices, seeded ``base + index``."""
-        ids = torch.tensor(request.prompt, device=self.generator.engine.device)
-        base = seed_base(request.params)
-        limit = min(request.params.max_new_tokens, self.batch.capacity - len(ids) + 1)
-        return [Row(index, ids, request.params, self._vocab, limit, base + index, self.generator.decode,
-                    self._stop_ids(request.params), request.top_logprobs) for index in range(request.n)]
+        limit = min(request.params.max_new_tokens, self.batch.capacity - len(request.prompt) + 1)
+        return self.generator.engine.rows([request.prompt] * request.n, request.params, [limit] * request.n,
+                                          decode=self.generator.decode, stop_ids=self._stop_ids(request.params),
+                                          top_logprobs=request.top_logprobs)
 
     @torch.inference_mode()
     def _step(self) -> None:

@@ -271,6 +271,12 @@ class CompletionModel(TextModel):
                settings: ServeSettings) -> CompletionModel:
         return cls(model_id, generator, Scheduler(generator, settings.max_batch, settings.max_waiting), defaults)
 
+    @property
+    def context(self) -> int:
+        """Tokens one sequence holds: the model's context, or less where the engine's slots hold less (llama.cpp's
+        share of its key/value memory)."""
+        return min(self.generator.engine.block_size, self.worker.batch.capacity)
+
     def chat_prompt(self, messages: list[Message]) -> tuple[str, list[str]]:
         """The run's chat template (an imported model's own, else aigc's plain "Role: text" lines then
         "Assistant:", stopping at a new user line; :mod:`aigc.chat_template`)."""
