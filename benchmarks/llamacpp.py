@@ -38,6 +38,7 @@ the summary counts each backend apart).
                                   [--llamacpp-dir DIR]    # or AIGC_LLAMACPP_DIR; default .cache/llamacpp
     python benchmarks/llamacpp.py --quick    # smoke run: SmolLM2's shape, 32 new tokens, batch 1 only
     python benchmarks/llamacpp.py --no-servers   # batch 1 and 8 only
+    python benchmarks/llamacpp.py --servers-only # the servers' table only
 """
 
 from __future__ import annotations
@@ -526,6 +527,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--quick", action="store_true", help="smoke run: SmolLM2's shape, 32 new tokens, batch 1")
     parser.add_argument("--no-servers", action="store_true", help="skip the servers' comparison")
+    parser.add_argument("--servers-only", action="store_true", help="the servers' comparison alone")
     parser.add_argument("--work", type=Path, help="folder for the models and GGUF files (default: a temporary one)")
     parser.add_argument("--llamacpp-dir", type=Path, help="llama.cpp build cache (default $AIGC_LLAMACPP_DIR or "
                                                           ".cache/llamacpp)")
@@ -550,6 +552,10 @@ def main() -> None:
               f"{THREADS} threads each; memory read rate {bandwidth / 1e9:.1f} GB/s; greedy, {PROMPT_TOKENS}-token "
               f"prompts, {args.new_tokens} new tokens; pp = prompt processing, tg = decode; floor = weight bytes per "
               f"step over the read rate\n", flush=True)
+        if args.servers_only:
+            server_errors = servers(models, cache)
+            print("\n".join(f"server error: {line}" for line in server_errors) + "\n" + load.verdict())
+            return
         print_header()
         rows = batch_one(models, cache, bandwidth, args.new_tokens)
         if rows and rows[0]["record"]:
