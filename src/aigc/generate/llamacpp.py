@@ -294,7 +294,11 @@ def cached_gguf(checkpoint: Checkpoint, kind: str) -> Path:
                 return found[0]
             shutil.rmtree(folder, ignore_errors=True)
             log.info("exporting %s to GGUF (%s) for llama.cpp, once, into %s", checkpoint.path, kind, folder)
-            return export_gguf(checkpoint.path, folder, kind).gguf_file
+            try:
+                return export_gguf(checkpoint.path, folder, kind).gguf_file
+            except (CheckpointError, ConfigError) as err:  # the export's advice, and this command's way out
+                raise type(err)(f"--backend llamacpp runs the run's GGUF export, which cannot be made: {err}. Or "
+                                "decode with --backend torch") from None
     except PermissionError as err:
         raise CheckpointError(f"--backend llamacpp keeps a GGUF export of the checkpoint in {root}, which cannot be "
                               f"written ({err.strerror}): make the run's folder writable, or use --backend torch") from None
