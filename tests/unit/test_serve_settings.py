@@ -23,12 +23,12 @@ def test_every_flag_keeps_its_spelling():
                              "--api-key-file", "keys.txt", "--cors-origin", "http://x", "--cors-origin", "http://y",
                              "--max-batch", "4", "--max-waiting", "9", "--max-tokens", "64", "--max-n", "2",
                              "--max-body-bytes", "500", "--timeout", "7.5", "--ping-interval", "0.5",
-                             "--drain-timeout", "3", "--device", "cuda", "--quantize", "int8")
+                             "--drain-timeout", "3", "--device", "cuda", "--quantize", "int8", "--backend", "llamacpp")
     assert settings.model_dump() == {
         "host": "0.0.0.0", "port": 9000, "api_keys": ["a", "b"], "api_key_file": settings.api_key_file,
         "cors_origins": ["http://x", "http://y"], "max_batch": 4, "max_waiting": 9, "max_tokens": 64, "max_n": 2,
         "max_body_bytes": 500, "timeout_s": 7.5, "ping_interval_s": 0.5, "drain_timeout_s": 3.0, "device": "cuda",
-        "quantize": "int8"}
+        "quantize": "int8", "backend": "llamacpp"}
     assert str(settings.api_key_file) == "keys.txt"
     assert settings_from("--max-tokens", "none").max_tokens is None
 
@@ -39,7 +39,7 @@ def test_help_shows_each_flag_with_its_meaning_and_default(capsys):
     shown = " ".join(capsys.readouterr().out.split())
     for flag in ("--host", "--port", "--api-key", "--api-key-file", "--cors-origin", "--max-batch", "--max-waiting",
                  "--max-tokens", "--max-n", "--max-body-bytes", "--timeout", "--ping-interval", "--drain-timeout",
-                 "--device"):
+                 "--device", "--backend"):
         assert flag in shown, flag
     for meaning in ("[default: 127.0.0.1]", "[default: 8000]", "[default: 600.0]", "[default: 30.0]",
                     "sequences decoded together"):
