@@ -174,11 +174,14 @@ class LlamaPaddedBatch:
         its logits are zeros."""
         live = [row for row, length in enumerate(self.lengths) if length < self.context_size]
         tokens = tokens.tolist()
-        logits = torch.zeros(len(tokens), self.context.vocab_size)
-        logits[live] = self.context.decode(live, [[tokens[row]] for row in live], [self.lengths[row] for row in live])
+        logits = self.context.decode(live, [[tokens[row]] for row in live], [self.lengths[row] for row in live])
         for row in live:
             self.lengths[row] += 1
-        return logits
+        if len(live) == len(tokens):  # the usual step: no row's context is full
+            return logits
+        every = torch.zeros(len(tokens), self.context.vocab_size)
+        every[live] = logits
+        return every
 
 
 class LlamaSlotBatch:

@@ -2,9 +2,9 @@
 
 One background thread owns the model. Each turn it admits waiting requests into free slots (prefill
 of each prompt, alone, into the engine's slot batch: :class:`~aigc.generate.slots.SlotBatch`, or
-llama.cpp's), then runs one decoding step for every running sequence at once. A sequence leaves as soon as it stops (stop id,
-stop string, token limit, full context), is cancelled (the client went away) or passes its deadline,
-and its slot is free for the next request in the same turn.
+llama.cpp's), then runs one decoding step for every running sequence at once. A sequence leaves as soon
+as it stops (stop id, stop string, token limit, full context), is cancelled (the client went away) or
+passes its deadline, and its slot is free for the next request in the same turn.
 
 Requests talk to the thread through a ``sink`` callback that receives :class:`Event` objects (text
 increments that are final, made by the decode core's :class:`~aigc.generate.decode.Row`); the HTTP layer forwards them
