@@ -22,7 +22,7 @@
 2. Instruction fine-tuning of the code model: ``aigc run code`` (3 CPU minutes; or an existing run,
    ``--code-run``), then ``aigc run sft model.init=<it> train.max_minutes=5 eval.execute=true``; the
    fine-tuned model against the same code model without fine-tuning on the sft run's held-out standard
-   library functions (``aigc.evaluation_chat.evaluate_conversations``, same prompts through the same chat
+   library functions (``aigc.tasks.chat.evaluation.evaluate_conversations``, same prompts through the same chat
    template, same sampling): held-out assistant loss, and the shares of answers that parse, compile and
    pass the reference's doctests (run in sandboxed subprocesses).
 
@@ -193,7 +193,7 @@ def base_report(code: Path, sft: Path) -> dict:
     """The code model without fine-tuning, scored as ``aigc eval`` scores the sft run (its checkpoint's settings)."""
     from aigc.checkpoint import load_checkpoint
     from aigc.data.shards import read_manifest
-    from aigc.evaluation_chat import evaluate_conversations
+    from aigc.tasks.chat.evaluation import evaluate_conversations
     from aigc.tasks import load_generator
 
     best = sft / "checkpoints" / "best"

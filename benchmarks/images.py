@@ -40,10 +40,10 @@ from aigc.config import load_config
 from aigc.data.pairs import split_pairs, target_start
 from aigc.data.shards import read_manifest
 from aigc.generate.sampling import SamplingParams
-from aigc.images.evaluation import bits_per_pixel, judge_for
-from aigc.images.generator import ImageGenerator
-from aigc.images.pixels import dequantise
-from aigc.images.sampler import PrefixSampler
+from aigc.tasks.images.evaluation import bits_per_pixel, judge_for
+from aigc.tasks.images.generator import ImageGenerator
+from aigc.tasks.images.pixels import dequantise
+from aigc.tasks.images.sampler import PrefixSampler
 from aigc.training.optim import build_optimizer, learning_rate
 
 from loadwatch import LoadWatch  # benchmarks/loadwatch.py, beside this script

@@ -36,10 +36,10 @@ from aigc.config import load_config
 from aigc.data.pairs import split_pairs, target_start
 from aigc.data.shards import read_manifest
 from aigc.generate.sampling import SamplingParams
-from aigc.images.sampler import PrefixSampler
-from aigc.speech.audio import SAMPLE_RATE
-from aigc.speech.evaluation import UNSEEN_TEXT, References
-from aigc.speech.generator import SpeechGenerator, Utterance
+from aigc.tasks.images.sampler import PrefixSampler
+from aigc.tasks.speech.audio import SAMPLE_RATE
+from aigc.tasks.speech.evaluation import UNSEEN_TEXT, References
+from aigc.tasks.speech.generator import SpeechGenerator, Utterance
 
 from images import imagegpt, sample_hf, train_hf  # benchmarks/images.py: the same peer loop for prefix models
 from loadwatch import LoadWatch  # benchmarks/loadwatch.py, beside this script

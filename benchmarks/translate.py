@@ -44,7 +44,7 @@ from aigc.config import load_config
 from aigc.data.pairs import PairSampler, split_pairs
 from aigc.data.shards import read_manifest
 from aigc.generate.sampling import SamplingParams
-from aigc.generate.translate import Translator
+from aigc.tasks.pairs.translator import Translator
 from aigc.tasks import prepare
 from aigc.training.loop import train
 from aigc.training.optim import build_optimizer, learning_rate

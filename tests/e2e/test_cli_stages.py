@@ -23,7 +23,7 @@ from aigc.data.pairs import split_pairs
 from aigc.data.shards import open_split, read_manifest
 from aigc.generate.sampling import sampling_params
 from aigc.generate.text import TextGenerator
-from aigc.images import shapes
+from aigc.tasks.images import shapes
 from tests.e2e.test_run import aigc
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

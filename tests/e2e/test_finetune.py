@@ -21,7 +21,7 @@ from aigc.config import load_config
 from aigc.data.shards import read_manifest
 from aigc.data.split import assign_split
 from aigc.errors import TrainingError
-from aigc.evaluation_chat import evaluate_conversations
+from aigc.tasks.chat.evaluation import evaluate_conversations
 from aigc.files import file_hash
 from aigc.serve.server import load_models
 from aigc.tasks import load_generator

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 
 from aigc.data.pairs import split_pairs
 from aigc.data.shards import read_manifest
-from aigc.images.evaluation import NOVEL_PROMPT, bits_per_pixel
+from aigc.tasks.images.evaluation import NOVEL_PROMPT, bits_per_pixel
 from aigc.tasks import load_generator
 from tests.conftest import FIXED_STEPS
 from tests.e2e.test_run import aigc

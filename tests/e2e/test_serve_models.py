@@ -20,7 +20,7 @@ from aigc.config import load_config
 from aigc.generate.beam import beam_params
 from aigc.generate.sampling import SamplingParams
 from aigc.generate.text import TextGenerator
-from aigc.generate.translate import Translator
+from aigc.tasks.pairs.translator import Translator
 from aigc.training.loop import train
 from tests.e2e.test_serve import Server
 

@@ -112,7 +112,7 @@ def test_run_many_keeps_input_order_with_mixed_outcomes():
 
 def test_the_reports_code_validity_counts_what_parses_and_what_compiles():
     """The run report's rates on known completions: one right, one that only parses, one that does not parse."""
-    from aigc.evaluation import code_validity
+    from aigc.tasks.text.evaluation import code_validity
 
     header = "def f(x):"
     report = code_validity([header] * 3, ["\n    return x\n", "\n    nonlocal y\n", "\n    return (\n"])

@@ -1,6 +1,6 @@
 """The code evaluation's prompts: top-level function headers spread over the held-out files."""
 
-from aigc.evaluation import function_headers
+from aigc.tasks.text.evaluation import function_headers
 
 A = "def a1(x):\n    return x\n\n\ndef a2(y):\n    return y\n\n\ndef a3():\n    pass\n"
 B = "class K:\n    def method(self):\n        pass\n\n\ndef b1(n=3):\n    return n\n"

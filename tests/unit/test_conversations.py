@@ -10,7 +10,7 @@ import pytest
 from aigc.chat_template import ChatTemplate
 from aigc.config import DataConfig
 from aigc.data.clean import CleaningReport
-from aigc.data.conversations import Unusable, encode_conversation, messages_of, read_conversations
+from aigc.tasks.chat.conversations import Unusable, encode_conversation, messages_of, read_conversations
 from aigc.data.sources import SourceFile
 from aigc.tokenizer import train_char
 from tests.parity import tiny_hf

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aigc.evaluation_chat import code_report
+from aigc.tasks.chat.evaluation import code_report
 
 REFERENCE = '''def double(x):
     """Twice x.

@@ -14,10 +14,10 @@ from aigc.data.clean import CleaningReport
 from aigc.errors import DataError
 from aigc.generate.engine import Engine
 from aigc.generate.sampling import SamplingParams
-from aigc.images import shapes
-from aigc.images.pixels import dequantise, grey_palette, grid, kmeans_palette, quantise
-from aigc.images.prepare import prepare_images
-from aigc.images.sources import folder_images
+from aigc.tasks.images import shapes
+from aigc.tasks.images.pixels import dequantise, grey_palette, grid, kmeans_palette, quantise
+from aigc.tasks.images.prepare import prepare_images
+from aigc.tasks.images.sources import folder_images
 from aigc.data.sources import resolve_sources
 from aigc.models import GPT
 
@@ -72,7 +72,7 @@ def test_held_out_combinations_never_reach_training(tmp_path):
 
 
 def test_a_val_split_smaller_than_a_batch_is_evaluated_whole(tmp_path):
-    from aigc.images.sampler import prefix_samplers
+    from aigc.tasks.images.sampler import prefix_samplers
 
     config = load_config("shapes", [f"run.dir={tmp_path / 'run'}"])
     manifest = prepare_images(config).manifest

@@ -17,10 +17,10 @@ from aigc.errors import GenerationError
 from aigc.generate.engine import Engine, _generators
 from aigc.generate.sampling import SamplingParams, choose
 from aigc.models.gpt import GPT
-from aigc.speech.audio import SAMPLE_RATE, encode_audio, load_audio, log_mel, to_wave, trim_silence
-from aigc.speech.codebook import decode_codes, encode_frames, fit_codebooks
-from aigc.speech.judge import Judge
-from aigc.speech.sources import _espeak, listing_files, speech_records, spoken_words
+from aigc.tasks.speech.audio import SAMPLE_RATE, encode_audio, load_audio, log_mel, to_wave, trim_silence
+from aigc.tasks.speech.codebook import decode_codes, encode_frames, fit_codebooks
+from aigc.tasks.speech.judge import Judge
+from aigc.tasks.speech.sources import _espeak, listing_files, speech_records, spoken_words
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                   reason="espeak-ng is not installed (apt-get install espeak-ng)")
@@ -144,7 +144,7 @@ def test_cached_drawing_equals_recomputing_the_whole_sequence(levels):
 
 def test_the_generator_refuses_bad_input():
     from tokenizers import Tokenizer
-    from aigc.speech.generator import SpeechGenerator, Utterance
+    from aigc.tasks.speech.generator import SpeechGenerator, Utterance
     from aigc.tokenizer import train_char
 
     tokenizer = train_char(["m1: yes", "f2: no"], 64)

@@ -6,7 +6,7 @@ import ast
 import sysconfig
 from pathlib import Path
 
-from aigc.data.stdlib_functions import FunctionExample, as_messages, functions_in
+from aigc.tasks.chat.stdlib_functions import FunctionExample, as_messages, functions_in
 
 DECORATED = '''\
 @functools.lru_cache(maxsize=None)

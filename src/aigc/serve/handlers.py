@@ -30,7 +30,7 @@ from pydantic import BaseModel
 
 from aigc.errors import AigcError
 from aigc.generate.sampling import SamplingParams
-from aigc.images.pixels import upscale
+from aigc.tasks.images.pixels import upscale
 from aigc.serve.metrics import Metrics
 from aigc.serve.responses import (ApiError, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
                                   ChatLogprobs, ChatMessage, Completion, CompletionChoice, CompletionChunk,
@@ -41,8 +41,8 @@ from aigc.serve.schemas import (IGNORED, REJECTED, ChatRequest, CompletionReques
                                 SpeechRequest)
 from aigc.serve.settings import ServeSettings
 from aigc.serve.workers import ImageModel, InvalidRequest, ServedModel, SpeechJob, SpeechModel, TextModel
-from aigc.speech.audio import encode_audio
-from aigc.speech.generator import Utterance
+from aigc.tasks.speech.audio import encode_audio
+from aigc.tasks.speech.generator import Utterance
 
 log = logging.getLogger("aigc.serve")
 DISCONNECT_POLL_S = 0.1  # how often a plain (not streamed) request checks that its client is still there

@@ -24,10 +24,10 @@ from aigc.chat_template import ChatTemplateError
 from aigc.generate.beam import beam_params
 from aigc.generate.sampling import SamplingParams
 from aigc.generate.text import TextGenerator
-from aigc.generate.translate import Translator
+from aigc.tasks.pairs.translator import Translator
 from aigc.serve.settings import ServeSettings
-from aigc.images.generator import ImageGenerator
-from aigc.speech.generator import SpeechGenerator, Utterance
+from aigc.tasks.images.generator import ImageGenerator
+from aigc.tasks.speech.generator import SpeechGenerator, Utterance
 from aigc.serve.scheduler import Busy, Event, QueueWorker, Request, Scheduler
 from aigc.serve.schemas import Message
 

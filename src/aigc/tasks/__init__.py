@@ -95,7 +95,8 @@ def evaluate(run_dir: Path, log: Callable[[str], None] = print, recipe: Config |
         log(f"{task.name} runs have no held-out loss to compare: the report scores the {quantize} weights alone")
     report |= metrics
     folder = run_dir / "eval" if data_root == run_dir else data_root
-    return write_report(run_dir, report, task.sample_markdown(report["samples"]), folder)
+    return write_report(run_dir, report, task.report_rows(report), task.summary_lines(report),
+                        task.sample_markdown(report["samples"]), folder)
 
 
 EVAL_SECTIONS = ("data", "eval", "generate")

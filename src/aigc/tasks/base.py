@@ -98,6 +98,20 @@ class Task(ABC):
         (prepared with the run's tokenizer, every record held out)."""
         return False
 
+    report_keys: ClassVar[tuple[str, ...]] = ("loss", "perplexity", "tokens_scored")  # report.md's metric rows
+
+    def report_rows(self, report: dict[str, Any]) -> list[tuple[str, Any]]:
+        """The rows (metric, value) of ``eval/report.md``'s table for this kind's report."""
+        return [(key, report[key]) for key in self.report_keys if report.get(key) is not None]
+
+    def summary_lines(self, report: dict[str, Any]) -> list[str]:
+        """What ``aigc eval`` prints of this kind's metrics besides the held-out loss (which every kind shares)."""
+        return []
+
+    def metric(self, report: dict[str, Any], name: str) -> float | None:
+        """The value of ``aigc tune``'s metric ``name`` (one of :meth:`metrics`) in an evaluation report."""
+        return report.get(name)
+
     @abstractmethod
     def sample_markdown(self, samples: list[dict[str, Any]]) -> list[str]:
         """The report's samples as markdown lines (``eval/report.md``)."""

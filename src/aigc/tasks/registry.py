@@ -13,11 +13,11 @@ from aigc.errors import ConfigError
 from aigc.tasks.base import Task
 
 TASKS = {
-    "text": "aigc.tasks.text:TextTask",
-    "pairs": "aigc.tasks.pairs:PairsTask",
-    "images": "aigc.tasks.images:ImageTask",
-    "chat": "aigc.tasks.chat:ChatTask",
-    "speech": "aigc.tasks.speech:SpeechTask",
+    "text": "aigc.tasks.text.task:TextTask",
+    "pairs": "aigc.tasks.pairs.task:PairsTask",
+    "images": "aigc.tasks.images.task:ImageTask",
+    "chat": "aigc.tasks.chat.task:ChatTask",
+    "speech": "aigc.tasks.speech.task:SpeechTask",
 }
 
 

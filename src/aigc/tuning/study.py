@@ -264,12 +264,7 @@ class Trials:
         if name == "val_loss":
             return best_val_loss
         report = evaluate(config.run_dir, log=lambda line: None, recipe=config).report
-        if name != "parse_rate":
-            return report.get(name)
-        if "code" not in report:
-            raise AigcError("no held-out function fitted the evaluation (too few in the val split, or "
-                            "model.block_size too short for a prompt and its completion): no parse rate")
-        return report["code"]["syntax_valid_rate"]
+        return task_for(config).metric(report, name)
 
 
 def tune(config: Config, raw: dict[str, Any], resume: bool = False, workers: int = 1,

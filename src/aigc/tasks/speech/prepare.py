@@ -22,9 +22,9 @@ from aigc.data.shards import token_dtype
 from aigc.data.sources import resolve_sources
 from aigc.data.split import assign_split
 from aigc.errors import DataError
-from aigc.speech.audio import N_MELS, SAMPLE_RATE, frames_for, log_mel
-from aigc.speech.codebook import encode_frames, fit_codebooks
-from aigc.speech.sources import SpeechRecord, listing_files, speech_records
+from aigc.tasks.speech.audio import N_MELS, SAMPLE_RATE, frames_for, log_mel
+from aigc.tasks.speech.codebook import encode_frames, fit_codebooks
+from aigc.tasks.speech.sources import SpeechRecord, listing_files, speech_records
 from aigc.tokenizer import eot_id, tokenizer_for
 
 SPEECH_SPLITS = ("train", "val", "test")

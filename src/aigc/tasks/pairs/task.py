@@ -13,17 +13,23 @@ from aigc.config import Config, GenerateConfig
 from aigc.data.collect import CollectResult, collect_files
 from aigc.data.pairs import PairSampler, read_pairs, split_pairs, target_start
 from aigc.data.prepare import PrepareResult, prepare_pairs
-from aigc.evaluation import evaluate_pairs
 from aigc.generate.beam import beam_params
 from aigc.generate.sampling import sampling_params
-from aigc.generate.translate import Translator
 from aigc.tasks.base import GenerateRequest, Task
+from aigc.tasks.pairs.evaluation import evaluate_pairs
+from aigc.tasks.pairs.translator import Translator
 
 BATCH = 32  # source lines translated together by aigc generate
 
 
 class PairsTask(Task):
     name, model_kind, describes, api = "pairs", "seq2seq", "source/target pairs", "translations"
+    report_keys = ("loss", "perplexity", "tokens_scored", "bleu", "chrf", "pairs", "sentences_per_s")
+
+    def summary_lines(self, report: dict[str, Any]) -> list[str]:
+        r = report
+        return [f"{r['split']} ({r['pairs']:,} pairs): BLEU {r['bleu']:.2f} (tokenize {r['bleu_tokenize']}), "
+                f"chrF {r['chrf']:.2f}, {r['sentences_per_s']:.1f} sentences/s"]
 
     def metrics(self, config: Config) -> dict[str, str | None]:
         return {"val_loss": None, "bleu": None, "chrf": None}

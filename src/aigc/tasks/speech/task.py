@@ -1,4 +1,4 @@
-"""Speech from text: spoken clips as codebook tokens for the caption-prefix GPT (the ``aigc.speech`` package)."""
+"""Speech from text: spoken clips as codebook tokens for the caption-prefix GPT (the ``aigc.tasks.speech`` package)."""
 
 from __future__ import annotations
 
@@ -18,17 +18,35 @@ from aigc.data.prepare import PrepareResult
 from aigc.data.sources import resolve_sources
 from aigc.errors import DataError, GenerationError, TrainingError
 from aigc.generate.sampling import sampling_params
-from aigc.images.sampler import prefix_samplers
-from aigc.speech.audio import encode_audio
-from aigc.speech.evaluation import evaluate_speech
-from aigc.speech.generator import SpeechGenerator, Utterance
-from aigc.speech.prepare import prepare_speech
-from aigc.speech.sources import ESPEAK_HELP, clip_count, listing_files
+from aigc.tasks.images.sampler import prefix_samplers
+from aigc.tasks.speech.audio import encode_audio
+from aigc.tasks.speech.evaluation import evaluate_speech
+from aigc.tasks.speech.generator import SpeechGenerator, Utterance
+from aigc.tasks.speech.prepare import prepare_speech
+from aigc.tasks.speech.sources import ESPEAK_HELP, clip_count, listing_files
 from aigc.tasks.base import GenerateRequest, Task
 
 
 class SpeechTask(Task):
     name, model_kind, describes, api = "speech", "gpt", "spoken clips", "speech"
+    report_keys = ("guidance", "adherence", "classifier_real_accuracy", "sample_diversity", "exact_training_copies",
+                   "bits_per_audio_token", "audio_tokens_scored", "samples_scored", "mel_cepstral_distortion",
+                   "real_mel_cepstral_distortion", "duration_error_s", "audio_seconds_per_s")
+
+    def summary_lines(self, report: dict[str, Any]) -> list[str]:
+        r = report
+        lines = [f"test bits/audio token {r['bits_per_audio_token']:.3f}; {r['audio_seconds_per_s']:.1f} s of "
+                 f"audio per second at guidance {r['guidance']:g}"]
+        if "adherence" in r:
+            lines.append(f"prompt adherence {r['adherence']:.1%} (classifier on real clips: "
+                         f"{r['classifier_real_accuracy']:.1%}); unseen word heard as {', '.join(r['unseen_heard_as'])}")
+        floor, spread = r["real_mel_cepstral_distortion"], r["sample_diversity"]
+        lines.append(f"mel-cepstral distortion {r['mel_cepstral_distortion']:.2f} dB"
+                     + (f" (real vs real {floor:.2f})" if floor is not None else "")
+                     + f"; duration error {r['duration_error_s']:.3f} s"
+                     + (f"; diversity {spread:.2f} dB" if spread is not None else "")
+                     + f"; {r['exact_training_copies']} exact training copies")
+        return lines
 
     def metrics(self, config: Config) -> dict[str, str | None]:
         judged = "spoken_words" in config.data.builtin and not config.data.paths

@@ -20,8 +20,8 @@ from aigc.config import DataConfig
 from aigc.data.clean import CleaningReport
 from aigc.data.sources import SourceFile
 from aigc.errors import DataError
-from aigc.images import shapes
-from aigc.images.pixels import resize
+from aigc.tasks.images import shapes
+from aigc.tasks.images.pixels import resize
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGIT_TEMPLATES = ("the digit {word}", "a handwritten {n}", "number {n}")

@@ -19,7 +19,7 @@ from aigc.checkpoint import Checkpoint, as_checkpoint
 from aigc.errors import GenerationError
 from aigc.generate.engine import Engine
 from aigc.generate.sampling import SamplingParams
-from aigc.images.pixels import dequantise
+from aigc.tasks.images.pixels import dequantise
 from aigc.models.gpt import GPT
 from aigc.tokenizer import UNK, eot_id
 

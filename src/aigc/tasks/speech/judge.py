@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aigc.speech.audio import log_mel, trim_silence
+from aigc.tasks.speech.audio import log_mel, trim_silence
 
 N_MFCC = 20
 STRETCHES = 8

@@ -25,11 +25,11 @@ import torch
 from aigc.data.pairs import split_pairs
 from aigc.evaluation import summed_nll
 from aigc.generate.sampling import SamplingParams
-from aigc.images import shapes
-from aigc.images.generator import ImageGenerator
-from aigc.images.sampler import prefix_sequences
-from aigc.images.pixels import dequantise, grid, quantise, save_png
-from aigc.images.sources import DIGIT_WORDS, digits
+from aigc.tasks.images import shapes
+from aigc.tasks.images.generator import ImageGenerator
+from aigc.tasks.images.sampler import prefix_sequences
+from aigc.tasks.images.pixels import dequantise, grid, quantise, save_png
+from aigc.tasks.images.sources import DIGIT_WORDS, digits
 
 NOVEL_PROMPT = "a purple hexagon drawn in chalk"  # words the captions never use: the report shows what happens
 

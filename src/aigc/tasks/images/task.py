@@ -1,4 +1,4 @@
-"""Images from a description: captioned images for the caption-prefix GPT (the ``aigc.images`` package)."""
+"""Images from a description: captioned images for the caption-prefix GPT (the ``aigc.tasks.images`` package)."""
 
 from __future__ import annotations
 
@@ -17,17 +17,38 @@ from aigc.data.prepare import PrepareResult
 from aigc.data.sources import resolve_sources
 from aigc.errors import GenerationError, TrainingError
 from aigc.generate.sampling import sampling_params
-from aigc.images.evaluation import evaluate_images, judge_for
-from aigc.images.generator import ImageGenerator
-from aigc.images.pixels import grid, save_png
-from aigc.images.prepare import prepare_images
-from aigc.images.sampler import prefix_samplers
-from aigc.images.sources import image_records
+from aigc.tasks.images.evaluation import evaluate_images, judge_for
+from aigc.tasks.images.generator import ImageGenerator
+from aigc.tasks.images.pixels import grid, save_png
+from aigc.tasks.images.prepare import prepare_images
+from aigc.tasks.images.sampler import prefix_samplers
+from aigc.tasks.images.sources import image_records
 from aigc.tasks.base import GenerateRequest, Task
 
 
 class ImageTask(Task):
     name, model_kind, describes, api = "images", "gpt", "captioned images", "images"
+    report_keys = ("bits_per_pixel", "pixels_scored", "guidance", "adherence", "classifier_real_accuracy",
+                   "adherence_seen", "adherence_heldout", "sample_diversity", "real_diversity", "exact_training_copies",
+                   "nearest_training_distance", "real_nearest_training_distance", "samples_per_s")
+
+    def summary_lines(self, report: dict[str, Any]) -> list[str]:
+        r = report
+        lines = [f"test bits/pixel {r['bits_per_pixel']:.3f}; {r['samples_per_s']:.1f} samples/s at guidance "
+                 f"{r['guidance']:g}"]
+        if "classifier_real_accuracy" in r:
+            lines.append(f"prompt adherence {r['adherence']:.1%} (classifier on real digits: "
+                         f"{r['classifier_real_accuracy']:.1%})")
+        if r.get("adherence_seen") is not None or r.get("adherence_heldout") is not None:
+            lines.append(f"prompt adherence {r['adherence']:.1%}: seen combinations {r['adherence_seen']:.1%}, "
+                         f"held-out combinations {r['adherence_heldout']:.1%}")
+        lines.append(f"diversity {r['sample_diversity']:.3f}"
+                     + (f" (real {r['real_diversity']:.3f})" if "real_diversity" in r else "")
+                     + f"; {r['exact_training_copies']} exact training copies; nearest-training distance "
+                     f"{r['nearest_training_distance']:.3f}"
+                     + (f" (real test images {r['real_nearest_training_distance']:.3f})"
+                        if "real_nearest_training_distance" in r else ""))
+        return lines
 
     def metrics(self, config: Config) -> dict[str, str | None]:
         judged = judge_for(config.data.builtin).judges_adherence

@@ -11,18 +11,20 @@ from torch import nn
 from aigc.checkpoint import Checkpoint
 from aigc.config import Config, GenerateConfig
 from aigc.data.collect import CollectResult, collect_files
-from aigc.data.conversations import prepare_conversations, read_conversations
+from aigc.tasks.chat.conversations import prepare_conversations, read_conversations
 from aigc.data.prepare import PrepareResult
 from aigc.errors import TrainingError
-from aigc.evaluation_chat import assistant_loss, evaluate_conversations, split_sampler
+from aigc.tasks.chat.evaluation import assistant_loss, evaluate_conversations, split_sampler
 from aigc.generate.sampling import sampling_params
 from aigc.generate.text import TextGenerator
 from aigc.tasks.base import GenerateRequest, Task
-from aigc.tasks.text import parse_rate_needs, prompt_lines, write_samples
+from aigc.tasks.text.evaluation import SAMPLE_KEYS, code_rows, parse_rate, sample_lines
+from aigc.tasks.text.task import parse_rate_needs, prompt_lines, write_samples
 
 
 class ChatTask(Task):
     name, model_kind, describes, api = "chat", "gpt", "conversations", "completions"
+    report_keys = ("loss", "perplexity", "tokens_scored", *SAMPLE_KEYS)
 
     def metrics(self, config: Config) -> dict[str, str | None]:
         return {"val_loss": None, "parse_rate": parse_rate_needs(config)}
@@ -61,6 +63,15 @@ class ChatTask(Task):
         sampler = split_sampler(data_root / "data", manifest, "val", config.seq_len, 4, config.seed)
         nll, count = assistant_loss(generator.model, sampler, config.eval.max_tokens)
         return nll / count
+
+    def report_rows(self, report: dict[str, Any]) -> list[tuple[str, Any]]:
+        return super().report_rows(report) + code_rows(report)
+
+    def summary_lines(self, report: dict[str, Any]) -> list[str]:
+        return sample_lines(report)
+
+    def metric(self, report: dict[str, Any], name: str) -> float | None:
+        return parse_rate(report) if name == "parse_rate" else report.get(name)
 
     def sample_markdown(self, samples: list[dict[str, Any]]) -> list[str]:
         return [line for s in samples for line in (

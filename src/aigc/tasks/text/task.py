@@ -15,11 +15,12 @@ from aigc.data.loader import WindowSampler
 from aigc.data.prepare import PrepareResult, prepare_documents
 from aigc.data.shards import open_split
 from aigc.data.sources import read_source
-from aigc.evaluation import evaluate_documents, score
+from aigc.evaluation import score
 from aigc.flags import unescape
 from aigc.generate.sampling import SamplingParams, sampling_params
 from aigc.generate.text import TextGenerator
 from aigc.tasks.base import GenerateRequest, Task
+from aigc.tasks.text.evaluation import SAMPLE_KEYS, code_rows, evaluate_documents, parse_rate, sample_lines
 
 
 def parse_rate_needs(config: Config) -> str | None:
@@ -31,6 +32,7 @@ def parse_rate_needs(config: Config) -> str | None:
 
 class TextTask(Task):
     name, model_kind, describes, api = "text", "gpt", "documents", "completions"
+    report_keys = ("loss", "perplexity", "bits_per_byte", "tokens_scored", *SAMPLE_KEYS)
 
     def metrics(self, config: Config) -> dict[str, str | None]:
         return {"val_loss": None, "bits_per_byte": None, "parse_rate": parse_rate_needs(config)}
@@ -64,6 +66,15 @@ class TextTask(Task):
 
     def scores_other_files(self) -> bool:
         return True
+
+    def report_rows(self, report: dict[str, Any]) -> list[tuple[str, Any]]:
+        return super().report_rows(report) + code_rows(report)
+
+    def summary_lines(self, report: dict[str, Any]) -> list[str]:
+        return sample_lines(report)
+
+    def metric(self, report: dict[str, Any], name: str) -> float | None:
+        return parse_rate(report) if name == "parse_rate" else report.get(name)
 
     def sample_markdown(self, samples: list[dict[str, Any]]) -> list[str]:
         return [line for s in samples for line in ("```", s["prompt"] + s["completion"], "```", "")]

@@ -6,7 +6,7 @@ Rows are JSONL in either common shape::
                   {"role": "assistant", "content": "..."}]}                   OpenAI / ShareGPT-as-messages
     {"instruction": "...", "input": "...", "output": "...", "system": "..."}  Alpaca ("input", "system" optional)
 
-or the built-in ``stdlib_functions`` corpus (:mod:`aigc.data.stdlib_functions`). A conversation is
+or the built-in ``stdlib_functions`` corpus (:mod:`aigc.tasks.chat.stdlib_functions`). A conversation is
 rendered with the run's chat template (:class:`~aigc.chat_template.ChatTemplate`) into one token
 sequence plus a loss mask that is 1 exactly on the assistant's tokens: the text each assistant turn adds
 to the rendering (its content and the template's end-of-turn tokens), found by rendering the
@@ -31,7 +31,7 @@ from aigc.data.prepare import PrepareResult, data_folder, empty_corpus_error, fi
 from aigc.data.shards import token_dtype
 from aigc.data.sources import JSONL, SourceFile, json_objects, resolve_sources
 from aigc.data.split import assign_split
-from aigc.data.stdlib_functions import as_messages, functions_in
+from aigc.tasks.chat.stdlib_functions import as_messages, functions_in
 from aigc.errors import DataError
 from aigc.chat_template import ChatTemplate, ChatTemplateError
 from aigc.tokenizer import eot_id, load_tokenizer

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aigc.speech.audio import FLOOR_DB
+from aigc.tasks.speech.audio import FLOOR_DB
 
 
 def fit_codebooks(frames: np.ndarray, size: int, levels: int, seed: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Evaluation of a speech run: likelihood, adherence, distortion, duration, diversity, copies, samples.
 
 - bits per audio token: the model's negative log2-likelihood of the test clips' audio tokens;
-- adherence (``spoken_words``): the share of generated clips that the :class:`~aigc.speech.judge.Judge`,
+- adherence (``spoken_words``): the share of generated clips that the :class:`~aigc.tasks.speech.judge.Judge`,
   trained on real training clips only, hears as the asked word, beside its accuracy on real test clips
   (the ceiling);
 - mel-cepstral distortion: coefficients 1-12 of the MFCCs of a generated clip and of real clips of the same
@@ -31,11 +31,11 @@ from aigc.data.pairs import split_pairs
 from aigc.data.sources import resolve_sources
 from aigc.data.split import assign_split
 from aigc.generate.sampling import SamplingParams
-from aigc.images.evaluation import bits_per_pixel
-from aigc.speech.audio import SAMPLE_RATE, encode_audio, log_mel, trim_silence, voiced_seconds
-from aigc.speech.generator import SpeechGenerator, Utterance
-from aigc.speech.judge import Judge
-from aigc.speech.sources import SpeechRecord, listing_files, speech_records
+from aigc.tasks.images.evaluation import bits_per_pixel
+from aigc.tasks.speech.audio import SAMPLE_RATE, encode_audio, log_mel, trim_silence, voiced_seconds
+from aigc.tasks.speech.generator import SpeechGenerator, Utterance
+from aigc.tasks.speech.judge import Judge
+from aigc.tasks.speech.sources import SpeechRecord, listing_files, speech_records
 
 UNSEEN_TEXT = "purple"  # not among the spoken words: the report shows what the model does with it
 MAX_PROMPTS = 64  # (text, voice) pairs evaluated, spread over texts and voices

@@ -29,7 +29,7 @@ from aigc.config import DataConfig
 from aigc.data.clean import CleaningReport
 from aigc.data.sources import SourceFile
 from aigc.errors import DataError
-from aigc.speech.audio import SAMPLE_RATE, load_audio, trim_silence
+from aigc.tasks.speech.audio import SAMPLE_RATE, load_audio, trim_silence
 
 WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "zero", "one", "two", "three",
          "four", "five", "six", "seven", "eight", "nine", "bed", "bird", "cat", "dog", "happy", "house", "marvin",

@@ -2,7 +2,7 @@
 
 The model reads ``caption(text, voice)`` (left-padded to ``audio_prefix`` tokens) and writes
 ``audio_frames * audio_levels`` audio tokens; the ``codebook`` buffer saved with the weights turns them back
-into log-mel frames, and :func:`~aigc.speech.audio.to_wave` into sound. Sampling goes through
+into log-mel frames, and :func:`~aigc.tasks.speech.audio.to_wave` into sound. Sampling goes through
 :meth:`Engine.draw` (KV cache, temperature, top-k/p, seed, classifier-free guidance), one batch for all the
 clips asked for at once.
 """
@@ -21,9 +21,9 @@ from aigc.errors import GenerationError
 from aigc.generate.engine import Engine
 from aigc.generate.sampling import SamplingParams
 from aigc.models.gpt import GPT
-from aigc.speech.audio import change_speed, to_wave, trim_silence
-from aigc.speech.codebook import decode_codes
-from aigc.speech.prepare import caption
+from aigc.tasks.speech.audio import change_speed, to_wave, trim_silence
+from aigc.tasks.speech.codebook import decode_codes
+from aigc.tasks.speech.prepare import caption
 from aigc.tokenizer import UNK, eot_id
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ from aigc.data.shards import token_dtype
 from aigc.data.sources import resolve_sources
 from aigc.data.split import assign_split
 from aigc.errors import DataError
-from aigc.images.pixels import grey_palette, kmeans_palette, quantise
-from aigc.images.sources import image_records, no_caption_help
+from aigc.tasks.images.pixels import grey_palette, kmeans_palette, quantise
+from aigc.tasks.images.sources import image_records, no_caption_help
 from aigc.tokenizer import eot_id, tokenizer_for
 
 IMAGE_SPLITS = ("train", "val", "test", "heldout")

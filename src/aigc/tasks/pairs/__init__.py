@@ -1,0 +1,1 @@
+"""Source/target pairs for the encoder-decoder: the ``pairs`` kind of run (translation)."""
