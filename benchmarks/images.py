@@ -35,18 +35,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from aigc.tasks.images.sampler import PrefixSampler
+from loadwatch import LoadWatch  # benchmarks/loadwatch.py, beside this script
 
 from aigc.config import load_config
 from aigc.data.pairs import split_pairs, target_start
 from aigc.data.shards import read_manifest
 from aigc.generate.sampling import SamplingParams
-from aigc.tasks.images.evaluation import bits_per_pixel, judge_for
+from aigc.tasks.caption_prefix import bits_per_token
+from aigc.tasks.images.evaluation import judge_for
 from aigc.tasks.images.generator import ImageGenerator
 from aigc.tasks.images.pixels import dequantise
-from aigc.tasks.images.sampler import PrefixSampler
 from aigc.training.optim import build_optimizer, learning_rate
-
-from loadwatch import LoadWatch  # benchmarks/loadwatch.py, beside this script
 
 BATCH = 64  # images sampled together, as ImageGenerator does
 
@@ -163,7 +163,7 @@ def compare(recipe: str, run_dir: Path, minutes: float, per_prompt: int | None, 
             result["columns"][f"{name}, g={guidance:g}"] = dict(scores, samples_per_s=rate, params=params_count,
                                                                 steps=steps, bpp=bpp)
 
-    bpp = bits_per_pixel(generator.model, test, eot, generator.prefix)[0]
+    bpp = bits_per_token(generator.model, test, eot, generator.prefix)[0]
     ours_steps = int((run_dir / "checkpoints" / "latest").resolve().name.split("_")[-1])
     column("aigc", generator.model.num_params(non_embedding=False), ours_steps, bpp,
            lambda g: generator.generate(prompts, per_prompt, params, g))
@@ -175,7 +175,7 @@ def compare(recipe: str, run_dir: Path, minutes: float, per_prompt: int | None, 
                                 config.seed, condition_dropout=config.train.condition_dropout)
         model = imagegpt(config, image["vocab_size"], generator.prefix + side * side)
         steps = train_hf(model, sampler, config, minutes * 60)
-        bpp = bits_per_pixel(lambda x: model(input_ids=x).logits, test, eot, generator.prefix)[0]
+        bpp = bits_per_token(lambda x: model(input_ids=x).logits, test, eot, generator.prefix)[0]
         prefixes = [generator.encode(p)[0] for p in prompts for _ in range(per_prompt)]
         blank = [eot] * generator.prefix
         palette = np.array(image["palette"], dtype=np.uint8)

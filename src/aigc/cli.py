@@ -152,11 +152,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
     With stdin not a terminal, each input line is a one-turn conversation and its reply one output line."""
     from aigc.checkpoint import load_checkpoint
     from aigc.generate.sampling import sampling_params
-    from aigc.tasks import load_generator, task_for
+    from aigc.tasks import load_generator
 
     checkpoint = load_checkpoint(Path(args.run))
     saved = checkpoint.config
-    if task_for(saved).api != "completions":
+    if not saved.model.is_text_gpt:
         raise AigcError(f"aigc chat talks to text runs; {args.run} is a {saved.data.kind} run (use aigc generate)")
     settings = with_flags(saved.generate, args)
     load = with_flags(LoadSettings(), args)

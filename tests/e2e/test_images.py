@@ -16,8 +16,9 @@ from tokenizers import Tokenizer
 
 from aigc.data.pairs import split_pairs
 from aigc.data.shards import read_manifest
-from aigc.tasks.images.evaluation import NOVEL_PROMPT, bits_per_pixel
 from aigc.tasks import load_generator
+from aigc.tasks.caption_prefix import bits_per_token
+from aigc.tasks.images.evaluation import NOVEL_PROMPT
 from tests.conftest import FIXED_STEPS
 from tests.e2e.test_run import aigc
 from tests.e2e.test_serve import Server
@@ -69,11 +70,11 @@ def test_the_model_draws_from_the_caption(digits_run):
     data = run_dir / "data"
     pairs = split_pairs(data, read_manifest(data), "test")
     generator = load_generator(run_dir)
-    own = bits_per_pixel(generator.model.eval(), pairs, generator.eot, generator.prefix)[0]
+    own = bits_per_token(generator.model.eval(), pairs, generator.eot, generator.prefix)[0]
     captions = [caption for caption, _ in pairs]  # each image with the next caption that differs from its own
     other = [(next(c for c in captions[i + 1 :] + captions[:i] if not np.array_equal(c, own_caption)), image)
              for i, (own_caption, image) in enumerate(pairs)]
-    swapped = bits_per_pixel(generator.model, other, generator.eot, generator.prefix)[0]
+    swapped = bits_per_token(generator.model, other, generator.eot, generator.prefix)[0]
     assert swapped - own > 0.015, f"{own:.4f} bits/pixel with their captions, {swapped:.4f} with others'; " \
                                   "measured 1.880 and 1.917"
 

@@ -11,15 +11,15 @@ from PIL import Image
 
 from aigc.config import ModelConfig, load_config
 from aigc.data.clean import CleaningReport
+from aigc.data.sources import resolve_sources
 from aigc.errors import DataError
 from aigc.generate.engine import Engine
 from aigc.generate.sampling import SamplingParams
+from aigc.models import GPT
 from aigc.tasks.images import shapes
 from aigc.tasks.images.pixels import dequantise, grey_palette, grid, kmeans_palette, quantise
 from aigc.tasks.images.prepare import prepare_images
 from aigc.tasks.images.sources import folder_images
-from aigc.data.sources import resolve_sources
-from aigc.models import GPT
 
 
 def test_quantise_round_trip_and_grey_palette():
@@ -72,7 +72,7 @@ def test_held_out_combinations_never_reach_training(tmp_path):
 
 
 def test_a_val_split_smaller_than_a_batch_is_evaluated_whole(tmp_path):
-    from aigc.tasks.images.sampler import prefix_samplers
+    from aigc.tasks.caption_prefix import prefix_samplers
 
     config = load_config("shapes", [f"run.dir={tmp_path / 'run'}"])
     manifest = prepare_images(config).manifest

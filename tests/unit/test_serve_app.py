@@ -23,7 +23,8 @@ from aigc.serve.app import create_app
 from aigc.serve.scheduler import Busy, Scheduler
 from aigc.serve.schemas import ChatRequest, CompletionRequest, ImageRequest
 from aigc.serve.settings import ServeSettings
-from aigc.serve.workers import CompletionModel, ImageModel, ImageWorker, InvalidRequest
+from aigc.serve.workers import CompletionModel, InvalidRequest
+from aigc.tasks.images.served import ImageModel, ImageWorker
 from aigc.tokenizer import train_char
 
 CORPUS = ["the quick brown fox jumps over the lazy dog\n", "hello world, hello there\n"] * 20

@@ -15,8 +15,6 @@ a plain request when a poll of the connection finds it closed.
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import logging
 import threading
 import time
@@ -30,19 +28,44 @@ from pydantic import BaseModel
 
 from aigc.errors import AigcError
 from aigc.generate.sampling import SamplingParams
-from aigc.tasks.images.pixels import upscale
 from aigc.serve.metrics import Metrics
-from aigc.serve.responses import (ApiError, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
-                                  ChatLogprobs, ChatMessage, Completion, CompletionChoice, CompletionChunk,
-                                  CompletionChunkChoice, CompletionLogprobs, Delta, ErrorBody, ErrorEnvelope, ImageData,
-                                  ImagesResponse, ModelCard, ModelList, TokenLogprob, TopLogprob, Usage, sse)
+from aigc.serve.responses import (
+    ApiError,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatLogprobs,
+    ChatMessage,
+    Completion,
+    CompletionChoice,
+    CompletionChunk,
+    CompletionChunkChoice,
+    CompletionLogprobs,
+    Delta,
+    ErrorBody,
+    ErrorEnvelope,
+    ImageData,
+    ImagesResponse,
+    ModelCard,
+    ModelList,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+    sse,
+)
 from aigc.serve.scheduler import Busy, Event, Request
-from aigc.serve.schemas import (IGNORED, REJECTED, ChatRequest, CompletionRequest, ImageRequest, SamplingFields,
-                                SpeechRequest)
+from aigc.serve.schemas import (
+    IGNORED,
+    REJECTED,
+    ChatRequest,
+    CompletionRequest,
+    ImageRequest,
+    SamplingFields,
+    SpeechRequest,
+)
 from aigc.serve.settings import ServeSettings
-from aigc.serve.workers import ImageModel, InvalidRequest, ServedModel, SpeechJob, SpeechModel, TextModel
-from aigc.tasks.speech.audio import encode_audio
-from aigc.tasks.speech.generator import Utterance
+from aigc.serve.workers import InvalidRequest, ServedModel, TextModel
 
 log = logging.getLogger("aigc.serve")
 DISCONNECT_POLL_S = 0.1  # how often a plain (not streamed) request checks that its client is still there
@@ -68,19 +91,19 @@ class Served:
     def text_model(self, name: str) -> TextModel:
         model = self.model(name)
         if not isinstance(model, TextModel):
-            route = "/v1/audio/speech" if isinstance(model, SpeechModel) else "/v1/images/generations"
-            raise InvalidRequest(f"'{model.id}' is a {model.kind} model; use POST {route}", "model", "not_a_text_model")
+            raise InvalidRequest(f"'{model.id}' is a {model.kind} model; use POST {model.route}", "model",
+                                 "not_a_text_model")
         return model
 
-    def model_of(self, name: str | None, kind: type[ServedModel], noun: str, code: str) -> ServedModel:
-        """The served model ``name`` if it is a ``kind``; without a name, the only one of that kind."""
-        of_kind = [m for m in self.models.values() if isinstance(m, kind)]
+    def model_of(self, name: str | None, api: str, noun: str, code: str) -> ServedModel:
+        """The served model ``name`` if it answers ``api``; without a name, the only one that does."""
+        of_kind = [m for m in self.models.values() if m.api == api]
         name = name or (of_kind[0].id if len(of_kind) == 1 else None)
         if name is None:
             raise InvalidRequest(f"name the {noun} model in 'model'" if of_kind else f"no {noun} model is served",
                                  "model", None if of_kind else "model_not_found")
         model = self.model(name)
-        if not isinstance(model, kind):
+        if model.api != api:
             raise InvalidRequest(f"'{model.id}' is a {model.kind} model, not a {noun} model", "model", code)
         return model
 
@@ -375,15 +398,6 @@ class ChatHandler:
             for i, c in enumerate(results)])
 
 
-def png_base64(image) -> str:
-    """(H, W, 3) uint8 -> base64 of its PNG file."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image, "RGB").save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 class ImagesHandler:
     """POST /v1/images/generations: ``n`` images of the prompt, as base64 PNG, at the size asked."""
 
@@ -391,7 +405,7 @@ class ImagesHandler:
         self.served = served
 
     async def __call__(self, body: ImageRequest) -> ImagesResponse:
-        model = self.served.model_of(body.model, ImageModel, "image", "not_an_image_model")
+        model = self.served.model_of(body.model, "images", "image", "not_an_image_model")
         if body.n > self.served.settings.max_n:
             raise InvalidRequest(f"n={body.n} is above this server's limit of {self.served.settings.max_n}", "n")
         scale = model.image_scale(body.size)
@@ -401,45 +415,35 @@ class ImagesHandler:
             params, guidance = body.sampling_params(model.defaults)
         except AigcError as err:
             raise InvalidRequest(str(err)) from err
-        drawn = await asyncio.to_thread(model.worker.draw, body.prompt, body.n, params, guidance)
-        pngs = await asyncio.to_thread(lambda: [png_base64(upscale(image, scale)) for image in drawn])
+        pngs = await asyncio.to_thread(model.pngs, body.prompt, body.n, params, guidance, scale)
         return ImagesResponse(created=int(time.time()), data=[ImageData(b64_json=png) for png in pngs])
 
 
 class SpeechHandler:
     """POST /v1/audio/speech: the input said in the voice asked, as WAV (16 kHz) or raw PCM (24 kHz, as OpenAI's)."""
 
-    MEDIA_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm"}
-
     def __init__(self, served: Served):
         self.served = served
 
     async def __call__(self, body: SpeechRequest) -> Response:
-        model = self.served.model_of(body.model, SpeechModel, "speech", "not_a_speech_model")
-        if not body.input.strip():
-            raise InvalidRequest("input is empty; give the text to say", "input")
-        utterance = Utterance(body.input, model.voice(body.voice), 1, body.speed)
+        model = self.served.model_of(body.model, "speech", "speech", "not_a_speech_model")
+        utterance = model.utterance(body.input, body.voice, body.speed)  # too long, for instance: 400 before queueing
         try:
-            model.generator.encode(utterance.text, utterance.voice)  # too long, for instance: 400 before queueing
             params, guidance = body.sampling_params(model.defaults)
         except AigcError as err:
             raise InvalidRequest(str(err), "input") from err
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[SpeechJob] = loop.create_future()
-
-        def finished(job: SpeechJob) -> None:
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(job))
-
-        job = SpeechJob(utterance, params, guidance, finished)
-        model.worker.submit(job)
+        done: asyncio.Future = loop.create_future()
+        job = model.submit(utterance, params, guidance,
+                           lambda job: loop.call_soon_threadsafe(lambda: done.done() or done.set_result(job)))
         try:
             await done
         finally:
             job.cancelled = True  # a client that went away frees its place in the queue
         if job.error is not None:
             raise ApiError(500, job.error, "server_error")
-        audio = await asyncio.to_thread(encode_audio, job.wave, body.response_format)
-        return Response(audio, media_type=self.MEDIA_TYPES[body.response_format])
+        audio, media_type = await asyncio.to_thread(model.encode, job.wave, body.response_format)
+        return Response(audio, media_type=media_type)
 
 
 class ModelsHandler:

@@ -15,8 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from aigc.config import GenerateConfig, Guidance, MinP, NewTokens, Penalty, RepetitionPenalty, Temperature, TopK, \
-    TopP
+from aigc.config import GenerateConfig, Guidance, MinP, NewTokens, Penalty, RepetitionPenalty, Temperature, TopK, TopP
 from aigc.generate.sampling import SamplingParams, sampling_params
 
 IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "modalities", "prediction", "audio",

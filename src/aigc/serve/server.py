@@ -19,7 +19,7 @@ from aigc.checkpoint import load_checkpoint
 from aigc.errors import AigcError, ConfigError
 from aigc.serve.app import create_app
 from aigc.serve.settings import ServeSettings
-from aigc.serve.workers import SERVED_MODELS, ServedModel
+from aigc.serve.workers import ServedModel
 from aigc.tasks import load_generator, task_for
 
 log = logging.getLogger("aigc.serve")
@@ -32,8 +32,8 @@ def served_model_for(path: Path, model_id: str, settings: ServeSettings, bases: 
     ``bases``: base models shared by the LoRA runs served (:func:`~aigc.tasks.load_generator`)."""
     checkpoint = load_checkpoint(path)
     generator = load_generator(checkpoint, settings.device, settings.quantize, bases, settings.backend)
-    return SERVED_MODELS[task_for(checkpoint.config).api].create(model_id, generator, checkpoint.config.generate,
-                                                                  settings)
+    served = task_for(checkpoint.config).served_model()
+    return served.create(model_id, generator, checkpoint.config.generate, settings)
 
 
 def named_runs(entries: list[str]) -> tuple[list[Path], list[str | None]]:

@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
@@ -19,6 +19,9 @@ from aigc.config import Config, GenerateConfig
 from aigc.data.collect import CollectResult
 from aigc.data.prepare import PrepareResult, prepared_settings
 from aigc.errors import TrainingError
+
+if TYPE_CHECKING:
+    from aigc.serve.workers import ServedModel
 
 
 @dataclass
@@ -40,7 +43,6 @@ class Task(ABC):
     name: ClassVar[str]
     model_kind: ClassVar[str]  # the model.kind this task trains ("gpt" or "seq2seq")
     describes: ClassVar[str]  # a phrase for errors: "documents", "source/target pairs", ...
-    api: ClassVar[str]  # what its models answer behind aigc serve: "completions", "translations" or "images"
 
     def metrics(self, config: Config) -> dict[str, str | None]:
         """What ``aigc tune`` can optimise for a run of this kind: each metric, mapped to None when a run with
@@ -82,6 +84,10 @@ class Task(ABC):
     def generator(self, checkpoint: Checkpoint, device: str = "cpu", base: nn.Module | None = None) -> Any:
         """The generator of a loaded checkpoint: text, translations, images or speech from prompts.
         ``base``: the loaded base model of a LoRA run, shared with other adapters (text GPTs only have them)."""
+
+    @abstractmethod
+    def served_model(self) -> type[ServedModel]:
+        """What ``aigc serve`` runs a run of this kind as: the API family it answers and the worker it runs on."""
 
     @abstractmethod
     def evaluate(self, generator: Any, run_dir: Path, manifest: dict, config: Config,

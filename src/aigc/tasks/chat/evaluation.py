@@ -19,14 +19,14 @@ import torch
 
 from aigc.code_checks import compiles, defines_function, extract_code, run_many
 from aigc.config import Config
-from aigc.tasks.chat.conversations import HELD_OUT
 from aigc.data.packing import PackedSampler
 from aigc.data.shards import open_split
-from aigc.tasks.chat.stdlib_functions import functions_in
 from aigc.errors import DataError
 from aigc.evaluation import diversity, summed_nll
 from aigc.generate.sampling import sampling_params
 from aigc.generate.text import TextGenerator
+from aigc.tasks.chat.conversations import HELD_OUT
+from aigc.tasks.chat.stdlib_functions import functions_in
 
 EVAL_ROWS = 4  # packed rows per forward pass when scoring
 

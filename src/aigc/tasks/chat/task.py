@@ -4,26 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from aigc.checkpoint import Checkpoint
 from aigc.config import Config, GenerateConfig
 from aigc.data.collect import CollectResult, collect_files
-from aigc.tasks.chat.conversations import prepare_conversations, read_conversations
 from aigc.data.prepare import PrepareResult
 from aigc.errors import TrainingError
-from aigc.tasks.chat.evaluation import assistant_loss, evaluate_conversations, split_sampler
 from aigc.generate.sampling import sampling_params
 from aigc.generate.text import TextGenerator
 from aigc.tasks.base import GenerateRequest, Task
+from aigc.tasks.chat.conversations import prepare_conversations, read_conversations
+from aigc.tasks.chat.evaluation import assistant_loss, evaluate_conversations, split_sampler
 from aigc.tasks.text.evaluation import SAMPLE_KEYS, code_rows, parse_rate, sample_lines
 from aigc.tasks.text.task import parse_rate_needs, prompt_lines, write_samples
 
+if TYPE_CHECKING:
+    from aigc.serve.workers import ServedModel
+
 
 class ChatTask(Task):
-    name, model_kind, describes, api = "chat", "gpt", "conversations", "completions"
+    name, model_kind, describes = "chat", "gpt", "conversations"
     report_keys = ("loss", "perplexity", "tokens_scored", *SAMPLE_KEYS)
 
     def metrics(self, config: Config) -> dict[str, str | None]:
@@ -54,6 +57,11 @@ class ChatTask(Task):
 
     def generator(self, checkpoint: Checkpoint, device: str = "cpu", base: nn.Module | None = None) -> TextGenerator:
         return TextGenerator.from_checkpoint(checkpoint, device, base)
+
+    def served_model(self) -> type[ServedModel]:
+        from aigc.serve.workers import CompletionModel
+
+        return CompletionModel
 
     def evaluate(self, generator: TextGenerator, run_dir: Path, manifest: dict, config: Config,
                  log: Callable[[str], None]) -> dict[str, Any]:

@@ -14,36 +14,21 @@ Distances are root-mean-square pixel differences on a 0-1 scale.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from aigc.data.pairs import split_pairs
-from aigc.evaluation import summed_nll
 from aigc.generate.sampling import SamplingParams
+from aigc.tasks.caption_prefix import bits_per_token
 from aigc.tasks.images import shapes
 from aigc.tasks.images.generator import ImageGenerator
-from aigc.tasks.images.sampler import prefix_sequences
 from aigc.tasks.images.pixels import dequantise, grid, quantise, save_png
 from aigc.tasks.images.sources import DIGIT_WORDS, digits
 
 NOVEL_PROMPT = "a purple hexagon drawn in chalk"  # words the captions never use: the report shows what happens
-
-
-@torch.inference_mode()
-def bits_per_pixel(model, pairs, eot: int, prefix: int, batch: int = 64) -> tuple[float, int]:
-    """Mean negative log2-likelihood of each pixel token given the caption and the pixels before it."""
-    sequences = torch.from_numpy(prefix_sequences(pairs, prefix, eot))
-    total, count = 0.0, 0
-    for start in range(0, len(sequences), batch):
-        chunk = sequences[start : start + batch]
-        nll, scored = summed_nll(model(chunk[:, :-1])[:, prefix - 1 :], chunk[:, prefix:])
-        total, count = total + nll, count + scored
-    return total / max(count, 1) / math.log(2), count
 
 
 def _distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -139,7 +124,7 @@ def evaluate_images(generator: ImageGenerator, run_dir: Path, manifest: dict, co
     data_dir, image = run_dir / "data", manifest["image"]
     palette, side, offset, eot = np.array(image["palette"], dtype=np.uint8), image["size"], image["pixel_offset"], generator.eot
     test = split_pairs(data_dir, manifest, "test") or split_pairs(data_dir, manifest, "val")
-    bpp, scored = bits_per_pixel(generator.model, test, eot, generator.prefix) if test else (float("nan"), 0)
+    bpp, scored = bits_per_token(generator.model, test, eot, generator.prefix) if test else (float("nan"), 0)
     train_pairs = split_pairs(data_dir, manifest, "train")
     training = np.stack([dequantise(t[:-1] - offset, palette, side) for _, t in train_pairs])
     train_keys = {(t[:-1].astype(np.int64) - offset).tobytes() for _, t in train_pairs}

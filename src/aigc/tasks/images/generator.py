@@ -2,13 +2,12 @@
 
 The model reads the caption (left-padded to ``image_prefix`` tokens) and writes the pixels. Its last
 ``image_colors`` token ids are pixel colours; ``model.palette`` (saved with the weights) turns them
-back into RGB. Sampling goes through :meth:`Engine.draw` (KV cache, temperature, top-k/p, seed,
+back into RGB. Sampling goes through :func:`~aigc.tasks.caption_prefix.draw` (KV cache, temperature, top-k/p, seed,
 classifier-free guidance).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -19,12 +18,12 @@ from aigc.checkpoint import Checkpoint, as_checkpoint
 from aigc.errors import GenerationError
 from aigc.generate.engine import Engine
 from aigc.generate.sampling import SamplingParams
-from aigc.tasks.images.pixels import dequantise
 from aigc.models.gpt import GPT
+from aigc.tasks.caption_prefix import draw, left_padded
+from aigc.tasks.images.pixels import dequantise
 from aigc.tokenizer import UNK, eot_id
 
 log = logging.getLogger(__name__)
-BATCH = 64
 
 
 class ImageGenerator:
@@ -55,7 +54,7 @@ class ImageGenerator:
         unknown = sum(i == self.unknown for i in ids) if self.unknown is not None else 0
         if unknown:
             log.warning("%d token(s) of %r were never seen in training; generating anyway", unknown, prompt)
-        return [self.eot] * (self.prefix - 1 - len(ids)) + ids + [self.eot], unknown
+        return left_padded(ids, self.prefix, self.eot), unknown
 
     def generate(self, prompts: list[str], n: int, params: SamplingParams, guidance: float = 1.0) -> list[list[np.ndarray]]:
         """``n`` images (S, S, 3) uint8 for each prompt."""
@@ -64,11 +63,6 @@ class ImageGenerator:
         if guidance < 0:
             raise GenerationError(f"the guidance scale must be 0 or more, got {guidance}")
         prefixes = [self.encode(p)[0] for p in prompts for _ in range(n)]
-        blank = [self.eot] * self.prefix
-        images = []
-        for start in range(0, len(prefixes), BATCH):
-            chunk_params = params if params.seed is None else dataclasses.replace(params, seed=params.seed + start)
-            tokens = self.engine.draw(prefixes[start : start + BATCH], blank, self.side * self.side, self.first_pixel,
-                                      chunk_params, guidance)
-            images += [dequantise(row.numpy(), self.palette, self.side) for row in tokens]
+        tokens = draw(self.engine, prefixes, self.eot, self.side * self.side, self.first_pixel, params, guidance)
+        images = [dequantise(row.numpy(), self.palette, self.side) for row in tokens]
         return [images[i * n : (i + 1) * n] for i in range(len(prompts))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -17,17 +17,20 @@ from aigc.data.prepare import PrepareResult
 from aigc.data.sources import resolve_sources
 from aigc.errors import GenerationError, TrainingError
 from aigc.generate.sampling import sampling_params
+from aigc.tasks.base import GenerateRequest, Task
+from aigc.tasks.caption_prefix import prefix_samplers
 from aigc.tasks.images.evaluation import evaluate_images, judge_for
 from aigc.tasks.images.generator import ImageGenerator
 from aigc.tasks.images.pixels import grid, save_png
 from aigc.tasks.images.prepare import prepare_images
-from aigc.tasks.images.sampler import prefix_samplers
 from aigc.tasks.images.sources import image_records
-from aigc.tasks.base import GenerateRequest, Task
+
+if TYPE_CHECKING:
+    from aigc.serve.workers import ServedModel
 
 
 class ImageTask(Task):
-    name, model_kind, describes, api = "images", "gpt", "captioned images", "images"
+    name, model_kind, describes = "images", "gpt", "captioned images"
     report_keys = ("bits_per_pixel", "pixels_scored", "guidance", "adherence", "classifier_real_accuracy",
                    "adherence_seen", "adherence_heldout", "sample_diversity", "real_diversity", "exact_training_copies",
                    "nearest_training_distance", "real_nearest_training_distance", "samples_per_s")
@@ -85,6 +88,11 @@ class ImageTask(Task):
 
     def generator(self, checkpoint: Checkpoint, device: str = "cpu", base: nn.Module | None = None) -> ImageGenerator:
         return ImageGenerator.from_checkpoint(checkpoint, device)
+
+    def served_model(self) -> type[ServedModel]:
+        from aigc.tasks.images.served import ImageModel
+
+        return ImageModel
 
     def evaluate(self, generator: ImageGenerator, run_dir: Path, manifest: dict, config: Config,
                  log: Callable[[str], None]) -> dict[str, Any]:

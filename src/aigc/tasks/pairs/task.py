@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -21,9 +21,12 @@ from aigc.tasks.pairs.translator import Translator
 
 BATCH = 32  # source lines translated together by aigc generate
 
+if TYPE_CHECKING:
+    from aigc.serve.workers import ServedModel
+
 
 class PairsTask(Task):
-    name, model_kind, describes, api = "pairs", "seq2seq", "source/target pairs", "translations"
+    name, model_kind, describes = "pairs", "seq2seq", "source/target pairs"
     report_keys = ("loss", "perplexity", "tokens_scored", "bleu", "chrf", "pairs", "sentences_per_s")
 
     def summary_lines(self, report: dict[str, Any]) -> list[str]:
@@ -51,6 +54,11 @@ class PairsTask(Task):
 
     def generator(self, checkpoint: Checkpoint, device: str = "cpu", base: nn.Module | None = None) -> Translator:
         return Translator.from_checkpoint(checkpoint, device)
+
+    def served_model(self) -> type[ServedModel]:
+        from aigc.tasks.pairs.served import TranslationModel
+
+        return TranslationModel
 
     def evaluate(self, generator: Translator, run_dir: Path, manifest: dict, config: Config,
                  log: Callable[[str], None]) -> dict[str, Any]:

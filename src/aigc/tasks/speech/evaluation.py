@@ -31,7 +31,7 @@ from aigc.data.pairs import split_pairs
 from aigc.data.sources import resolve_sources
 from aigc.data.split import assign_split
 from aigc.generate.sampling import SamplingParams
-from aigc.tasks.images.evaluation import bits_per_pixel
+from aigc.tasks.caption_prefix import bits_per_token
 from aigc.tasks.speech.audio import SAMPLE_RATE, encode_audio, log_mel, trim_silence, voiced_seconds
 from aigc.tasks.speech.generator import SpeechGenerator, Utterance
 from aigc.tasks.speech.judge import Judge
@@ -121,7 +121,7 @@ class References:
 def evaluate_speech(generator: SpeechGenerator, run_dir: Path, manifest: dict, config, log=print) -> dict[str, Any]:
     data_dir, eot = run_dir / "data", generator.eot
     test = split_pairs(data_dir, manifest, "test") or split_pairs(data_dir, manifest, "val")
-    bits, scored = bits_per_pixel(generator.model, test, eot, generator.prefix) if test else (float("nan"), 0)
+    bits, scored = bits_per_token(generator.model, test, eot, generator.prefix) if test else (float("nan"), 0)
     train_keys = {t[:-1].astype(np.int64).tobytes() for _, t in split_pairs(data_dir, manifest, "train")}
     ec, gc = config.eval, config.generate
     report: dict[str, Any] = {"bits_per_audio_token": bits, "audio_tokens_scored": scored, "guidance": gc.guidance}

@@ -3,7 +3,7 @@
 The model reads ``caption(text, voice)`` (left-padded to ``audio_prefix`` tokens) and writes
 ``audio_frames * audio_levels`` audio tokens; the ``codebook`` buffer saved with the weights turns them back
 into log-mel frames, and :func:`~aigc.tasks.speech.audio.to_wave` into sound. Sampling goes through
-:meth:`Engine.draw` (KV cache, temperature, top-k/p, seed, classifier-free guidance), one batch for all the
+:func:`~aigc.tasks.caption_prefix.draw` (KV cache, temperature, top-k/p, seed, classifier-free guidance), one batch for all the
 clips asked for at once.
 """
 
@@ -21,13 +21,13 @@ from aigc.errors import GenerationError
 from aigc.generate.engine import Engine
 from aigc.generate.sampling import SamplingParams
 from aigc.models.gpt import GPT
+from aigc.tasks.caption_prefix import draw, left_padded
 from aigc.tasks.speech.audio import change_speed, to_wave, trim_silence
 from aigc.tasks.speech.codebook import decode_codes
 from aigc.tasks.speech.prepare import caption
 from aigc.tokenizer import UNK, eot_id
 
 log = logging.getLogger(__name__)
-BATCH = 64
 MAX_CHARACTERS = 200  # longer text cannot fit the prefix of any run trained here; refused, not silently cut
 
 
@@ -85,7 +85,7 @@ class SpeechGenerator:
         unknown = sum(i == self.unknown for i in ids) if self.unknown is not None else 0
         if unknown:
             log.warning("%d character(s) of %r were never seen in training; speaking anyway", unknown, text)
-        return [self.eot] * (self.prefix - 1 - len(ids)) + ids + [self.eot]
+        return left_padded(ids, self.prefix, self.eot)
 
     def codes(self, utterances: list[Utterance], params: SamplingParams, guidance: float = 1.0) -> list[np.ndarray]:
         """(frames, levels) codes of every sample of every utterance, in order."""
@@ -95,14 +95,8 @@ class SpeechGenerator:
             if u.n < 1:
                 raise GenerationError(f"n must be at least 1, got {u.n}")
         prefixes = [self.encode(u.text, u.voice) for u in utterances for _ in range(u.n)]
-        blank = [self.eot] * self.prefix
-        drawn = []
-        for start in range(0, len(prefixes), BATCH):
-            chunk_params = params if params.seed is None else dataclasses.replace(params, seed=params.seed + start)
-            tokens = self.engine.draw(prefixes[start : start + BATCH], blank, self.frames * self.levels,
-                                      self.first_audio, chunk_params, guidance)
-            drawn += [row.numpy().reshape(self.frames, self.levels) % self.book_size for row in tokens]
-        return drawn
+        tokens = draw(self.engine, prefixes, self.eot, self.frames * self.levels, self.first_audio, params, guidance)
+        return [row.numpy().reshape(self.frames, self.levels) % self.book_size for row in tokens]
 
     def token_ids(self, codes: np.ndarray) -> np.ndarray:
         """(frames, levels) codes -> (frames * levels,) int64 token ids, as the shards hold them."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -18,17 +18,20 @@ from aigc.data.prepare import PrepareResult
 from aigc.data.sources import resolve_sources
 from aigc.errors import DataError, GenerationError, TrainingError
 from aigc.generate.sampling import sampling_params
-from aigc.tasks.images.sampler import prefix_samplers
+from aigc.tasks.base import GenerateRequest, Task
+from aigc.tasks.caption_prefix import prefix_samplers
 from aigc.tasks.speech.audio import encode_audio
 from aigc.tasks.speech.evaluation import evaluate_speech
 from aigc.tasks.speech.generator import SpeechGenerator, Utterance
 from aigc.tasks.speech.prepare import prepare_speech
 from aigc.tasks.speech.sources import ESPEAK_HELP, clip_count, listing_files
-from aigc.tasks.base import GenerateRequest, Task
+
+if TYPE_CHECKING:
+    from aigc.serve.workers import ServedModel
 
 
 class SpeechTask(Task):
-    name, model_kind, describes, api = "speech", "gpt", "spoken clips", "speech"
+    name, model_kind, describes = "speech", "gpt", "spoken clips"
     report_keys = ("guidance", "adherence", "classifier_real_accuracy", "sample_diversity", "exact_training_copies",
                    "bits_per_audio_token", "audio_tokens_scored", "samples_scored", "mel_cepstral_distortion",
                    "real_mel_cepstral_distortion", "duration_error_s", "audio_seconds_per_s")
@@ -85,6 +88,11 @@ class SpeechTask(Task):
 
     def generator(self, checkpoint: Checkpoint, device: str = "cpu", base: nn.Module | None = None) -> SpeechGenerator:
         return SpeechGenerator.from_checkpoint(checkpoint, device)
+
+    def served_model(self) -> type[ServedModel]:
+        from aigc.tasks.speech.served import SpeechModel
+
+        return SpeechModel
 
     def evaluate(self, generator: SpeechGenerator, run_dir: Path, manifest: dict, config: Config,
                  log: Callable[[str], None]) -> dict[str, Any]:

@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from aigc.code_checks import compiles as code_compiles, parses as code_parses
+from aigc.code_checks import compiles as code_compiles
+from aigc.code_checks import parses as code_parses
 from aigc.config import Config
-from aigc.errors import AigcError
 from aigc.data.shards import open_split
+from aigc.errors import AigcError
 from aigc.evaluation import diversity, score
 from aigc.generate.sampling import sampling_params
 from aigc.generate.text import TextGenerator

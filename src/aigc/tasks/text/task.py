@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -22,6 +22,9 @@ from aigc.generate.text import TextGenerator
 from aigc.tasks.base import GenerateRequest, Task
 from aigc.tasks.text.evaluation import SAMPLE_KEYS, code_rows, evaluate_documents, parse_rate, sample_lines
 
+if TYPE_CHECKING:
+    from aigc.serve.workers import ServedModel
+
 
 def parse_rate_needs(config: Config) -> str | None:
     """None when the evaluation checks the completions as code (and so reports a parse rate), else what it needs."""
@@ -31,7 +34,7 @@ def parse_rate_needs(config: Config) -> str | None:
 
 
 class TextTask(Task):
-    name, model_kind, describes, api = "text", "gpt", "documents", "completions"
+    name, model_kind, describes = "text", "gpt", "documents"
     report_keys = ("loss", "perplexity", "bits_per_byte", "tokens_scored", *SAMPLE_KEYS)
 
     def metrics(self, config: Config) -> dict[str, str | None]:
@@ -54,6 +57,11 @@ class TextTask(Task):
 
     def generator(self, checkpoint: Checkpoint, device: str = "cpu", base: nn.Module | None = None) -> TextGenerator:
         return TextGenerator.from_checkpoint(checkpoint, device, base)
+
+    def served_model(self) -> type[ServedModel]:
+        from aigc.serve.workers import CompletionModel
+
+        return CompletionModel
 
     def evaluate(self, generator: TextGenerator, run_dir: Path, manifest: dict, config: Config,
                  log: Callable[[str], None]) -> dict[str, Any]:

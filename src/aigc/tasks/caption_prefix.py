@@ -1,4 +1,8 @@
-"""Batches for the caption-prefix image model: [caption, left-padded to P] + [pixels], loss on pixels only.
+"""The caption-prefix GPT that images and speech share: a caption (left-padded to P tokens) then the tokens
+of what it describes (pixels, audio codes), the loss on those only.
+
+Here: the sequences and their batches, the held-out loss in bits per token, and drawing in batches through
+the engine's caption-prefix decoding (classifier-free guidance from the blank caption).
 
 Like the other samplers, the batch of a step depends only on (seed, step), so resume is exact and
 ranks take their share of the micro-batches. With ``condition_dropout`` a share of the captions is
@@ -8,15 +12,23 @@ which classifier-free guidance needs at sampling time.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 import torch
 
 from aigc.data.pairs import split_pairs, target_start
 from aigc.errors import TrainingError
+from aigc.evaluation import summed_nll
+from aigc.generate.engine import Engine
+from aigc.generate.sampling import SamplingParams
+
+DRAW_BATCH = 64  # captions drawn together: bounds the KV cache of a large request
 
 
 def prefix_sequences(pairs, prefix: int, pad: int) -> np.ndarray:
-    """(N, P + S*S) int64: each caption (ids + end token) left-padded with ``pad`` to ``prefix``, then its pixels."""
+    """(N, P + T) int64: each caption (ids + end token) left-padded with ``pad`` to ``prefix``, then its T tokens."""
     rows = []
     for caption, pixels in pairs:
         caption = np.asarray(caption[-prefix:], dtype=np.int64)
@@ -71,3 +83,34 @@ def prefix_samplers(config, manifest: dict, prefix: int, rank: int, world: int) 
     val = (PrefixSampler(val_pairs, pad, prefix, min(tc.batch_size, len(val_pairs)), world, config.seed, rank, world,
                          "val") if len(val_pairs) else None)
     return train, val
+
+
+def left_padded(ids: list[int], prefix: int, eot: int) -> list[int]:
+    """A caption's ids (at most ``prefix - 1``) and the end token, left-padded with it to ``prefix`` tokens."""
+    return [eot] * (prefix - 1 - len(ids)) + ids + [eot]
+
+
+@torch.inference_mode()
+def bits_per_token(model, pairs, eot: int, prefix: int, batch: int = 64) -> tuple[float, int]:
+    """The held-out loss of a caption-prefix run: mean negative log2-likelihood of each described token (pixel,
+    audio code) given the caption and the tokens before it, and how many were scored."""
+    sequences = torch.from_numpy(prefix_sequences(pairs, prefix, eot))
+    total, count = 0.0, 0
+    for start in range(0, len(sequences), batch):
+        chunk = sequences[start : start + batch]
+        nll, scored = summed_nll(model(chunk[:, :-1])[:, prefix - 1 :], chunk[:, prefix:])
+        total, count = total + nll, count + scored
+    return total / max(count, 1) / math.log(2), count
+
+
+def draw(engine: Engine, prefixes: list[list[int]], eot: int, length: int, first_id: int, params: SamplingParams,
+         guidance: float) -> list[torch.Tensor]:
+    """``length`` tokens among ids ``first_id ..`` (relative to it) for each caption of ``prefixes``, drawn
+    ``DRAW_BATCH`` at a time; a seeded draw seeds each batch with ``seed + its first row``, so a row's tokens do
+    not depend on how the request was split. The blank caption (end tokens only) is the unguided one."""
+    blank = [eot] * len(prefixes[0])
+    drawn: list[torch.Tensor] = []
+    for start in range(0, len(prefixes), DRAW_BATCH):
+        batch_params = params if params.seed is None else dataclasses.replace(params, seed=params.seed + start)
+        drawn += list(engine.draw(prefixes[start : start + DRAW_BATCH], blank, length, first_id, batch_params, guidance))
+    return drawn
