@@ -1,23 +1,23 @@
-"""`aigc run` end to end through the CLI: every artifact of the run directory, stage skipping, generate."""
+"""`aigc run` end to end through the CLI: every artifact of the run directory, stage skipping, generate.
+
+The commands run in this process (tests/e2e/helpers.py); one test runs the installed `aigc` script itself."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import FIXED_STEPS, fixture
+from tests.e2e.helpers import aigc
 
 TINY_MODEL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.block_size=64", "train.batch_size=8",
               "train.eval_every=50", "train.checkpoint_every=50", "eval.samples=4", "generate.max_new_tokens=40",
               *FIXED_STEPS]
-
-
-def aigc(*args: str, input_text: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "aigc", *args], capture_output=True, text=True, input=input_text,
-                          timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +50,13 @@ def test_text_run_writes_every_artifact(text_run):
     assert "ran:     collect, prepare, train, eval" in done.stdout and "bits/byte" in done.stdout
 
 
-def test_rerun_skips_unchanged_stages(text_run):
+def test_rerun_skips_unchanged_stages(text_run, tmp_path):
     run_dir, corpus, _ = text_run
     again = aigc("run", "text", f"data.paths=[{corpus}]", f"run.dir={run_dir}", "train.max_steps=100", *TINY_MODEL)
     assert again.returncode == 0, again.stderr
-    assert "skipped: collect, prepare, train, eval" in again.stdout
+    assert "skipped: collect, prepare, train, eval" in again.stdout  # nothing ran: the module's run is unchanged
+    run_dir = tmp_path / "run"  # the changes below retrain: on a copy, the module's run stays as trained
+    shutil.copytree(text_run[0], run_dir, symlinks=True)
     changed = aigc("run", "text", f"data.paths=[{corpus}]", f"run.dir={run_dir}", "train.max_steps=110", *TINY_MODEL)
     assert changed.returncode == 0, changed.stderr
     assert "ran:     train, eval" in changed.stdout and "skipped: collect, prepare" in changed.stdout
@@ -120,6 +122,16 @@ def test_cli_errors_are_one_line(tmp_path):
     assert done.returncode == 2 and "valid keys" in done.stderr
     done = aigc("recipes")
     assert done.returncode == 0 and "code" in done.stdout and "text" in done.stdout
+
+
+def test_the_installed_aigc_script_runs():
+    """The one run of the `aigc` console script itself (the others call aigc.cli.main, or `python -m aigc`)."""
+    script = Path(sys.executable).with_name("aigc")
+    done = subprocess.run([str(script), "recipes"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "code" in done.stdout and "text" in done.stdout, done.stderr
+    bad = subprocess.run([str(script), "train", "text", "tokenizer.vocab=3"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "valid keys" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def _first_seed(run_dir, wanted, *args: str) -> tuple[int, str]:
