@@ -21,8 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.test_run import aigc
-from tests.e2e.test_serve import Server
+from tests.e2e.helpers import Server, aigc
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "behaviour.json"
 WORDS = "the a king queen of and to my lord good night day sweet love come go here there now why".split()

@@ -1,6 +1,7 @@
 """The CLI's stages on their own and the paths around them: interactive `aigc generate` on a terminal, CSV/TSV
 input with bad rows, `aigc collect` and `aigc eval` alone, `data.val_paths`, `aigc run` resuming an
-interrupted training, and the shapes recipe end to end. Data comes from tests/fixtures or is made here."""
+interrupted training, and the shapes recipe end to end. Data comes from tests/fixtures or is made here.
+The commands run in this process (tests/e2e/helpers.py) but for a terminal's and a signal's, which need one."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from aigc.data.shards import open_split, read_manifest
 from aigc.generate.sampling import sampling_params
 from aigc.generate.text import TextGenerator
 from aigc.tasks.images import shapes
-from tests.e2e.test_run import aigc
+from tests.e2e.helpers import aigc
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=8",
@@ -40,12 +41,10 @@ def corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def text_run(tmp_path_factory, corpus) -> Path:
-    run_dir = tmp_path_factory.mktemp("text") / "run"
-    done = aigc("run", "text", f"data.paths=[{corpus}]", f"run.dir={run_dir}", *TINY, "train.max_steps=30",
-                "train.eval_every=15", "train.checkpoint_every=15")
-    assert done.returncode == 0, done.stderr
-    return run_dir
+def text_run(tiny_runs) -> Path:
+    """The session's tiny text run (tests/e2e/conftest.py: `aigc run`, 30 steps, eval.samples=2); tests that eval
+    into it copy it first."""
+    return tiny_runs["text"]
 
 
 # --- aigc generate on a terminal ---------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Several models behind one `aigc serve`: listing, routing by `model`, ids of runs whose folders share a name,
 the images route's choice of model and its error cases; and the penalties and stop token ids that shape a
-completion. The runs are tiny ones trained here from tests/fixtures and scikit-learn's digits."""
+completion. The runs are the session's tiny ones (tests/e2e/conftest.py), from tests/fixtures and scikit-learn's
+digits."""
 
 from __future__ import annotations
 
@@ -14,47 +15,18 @@ import httpx
 import pytest
 from PIL import Image
 
-from aigc import prepare
 from aigc.checkpoint import load_checkpoint
-from aigc.config import load_config
 from aigc.generate.beam import beam_params
 from aigc.generate.sampling import SamplingParams
 from aigc.generate.text import TextGenerator
 from aigc.tasks.pairs.translator import Translator
-from aigc.training.loop import train
-from tests.e2e.test_serve import Server
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-STEPS = ["train.max_minutes=null", "train.schedule=steps", "train.warmup_steps=5", "train.eval_every=30",
-         "train.checkpoint_every=30", "train.eval_batches=2", "train.threads=2", "train.max_steps=30"]
-
-
-def _trained(recipe: str, run_dir: Path, *overrides: str) -> Path:
-    config = load_config(recipe, [f"run.dir={run_dir}", *overrides, *STEPS])
-    prepare(config)
-    train(config)
-    return run_dir
+from tests.e2e.helpers import Server
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("runs")
-    corpus = root / "shakespeare.txt"
-    corpus.write_text((FIXTURES / "tinyshakespeare_head.txt").read_text(encoding="utf-8")[:30_000], encoding="utf-8")
-    pairs = root / "pairs.tsv"
-    lines = (FIXTURES / "tatoeba_eng_cmn_slice.tsv").read_text(encoding="utf-8-sig").splitlines()
-    pairs.write_text("\n".join(lines[:1500]) + "\n", encoding="utf-8")
-    return {
-        # two folders named "run": the ids must tell them apart
-        "text": _trained("text", root / "a" / "run", f"data.paths=[{corpus}]", "model.n_layer=1", "model.n_head=2",
-                         "model.n_embd=32", "model.block_size=64", "train.batch_size=8", "generate.temperature=0.7",
-                         "generate.top_k=11", "generate.frequency_penalty=1.5", "generate.max_new_tokens=20"),
-        "translate": _trained("translate", root / "b" / "run", f"data.paths=[{pairs}]", "model.n_layer=1",
-                              "model.n_encoder_layer=1", "model.n_head=2", "model.n_embd=32", "model.dropout=0",
-                              "tokenizer.vocab_size=400", "train.batch_size=16", "generate.max_new_tokens=24"),
-        "digits": _trained("digits", root / "c" / "digits", "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
-                           "model.dropout=0", "train.batch_size=16"),
-    }
+def runs(tiny_runs) -> dict[str, Path]:
+    """The session's tiny text, translation and digits runs (tests/e2e/conftest.py): two folders named "run"."""
+    return tiny_runs
 
 
 @pytest.fixture(scope="module")
