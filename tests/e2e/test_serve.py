@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,54 +21,10 @@ import schemathesis
 from schemathesis.generation import GenerationMode
 
 from tests.conftest import FIXED_STEPS, fixture
+from tests.e2e.helpers import Server, aigc
 
 KEY = "test-key-123"
 ORIGIN = "http://allowed.example"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """``aigc serve`` in a subprocess; ``url`` once /ready answers."""
-
-    def __init__(self, runs: list[Path], *args: str, key: str | None = None, env: dict[str, str] | None = None):
-        self.port = free_port()
-        key = key or (args[args.index("--api-key") + 1] if "--api-key" in args else None)
-        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = Path(f"/tmp/aigc-serve-{self.port}.log")
-        self.process = subprocess.Popen([sys.executable, "-m", "aigc", "serve", *map(str, runs), "--port", str(self.port),
-                                         *args], stdout=self.log.open("w"), stderr=subprocess.STDOUT,
-                                        env={**os.environ, **(env or {})})
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/ready", headers=self.headers, timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise RuntimeError(f"server did not start:\n{self.log.read_text()}")
-
-    def metric(self, name: str, model: str = "code", **labels: str) -> float:
-        text = httpx.get(f"{self.url}/metrics", headers=self.headers).text
-        wanted = ",".join([f'model="{model}"', *(f'{k}="{v}"' for k, v in labels.items())])
-        match = re.search(rf"^{name}\{{{re.escape(wanted)}\}} (\S+)$", text, re.M)
-        return float(match.group(1)) if match else 0.0
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
 
 
 @pytest.fixture(scope="module")
@@ -80,20 +33,22 @@ def tiny_run(tmp_path_factory) -> Path:
     corpus = folder / "slice.txt"
     corpus.write_text(fixture("tinyshakespeare_head.txt").read_text(encoding="utf-8")[:60_000], encoding="utf-8")
     run_dir = folder / "code"  # served as model "code", the id the docs use
-    done = subprocess.run([sys.executable, "-m", "aigc", "run", "text", f"data.paths=[{corpus}]", f"run.dir={run_dir}",
-                           "tokenizer.kind=char", "model.n_layer=2", "model.n_head=2", "model.n_embd=32",
-                           "model.block_size=1024", "train.max_steps=20", "train.batch_size=2", "train.eval_every=20",
-                           "train.lr=0.002", "train.warmup_steps=50",  # its own: the tests read its seeded samples
-                           "train.checkpoint_every=20", "eval.samples=1", "generate.max_new_tokens=4",
-                           "eval.max_tokens=4096", *FIXED_STEPS], capture_output=True, text=True, timeout=300)
+    done = aigc("run", "text", f"data.paths=[{corpus}]", f"run.dir={run_dir}", "tokenizer.kind=char", "model.n_layer=2",
+                "model.n_head=2", "model.n_embd=32", "model.block_size=1024", "train.max_steps=20", "train.batch_size=2",
+                "train.eval_every=20", "train.lr=0.002", "train.warmup_steps=50",  # its own: the tests read its samples
+                "train.checkpoint_every=20", "eval.samples=1", "generate.max_new_tokens=4", "eval.max_tokens=4096",
+                *FIXED_STEPS)
     assert done.returncode == 0, done.stderr
     return run_dir
 
 
 @pytest.fixture(scope="module")
-def server(tiny_run):
-    server = Server([tiny_run], "--api-key", KEY, "--cors-origin", ORIGIN, "--max-batch", "8", "--ping-interval", "0.2",
-                    "--max-body-bytes", "20000")
+def server(tiny_run, tmp_path_factory):
+    """The module's server: keys from a flag, a key file and AIGC_API_KEY (the flag's is the one the tests send)."""
+    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
+    keys.write_text("file-key-1\n\n  file-key-2  \n", encoding="utf-8")
+    server = Server([tiny_run], "--api-key", KEY, "--api-key-file", str(keys), "--cors-origin", ORIGIN, "--max-batch",
+                    "8", "--ping-interval", "0.2", "--max-body-bytes", "20000", env={"AIGC_API_KEY": "env-key"})
     yield server
     server.stop()
 
@@ -275,6 +230,9 @@ def test_auth_cors_health_and_request_ids(server):
     assert httpx.get(f"{server.url}/v1/models").status_code == 401
     wrong = httpx.get(f"{server.url}/v1/models", headers={"Authorization": "Bearer wrong"})
     assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
+    for key in (KEY, "env-key", "file-key-1", "file-key-2"):  # the flag's, the environment's and the key file's
+        assert httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert httpx.get(f"{server.url}/v1/models", headers={"Authorization": "Bearer file-key-3"}).status_code == 401
     assert httpx.get(f"{server.url}/health").status_code == 200 and httpx.get(f"{server.url}/").status_code == 200
     assert httpx.get(f"{server.url}/metrics").status_code == 401 and httpx.get(f"{server.url}/ready").status_code == 401
     for path in ("/docs", "/openapi.json"):  # only /health and / are open
@@ -387,58 +345,20 @@ def test_requests_unfinished_when_the_drain_time_ends_get_503(tiny_run):
     assert 503 in results
 
 
-def test_api_keys_from_the_environment_and_a_key_file(tiny_run, tmp_path):
-    keys = tmp_path / "keys.txt"
-    keys.write_text("file-key-1\n\n  file-key-2  \n", encoding="utf-8")
-    server = Server([tiny_run], "--api-key-file", str(keys), key="env-key", env={"AIGC_API_KEY": "env-key"})
-    try:
-        assert httpx.get(f"{server.url}/v1/models").status_code == 401
-        for key in ("env-key", "file-key-1", "file-key-2"):
-            assert httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
-        assert httpx.get(f"{server.url}/v1/models", headers={"Authorization": "Bearer file-key-3"}).status_code == 401
-    finally:
-        server.stop()
-
-
-@pytest.mark.parametrize("args, env, says", [
-    (["--api-key", ""], {}, "API key is empty"),
-    (["--api-key", "ok", "--api-key", " "], {}, "API key is empty"),
-    ([], {"AIGC_API_KEY": ""}, "AIGC_API_KEY is set but the API key is empty"),
-    (["--api-key-file", "BLANK"], {}, "has no key"),
-])
-def test_empty_api_keys_are_refused(tiny_run, tmp_path, args, env, says):
-    blank = tmp_path / "blank.txt"
-    blank.write_text("\n  \n", encoding="utf-8")
-    args = [str(blank) if a == "BLANK" else a for a in args]
-    done = subprocess.run([sys.executable, "-m", "aigc", "serve", str(tiny_run), *args], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, **env})
-    assert done.returncode == 2 and says in done.stderr and "Traceback" not in done.stderr, done.stderr
-
-
 def test_serve_bad_input_is_a_clear_error(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "aigc", "serve", str(tmp_path)], capture_output=True, text=True,
-                          timeout=60, env={**os.environ})
+    done = aigc("serve", tmp_path)
     assert done.returncode == 2 and "is not a checkpoint" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tiny_run, tmp_path_factory):
+def fuzz_server(tiny_run, tiny_runs):
     """``aigc serve`` with a text ("code"), a translation ("pairs") and an image ("digits") model, small limits.
 
-    The translation and digit models train for 20 steps: the fuzzing needs every kind of model, not good ones.
+    The translation and digits models are the session's 30-step ones (tests/e2e/conftest.py): the fuzzing needs
+    every kind of model, not good ones.
     """
-    folder = tmp_path_factory.mktemp("fuzz")
-    tiny = [*FIXED_STEPS, "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "train.max_steps=20",
-            "train.batch_size=8", "train.eval_every=20", "train.eval_batches=1", "train.checkpoint_every=20"]
-    runs = {"pairs": ["translate", f"data.paths=[{fixture('tatoeba_eng_cmn_slice.tsv')}]", "model.n_encoder_layer=1",
-                      "tokenizer.vocab_size=400"],
-            "digits": ["digits"]}
-    for name, (recipe, *extra) in runs.items():
-        args = [sys.executable, "-m", "aigc", "train", recipe, f"run.dir={folder / name}", *tiny, *extra]
-        done = subprocess.run(args, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr
-    server = Server([tiny_run, folder / "pairs", folder / "digits"], "--api-key", KEY, "--max-batch", "8",
-                    "--max-tokens", "8", "--max-n", "2", "--timeout", "30")
+    server = Server([tiny_run, f"pairs={tiny_runs['translate']}", f"digits={tiny_runs['digits']}"], "--api-key", KEY,
+                    "--max-batch", "8", "--max-tokens", "8", "--max-n", "2", "--timeout", "30")
     yield server
     server.stop()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aigc.cli import build_parser
+from aigc.cli import build_parser, main
 from aigc.errors import ConfigError
 from aigc.flags import with_flags
 from aigc.serve.settings import ServeSettings
@@ -69,3 +69,20 @@ def test_an_empty_api_key_is_refused_rather_than_turning_authentication_off(tmp_
         key_file.write_text(file_text, encoding="utf-8")
     with pytest.raises((ConfigError, ValueError), match="empty|no key"):
         ServeSettings(api_keys=keys, api_key_file=key_file).with_keys_from(environ)
+
+
+@pytest.mark.parametrize("args, environ, says", [
+    (["--api-key", ""], {}, "API key is empty"),
+    (["--api-key", "ok", "--api-key", " "], {}, "API key is empty"),
+    ([], {"AIGC_API_KEY": ""}, "AIGC_API_KEY is set but the API key is empty"),
+    (["--api-key-file", "BLANK"], {}, "has no key"),
+])
+def test_aigc_serve_refuses_an_empty_api_key_with_one_error_line(tmp_path, monkeypatch, capsys, args, environ, says):
+    """`aigc serve` (its handler in this process): exit code 2 and the reason, before any run is read."""
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n", encoding="utf-8")
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    code = main(["serve", str(tmp_path / "no-run-is-read"), *[str(blank) if a == "BLANK" else a for a in args]])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and err.startswith("error: ") and "Traceback" not in err, err
