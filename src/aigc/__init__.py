@@ -19,10 +19,10 @@ _EXPORTS = {
     "AigcError": "aigc.errors",
     "Config": "aigc.config",
     "load_config": "aigc.config",
-    "collect": "aigc.tasks",
-    "prepare": "aigc.tasks",
+    "collect": "aigc.tasks.stages",
+    "prepare": "aigc.tasks.stages",
     "train": "aigc.training.loop",
-    "evaluate": "aigc.tasks",
+    "evaluate": "aigc.tasks.stages",
     "run_pipeline": "aigc.pipeline",
 }
 

@@ -42,8 +42,16 @@ from aigc.config import Config, validate_config
 from aigc.errors import CheckpointError
 from aigc.files import file_hash, read_json, write_json
 from aigc.models import empty_model
-from aigc.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, apply_lora, available_targets, load_peft_state, \
-    merge_lora, peft_config
+from aigc.models.gpt import InputExtras
+from aigc.models.lora import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    apply_lora,
+    available_targets,
+    load_peft_state,
+    merge_lora,
+    peft_config,
+)
 from aigc.tokenizer import TARGET_TOKENIZER
 
 FORMAT_VERSION = 1
@@ -74,18 +82,22 @@ class Checkpoint:
             state["lm_head.weight"] = state["wte.weight"]
         return state
 
-    def load_model(self, device: str = "cpu", merge: bool = True, base: torch.nn.Module | None = None) -> torch.nn.Module:
+    def load_model(self, device: str = "cpu", merge: bool = True, base: torch.nn.Module | None = None,
+                   extras: InputExtras | None = None) -> torch.nn.Module:
         """The checkpoint's model with its weights, on ``device``, in eval mode, in the dtype they were stored in
         (float32 for trained runs; an imported model may be bfloat16).
 
         A LoRA checkpoint loads its base (``model.init``, or ``base`` when the caller already holds it: several
         adapters then share its tensors) and its adapters on top, folded into the weights when ``merge`` and the
         base is float32 (folded into bfloat16 weights, small updates would round away: they stay beside them).
+        ``extras``: what the run's kind adds to a GPT's input (:meth:`aigc.tasks.base.Task.model_extras`).
         """
         if self.is_adapter:
             return self._load_adapted(device, merge, base)
-        model = empty_model(self.config.model)  # every tensor is overwritten by the checkpoint's
-        state = self.model_state()
+        model = empty_model(self.config.model, extras)  # every tensor is overwritten by the checkpoint's
+        expected = model.state_dict().keys()  # runs saved before a kind's extras were a module kept them at the top
+        state = {f"extras.{k}" if k not in expected and f"extras.{k}" in expected else k: v
+                 for k, v in self.model_state().items()}
         stored = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
         if stored != torch.float32:
             model.to(stored)

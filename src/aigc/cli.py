@@ -13,15 +13,17 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from aigc.config import Config, GenerateConfig, LoadSettings, builtin_recipes, describe_keys, load_config
+from aigc.config import Config, GenerateConfig, LoadSettings, builtin_recipes, describe_keys, load_config, load_raw
 from aigc.errors import AigcError
 from aigc.flags import add_flags, with_flags
 
 EXIT_INTERRUPTED = 130
 
 
-def _keys_help() -> str:
-    rows = describe_keys()
+def _keys_help(kind: str | None = None) -> str:
+    """The settings a recipe takes, listed under a command's --help: the ``data`` settings of ``kind`` (the kind of
+    run named on the command line), else every kind's."""
+    rows = describe_keys(kind)
     width = max(len(k) for k, _, _ in rows)
     lines = ["settings (key=value; values are YAML, lists as [a,b]):"]
     for key, default, meaning in rows:
@@ -29,7 +31,27 @@ def _keys_help() -> str:
         lines.append(f"  {key:<{width}}  {meaning}{shown}")
     recipes = ", ".join(builtin_recipes())
     lines.append(f"\nRECIPE: a built-in name ({recipes}) or the path of a YAML file; default: code")
+    if kind is None:
+        lines.append("`aigc COMMAND RECIPE --help` lists only the data.* settings of the recipe's kind of run")
     return "\n".join(lines)
+
+
+def _help_kind(argv: list[str]) -> str | None:
+    """The kind of run a ``--help`` command line names (its recipe's ``data.kind``, or a ``data.kind=`` setting),
+    so the help lists that kind's settings; None when it names none or its recipe cannot be read."""
+    if not {"-h", "--help"} & set(argv):
+        return None
+    items = [a for a in argv[1:] if not a.startswith("-")]
+    kinds = [a.partition("=")[2] for a in items if a.startswith("data.kind=")]
+    if kinds:
+        return kinds[-1]
+    recipe, _ = _split_recipe(items)
+    if recipe is None:
+        return None
+    try:
+        return load_raw(recipe).get("data", {}).get("kind", "text")
+    except (AigcError, AttributeError):
+        return None
 
 
 def _split_recipe(items: list[str]) -> tuple[str | None, list[str]]:
@@ -237,12 +259,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_config_command(sub: argparse._SubParsersAction, name: str, handler: Callable, summary: str) -> argparse.ArgumentParser:
+def _add_config_command(sub: argparse._SubParsersAction, name: str, handler: Callable, kind: str | None,
+                        summary: str) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         name,
         help=summary,
         description=summary,
-        epilog=_keys_help(),
+        epilog=_keys_help(kind),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("items", nargs="*", metavar="[RECIPE] [key=value ...]", help="recipe and overrides")
@@ -260,7 +283,8 @@ def _sampling_command(parser: argparse.ArgumentParser, handler: Callable) -> Non
     parser.set_defaults(handler=handler)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(kind: str | None = None) -> argparse.ArgumentParser:
+    """The ``aigc`` parser; ``kind``: the kind of run whose ``data.*`` settings the commands' help lists."""
     from aigc import __version__
 
     parser = argparse.ArgumentParser(
@@ -270,12 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"aigc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_config_command(sub, "run", cmd_run, "run every stage into one run directory, skipping unchanged ones")
-    _add_config_command(sub, "collect", cmd_collect, "find the input files and count their records")
-    _add_config_command(sub, "prepare", cmd_prepare, "clean, tokenize and shard the data")
-    train = _add_config_command(sub, "train", cmd_train, "train the model on the prepared shards")
+    _add_config_command(sub, "run", cmd_run, kind, "run every stage into one run directory, skipping unchanged ones")
+    _add_config_command(sub, "collect", cmd_collect, kind, "find the input files and count their records")
+    _add_config_command(sub, "prepare", cmd_prepare, kind, "clean, tokenize and shard the data")
+    train = _add_config_command(sub, "train", cmd_train, kind, "train the model on the prepared shards")
     train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    tuner = _add_config_command(sub, "tune", cmd_tune, "search settings with Optuna: each trial a training run "
+    tuner = _add_config_command(sub, "tune", cmd_tune, kind, "search settings with Optuna: each trial a training run "
                                 "(tune.trials, tune.space, tune.metric ...; results in <run>/tune)")
     tuner.add_argument("--resume", action="store_true", help="continue the run's study (no finished trial reruns)")
     tuner.add_argument("--workers", type=int, default=1, help="trial processes on this machine (the cores are shared)")
@@ -363,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(_help_kind(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
     settings = [item for item in extra if "=" in item and not item.startswith("-")]
     if extra and (settings != extra or not hasattr(args, "items")):

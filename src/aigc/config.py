@@ -10,74 +10,22 @@ from __future__ import annotations
 
 import importlib.resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from aigc.errors import CombinationError, ConfigError
+from aigc.sections import DataConfig, Section
+from aigc.tasks.registry import data_settings
 
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+DATA_KINDS = data_settings()  # data.kind -> the data settings of that kind of run
+DataSection = Annotated[Union[tuple(DATA_KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
 
 
 class RunConfig(Section):
     dir: Path | None = Field(None, description="run directory; default runs/<recipe>")
-
-
-class DataConfig(Section):
-    kind: str = Field(
-        "text", description="the kind of run (aigc.tasks.registry): text = documents for a GPT, pairs = "
-        "source/target pairs for seq2seq, images = captioned images, speech = spoken clips with their text, "
-        "chat = conversations (OpenAI messages or "
-        "Alpaca JSONL) for fine-tuning a GPT on its assistant turns"
-    )
-    paths: list[str] = Field(default_factory=list, description="files, folders (recursive) and glob patterns to read")
-    builtin: list[Literal["stdlib", "stdlib_functions", "digits", "shapes", "spoken_words"]] = Field(
-        default_factory=list, description="built-in sources: stdlib = .py files of this Python's standard library; "
-        "stdlib_functions = instruction pairs (chat) made from its documented functions, split by file; "
-        "digits = scikit-learn's 8x8 digits, shapes = drawn shape scenes (images); spoken_words = the 35 Speech "
-        "Commands words synthesised by espeak-ng in four voices (speech)"
-    )
-    exclude: list[str] = Field(
-        default_factory=list, description="glob patterns of files to leave out, matched against each file's full path "
-        "(* crosses folders): e.g. ['*/test/*', '*/tests/*'] drops test suites from data.paths folders and stdlib"
-    )
-    field: str = Field("text", description="JSONL field that holds the text")
-    column: str = Field("text", description="CSV/TSV column that holds the text")
-    document: Literal["file", "paragraph", "line"] = Field(
-        "file", description="what one document is in plain-text files: a whole file, a blank-line paragraph, a line"
-    )
-    min_chars: int = Field(1, ge=1, description="drop documents shorter than this (characters, after cleaning)")
-    max_chars: int = Field(10_000_000, ge=1, description="drop documents longer than this (characters)")
-    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of documents held out for validation")
-    source_column: int | str = Field(0, description="pairs: CSV/TSV column of the source (index, or header name)")
-    target_column: int | str = Field(1, description="pairs: CSV/TSV column of the target (index, or header name)")
-    source_field: str = Field("source", description="pairs: JSONL field of the source")
-    target_field: str = Field("target", description="pairs: JSONL field of the target")
-    reverse: bool = Field(False, description="pairs: swap source and target (translate the other way)")
-    test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="pairs: share held out as the test split")
-    image_size: int = Field(8, ge=4, le=64, description="images: side in pixels (8, 16 or 32 are practical on a CPU)")
-    palette: Literal["grey", "kmeans"] = Field("grey", description="images: grey levels, or a k-means colour palette")
-    colors: int = Field(16, ge=2, le=512, description="images: palette size (tokens per pixel)")
-    max_seconds: float = Field(1.0, gt=0, le=60, description="speech: longest clip kept (after trimming silence); "
-                               "every clip is padded with silence to this length")
-    codebook_size: int = Field(256, ge=8, le=4096, description="speech: entries of each k-means codebook of "
-                               "log-mel frames (audio tokens)")
-    codebooks: int = Field(1, ge=1, le=2, description="speech: 2 adds a residual codebook (two tokens per frame)")
-    val_paths: list[str] = Field(
-        default_factory=list, description="files, folders or globs that are the val split (then val_fraction is unused)"
-    )
-
-    @model_validator(mode="after")
-    def _lengths_ordered(self) -> DataConfig:
-        if self.min_chars > self.max_chars:
-            raise ValueError(f"data.min_chars ({self.min_chars}) is above data.max_chars ({self.max_chars})")
-        return self
 
 
 class TokenizerConfig(Section):
@@ -369,13 +317,26 @@ class Config(Section):
     recipe: str = Field("custom", description="name of the recipe this config came from")
     seed: int = Field(1337, description="seed for splits, initialisation, sampling order and dropout")
     run: RunConfig = Field(default_factory=RunConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DataSection = Field(default_factory=DATA_KINDS["text"])
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _data_of_its_kind(cls, raw: Any) -> Any:
+        """``data.kind`` defaults to text. Runs saved before each kind had its own data settings kept every kind's:
+        another kind's setting at its default is dropped (one set to anything else stays, and is refused)."""
+        if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
+            data = {"kind": "text", **raw["data"]}
+            own = DATA_KINDS.get(data["kind"])
+            if own is not None:
+                data = {k: v for k, v in data.items() if k in own.model_fields or not _another_kinds_default(k, v)}
+            raw = {**raw, "data": data}
+        return raw
 
     @model_validator(mode="before")
     @classmethod
@@ -406,6 +367,15 @@ class Config(Section):
     def seq_len(self) -> int:
         """Tokens per training sequence: ``train.seq_len``, else the model's whole context."""
         return self.train.seq_len or self.model.block_size
+
+
+def _another_kinds_default(key: str, value: Any) -> bool:
+    """Whether ``key`` is a data setting of some kind of run and ``value`` its default there."""
+    for settings in DATA_KINDS.values():
+        field = settings.model_fields.get(key)
+        if field is not None and value == (field.default_factory() if field.default_factory else field.default):
+            return True
+    return False
 
 
 def builtin_recipes() -> dict[str, str]:
@@ -444,30 +414,42 @@ def _valid_keys(model: type[BaseModel]) -> list[str]:
     return sorted(model.model_fields)
 
 
-def is_section(key: str) -> bool:
-    """Whether dotted ``key`` names a section of settings (``model``, ``train.lora``) rather than one setting."""
-    return _section_model(key.split(".")) is not None
+def is_section(key: str, kind: str = "text") -> bool:
+    """Whether dotted ``key`` names a section of settings (``model``, ``train.lora``) rather than one setting, in a
+    run of data ``kind``."""
+    return _section_model(key.split("."), kind) is not None
 
 
-def setting_annotation(key: str) -> Any:
-    """The type of the setting at dotted ``key`` (``int``, ``float | None``, ...), or None when ``key`` names a
-    section or nothing."""
+def setting_annotation(key: str, kind: str = "text") -> Any:
+    """The type of the setting at dotted ``key`` (``int``, ``float | None``, ...) in a run of data ``kind``, or None
+    when ``key`` names a section or nothing."""
     *sections, name = key.split(".")
-    section = _section_model(sections)
+    section = _section_model(sections, kind)
     field = section.model_fields.get(name) if section is not None else None
-    return None if field is None or is_section(key) else field.annotation
+    return None if field is None or is_section(key, kind) else field.annotation
 
 
-def _section_model(path: list[str]) -> type[BaseModel] | None:
-    """The pydantic model that holds the key at ``path`` (for listing its valid siblings)."""
+def _section_model(path: list[str], kind: str = "text") -> type[BaseModel] | None:
+    """The pydantic model that holds the key at ``path`` (for listing its valid siblings); ``data`` is the section
+    of data ``kind`` (the shared settings for a kind aigc does not know)."""
     model: type[BaseModel] = Config
     for part in path:
+        if model is Config and part == "data":
+            model = DATA_KINDS.get(kind, DataConfig)
+            continue
         field = model.model_fields.get(part)
         annotation = field.annotation if field else None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         model = annotation
     return model
+
+
+def _data_kind(raw: dict[str, Any]) -> str:
+    """The ``data.kind`` of a raw recipe mapping (text when it names none)."""
+    data = raw.get("data")
+    kind = data.get("kind", "text") if isinstance(data, dict) else "text"
+    return kind if isinstance(kind, str) else "text"
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
@@ -479,12 +461,12 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         value = yaml.safe_load(value_text) if value_text.strip() else None
     except yaml.YAMLError:
         value = value_text
-    parts = key.split(".")
+    parts, kind = key.split("."), _data_kind(raw)
     node = raw
     for i, part in enumerate(parts[:-1]):
-        model = _section_model(parts[: i + 1])
+        model = _section_model(parts[: i + 1], kind)
         if model is None:
-            parent = _section_model(parts[:i]) or Config
+            parent = _section_model(parts[:i], kind) or Config
             raise ConfigError(f"unknown key '{'.'.join(parts[: i + 1])}'; valid keys: {', '.join(_valid_keys(parent))}")
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
@@ -496,11 +478,16 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
 def _explain(err: ValidationError) -> str:
     lines = []
     for problem in err.errors():
-        loc = [str(p) for p in problem["loc"]]
+        loc, kind = _key_path(problem)
         key = ".".join(loc) or "config"
-        if problem["type"] == "extra_forbidden":
-            model = _section_model(loc[:-1]) or Config
-            lines.append(f"unknown key '{key}'; valid keys: {', '.join(_valid_keys(model))}")
+        if problem["type"] == "union_tag_invalid":
+            lines.append(f"data.kind={problem['input'].get('kind')!r} is not a kind of run aigc knows; use one of "
+                         f"{', '.join(DATA_KINDS)}")
+        elif problem["type"] == "extra_forbidden":
+            model = _section_model(loc[:-1], kind) or Config
+            owners = [name for name, settings in DATA_KINDS.items() if loc[0] == "data" and loc[-1] in settings.model_fields]
+            lines.append(f"unknown key '{key}'; valid keys: {', '.join(_valid_keys(model))}"
+                         + (f" (data.kind={kind}; {key} is a setting of {' and '.join(owners)} runs)" if owners else ""))
         else:
             got = problem.get("input")
             if problem["type"] == "value_error":  # our own validators' messages say what was wrong
@@ -534,24 +521,46 @@ def validate_config(raw: dict[str, Any]) -> Config:
         raise kind(_explain(err)) from None
 
 
+def _key_path(problem: ErrorDetails) -> tuple[list[str], str]:
+    """A problem's dotted key as the user writes it, and the data kind it was checked as: pydantic puts the kind
+    of a ``data`` section into the location (``data.images.colors``)."""
+    loc = [str(p) for p in problem["loc"]]
+    if len(loc) > 1 and loc[0] == "data" and loc[1] in DATA_KINDS:
+        return [loc[0], *loc[2:]], loc[1]
+    return loc, "text"
+
+
 def _between_settings(problem: ErrorDetails) -> bool:
     """Whether a validation problem was raised by a section's own validator (its location is the section, not a
     field of it): the checks that relate one setting to another, such as heads dividing the width."""
-    return problem["type"] == "value_error" and _section_model([str(p) for p in problem["loc"]]) is not None
+    loc, kind = _key_path(problem)
+    return problem["type"] == "value_error" and _section_model(loc, kind) is not None
 
 
-def describe_keys() -> list[tuple[str, str, str]]:
-    """(dotted key, default, meaning) for every setting, for ``--help``."""
+def describe_keys(kind: str | None = None) -> list[tuple[str, str, str]]:
+    """(dotted key, default, meaning) for every setting, for ``--help``: the ``data`` settings of ``kind``, or with
+    no kind the shared ones and then each kind's own, marked with its kind."""
     rows = [("seed", str(Config.model_fields["seed"].default), Config.model_fields["seed"].description or "")]
     for section_name in ("run", "data", "tokenizer", "model", "train", "eval", "generate", "tune"):
-        section = Config.model_fields[section_name].annotation
-        for name, field in section.model_fields.items():
-            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-                for sub, inner in field.annotation.model_fields.items():
-                    default = inner.default_factory() if inner.default_factory else inner.default
-                    rows.append((f"{section_name}.{name}.{sub}", "" if default is None else str(default),
-                                 inner.description or ""))
-                continue
-            default = field.default_factory() if field.default_factory else field.default
-            rows.append((f"{section_name}.{name}", "" if default is None else str(default), field.description or ""))
+        if section_name != "data":
+            rows += _rows(section_name, Config.model_fields[section_name].annotation)
+        elif kind is not None:
+            rows += _rows("data", DATA_KINDS.get(kind, DataConfig))
+        else:
+            rows += _rows("data", DataConfig)
+            for name, settings in DATA_KINDS.items():
+                rows += [(f"{key} ({name})", default, meaning) for key, default, meaning in _rows("data", settings)
+                         if key.removeprefix("data.") not in DataConfig.model_fields]
+    return rows
+
+
+def _rows(prefix: str, section: type[BaseModel]) -> list[tuple[str, str, str]]:
+    """(dotted key, default, meaning) of each setting of ``section`` under ``prefix``, nested sections included."""
+    rows = []
+    for name, field in section.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            rows += _rows(f"{prefix}.{name}", field.annotation)
+            continue
+        default = field.default_factory() if field.default_factory else field.default
+        rows.append((f"{prefix}.{name}", "" if default is None else str(default), field.description or ""))
     return rows

@@ -20,8 +20,8 @@ from pathlib import Path
 from aigc.checkpoint import CHECKPOINTS, latest_valid
 from aigc.config import Config
 from aigc.data.shards import MANIFEST
-from aigc.errors import DataError
 from aigc.data.sources import fingerprint, resolve_sources
+from aigc.errors import DataError
 from aigc.files import file_hash, read_json, write_json
 from aigc.pretrained.init import resolve_init
 from aigc.tasks import collect, evaluate, prepare, task_for

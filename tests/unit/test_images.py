@@ -17,6 +17,7 @@ from aigc.generate.engine import Engine
 from aigc.generate.sampling import SamplingParams
 from aigc.models import GPT
 from aigc.tasks.images import shapes
+from aigc.tasks.images.model import PixelPositions
 from aigc.tasks.images.pixels import dequantise, grey_palette, grid, kmeans_palette, quantise
 from aigc.tasks.images.prepare import prepare_images
 from aigc.tasks.images.sources import folder_images
@@ -111,7 +112,7 @@ def test_folder_captions_unreadable_files_and_missing_captions(tmp_path):
 def image_model() -> GPT:
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=24, vocab_size=20, norm="rmsnorm", mlp="swiglu",
-                            position="rope", bias=False, image_size=4, image_colors=6, image_prefix=5))
+                            position="rope", bias=False, image_size=4, image_colors=6, image_prefix=5), PixelPositions)
     return model.eval()
 
 
@@ -145,7 +146,7 @@ def test_cached_and_uncached_sampling_identical_and_guidance_endpoints():
 def test_pixel_positions_only_on_pixels():
     model = image_model()
     positions = torch.arange(24)
-    extra = model._pixel_positions(positions)
+    extra = model.extras(positions)
     assert (extra[:4] == 0).all() and (extra[4:] != 0).any(dim=-1).all()  # position 4 predicts the first pixel
 
 

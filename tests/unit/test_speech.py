@@ -10,7 +10,7 @@ import pytest
 import soundfile
 import torch
 
-from aigc.config import DataConfig, ModelConfig
+from aigc.config import ModelConfig
 from aigc.data.clean import CleaningReport
 from aigc.data.sources import resolve_sources
 from aigc.errors import GenerationError
@@ -20,6 +20,8 @@ from aigc.models.gpt import GPT
 from aigc.tasks.speech.audio import SAMPLE_RATE, encode_audio, load_audio, log_mel, to_wave, trim_silence
 from aigc.tasks.speech.codebook import decode_codes, encode_frames, fit_codebooks
 from aigc.tasks.speech.judge import Judge
+from aigc.tasks.speech.model import AudioLevels
+from aigc.tasks.speech.settings import SpeechData
 from aigc.tasks.speech.sources import _espeak, listing_files, speech_records, spoken_words
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
@@ -87,7 +89,7 @@ def test_an_ljspeech_folder_is_read_resampled_and_its_broken_clips_counted(tmp_p
     (wavs / "broken.wav").write_bytes(b"RIFF not really a wav")
     (tmp_path / "metadata.csv").write_text("a|Hello there|hello there\nsilent|quiet\nlong|too long\n"
                                            "broken|broken file\nmissing|no file\nnot a row\n", encoding="utf-8")
-    config = DataConfig(kind="speech", paths=[str(tmp_path)], max_seconds=1.0)
+    config = SpeechData(paths=[str(tmp_path)], max_seconds=1.0)
     report = CleaningReport()
     records = list(speech_records(listing_files(resolve_sources(config)), config, 0, report))
     assert [(r.text, r.voice) for r in records] == [("hello there", None)]
@@ -100,7 +102,7 @@ def test_a_captions_jsonl_names_voices_and_its_bad_lines_are_counted(tmp_path):
     soundfile.write(tmp_path / "one.wav", _tone(0.4), SAMPLE_RATE)
     lines = [{"audio": "one.wav", "text": "one", "voice": "ann"}, {"audio": "one.wav"}, "not json"]
     (tmp_path / "captions.jsonl").write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines))
-    config = DataConfig(kind="speech", paths=[str(tmp_path / "captions.jsonl")])
+    config = SpeechData(paths=[str(tmp_path / "captions.jsonl")])
     report = CleaningReport()
     records = list(speech_records(listing_files(resolve_sources(config)), config, 0, report))
     assert [(r.text, r.voice) for r in records] == [("one", "ann")]
@@ -121,7 +123,7 @@ def _speech_model(levels: int = 1, text_vocab: int = 10, prefix: int = 5, voices
     config = ModelConfig(vocab_size=text_vocab + 16 * levels, n_layer=2, n_head=2, n_embd=32, block_size=40,
                          audio_codes=16, audio_levels=levels, audio_mels=4, audio_prefix=prefix, audio_frames=12,
                          audio_voices=list(voices))
-    return GPT(config).eval()
+    return GPT(config, AudioLevels).eval()
 
 
 @pytest.mark.parametrize("levels", [1, 2])
@@ -144,6 +146,7 @@ def test_cached_drawing_equals_recomputing_the_whole_sequence(levels):
 
 def test_the_generator_refuses_bad_input():
     from tokenizers import Tokenizer
+
     from aigc.tasks.speech.generator import SpeechGenerator, Utterance
     from aigc.tokenizer import train_char
 

@@ -9,9 +9,8 @@ from aigc import prepare
 from aigc.config import load_config
 from aigc.data.loader import WindowSampler
 from aigc.data.shards import read_manifest
-from aigc.errors import TrainingError
+from aigc.errors import ConfigError, TrainingError
 from aigc.models import build_model
-from aigc.errors import ConfigError
 from aigc.tasks import task_for
 
 PALETTE = [[0, 0, 0], [255, 255, 255], [255, 0, 0]]
@@ -73,9 +72,9 @@ def test_image_model_gets_the_datas_palette(tmp_path):
     image = {"size": 4, "palette": PALETTE, "prefix": 5}
     manifest = _manifest(image=image)
     config = model_config_for(load_config("digits", [f"run.dir={tmp_path}", "model.block_size=20", *SMALL]), manifest)
-    model = build_model(config.model)
+    model = build_model(config.model, task_for(config).model_extras())
     init_from_data(config, model, manifest)
-    assert model.palette.tolist() == PALETTE
+    assert model.extras.palette.tolist() == PALETTE
     text_config = model_config_for(load_config("text", [f"run.dir={tmp_path}", *SMALL]), _manifest())
     text = build_model(text_config.model)
     before = {name: value.clone() for name, value in text.state_dict().items()}

@@ -23,8 +23,8 @@ import torch
 
 from aigc.config import DataConfig
 from aigc.data.clean import CleaningReport, normalize
-from aigc.data.sources import SourceFile, json_objects
 from aigc.data.shards import open_split
+from aigc.data.sources import SourceFile, json_objects
 from aigc.errors import DataError, TrainingError
 
 PAIR_SPLITS = ("train", "val", "test")

@@ -14,9 +14,9 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from aigc.chat_template import ChatTemplate
 from aigc.checkpoint import Checkpoint, as_checkpoint
 from aigc.errors import GenerationError
-from aigc.chat_template import ChatTemplate
 from aigc.generate.decode import Event
 from aigc.generate.engine import DecoderEngine, Engine
 from aigc.generate.sampling import SamplingParams

@@ -18,15 +18,15 @@ whose ``block_size`` may not pass its ``sliding_window``.
 
 Each block computes ``x = x + attn(norm1(x)); x = x + mlp(norm2(x))``.
 
-With ``image_size`` set it is also the caption-prefix image model: a sequence is the caption's tokens
-(``image_prefix`` of them, left-padded) followed by the pixel tokens, and pixel positions get row and
-column embeddings on top of the 1-D ones. With ``audio_codes`` set it is the caption-prefix speech model:
-the text's tokens (``audio_prefix``, left-padded), then one token per log-mel frame and codebook level; the
-``codebook`` buffer (levels, codes, mels) turns audio tokens back into frames, and with several levels each
-position also learns which level it predicts.
+A kind of run may add to the input embedding (``extras``, built from the config): the caption-prefix image
+model gives pixel positions row and column embeddings (:mod:`aigc.tasks.images.model`), the speech model the
+codebook level each position predicts (:mod:`aigc.tasks.speech.model`); buffers that must travel with the
+weights (a palette, codebooks) live there too.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,10 +52,16 @@ class Block(nn.Module):
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 
-class GPT(nn.Module):
-    """A causal language model over token ids; ``config.vocab_size`` must be set (from the tokenizer)."""
+InputExtras = Callable[[ModelConfig], nn.Module]
+"""What a kind of run adds to a GPT's input: built from the config, it maps positions (B, T) or (T,) to
+embeddings (.., C) added to the token embeddings."""
 
-    def __init__(self, config: ModelConfig):
+
+class GPT(nn.Module):
+    """A causal language model over token ids; ``config.vocab_size`` must be set (from the tokenizer).
+    ``extras``: the kind's additions to the input embedding (:data:`InputExtras`), or None."""
+
+    def __init__(self, config: ModelConfig, extras: InputExtras | None = None):
         super().__init__()
         if config.vocab_size is None:
             raise ValueError("ModelConfig.vocab_size is unset; it comes from the tokenizer")
@@ -70,15 +76,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm = make_norm(config)
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.image_size:  # a caption-prefix image model: the pixels get row and column positions too
-            self.image_rows = nn.Embedding(config.image_size, config.n_embd)
-            self.image_cols = nn.Embedding(config.image_size, config.n_embd)
-            # the RGB colour of each pixel token (the last image_colors ids): travels with the weights
-            self.register_buffer("palette", torch.zeros(config.image_colors or 2, 3, dtype=torch.uint8))
-        if config.audio_codes:  # a caption-prefix speech model: each audio token's log-mel frame travels with the weights
-            levels = config.audio_levels or 1
-            self.register_buffer("codebook", torch.zeros(levels, config.audio_codes, config.audio_mels or 1))
-            self.audio_level = nn.Embedding(levels, config.n_embd) if levels > 1 else None
+        self.extras = extras(config) if extras is not None else None  # built last: initialisation draws in one order
         init_weights(self, config.n_layer)
         if config.tie_embeddings:
             self.lm_head.weight = self.wte.weight
@@ -110,10 +108,8 @@ class GPT(nn.Module):
         x = self.wte(idx)  # (B, T, C)
         if self.wpe is not None:
             x = x + self.wpe(positions)
-        if self.config.image_size:
-            x = x + self._pixel_positions(positions)
-        if self.config.audio_codes and self.audio_level is not None:
-            x = x + self._audio_levels(positions)
+        if self.extras is not None:
+            x = x + self.extras(positions)
         rope = self.rope(positions) if self.rope is not None else None
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
@@ -125,24 +121,6 @@ class GPT(nn.Module):
             logits = self.lm_head(x)
             return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return self.lm_head(x[:, -1:] if last_only else x)
-
-    def _pixel_positions(self, positions: torch.Tensor) -> torch.Tensor:
-        """Row + column embeddings of the pixel each position predicts, (.., C); zero on caption positions.
-
-        Sequences are ``image_prefix`` caption tokens then the pixels in raster order, so position p
-        predicts pixel ``p - image_prefix + 1``.
-        """
-        side, prefix = self.config.image_size, self.config.image_prefix or 1
-        pixel = positions - (prefix - 1)
-        index = pixel.clamp(0, side * side - 1)
-        embedding = self.image_rows(index // side) + self.image_cols(index % side)
-        return embedding * (pixel >= 0).unsqueeze(-1)
-
-    def _audio_levels(self, positions: torch.Tensor) -> torch.Tensor:
-        """The embedding of the codebook level each position predicts, (.., C); zero on text positions."""
-        frame_token = positions - ((self.config.audio_prefix or 1) - 1)
-        embedding = self.audio_level(frame_token.clamp(min=0) % (self.config.audio_levels or 1))
-        return embedding * (frame_token >= 0).unsqueeze(-1)
 
     def new_caches(self, batch: int, capacity: int | None = None) -> list[KVCache]:
         """One empty KV cache per block, preallocated for ``capacity`` positions (default block_size)."""

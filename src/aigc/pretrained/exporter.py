@@ -16,15 +16,14 @@ from typing import Any
 
 from safetensors.torch import save_file
 
+from aigc.chat_template import ChatTemplate
 from aigc.checkpoint import load_checkpoint
 from aigc.config import Config, GenerateConfig
 from aigc.errors import CheckpointError
 from aigc.files import read_json, write_json
-from aigc.chat_template import ChatTemplate
 from aigc.models import hf
 from aigc.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from aigc.tokenizer import EOT, load_tokenizer
-
 
 ADAPTER_DIR = "adapter"  # a LoRA run's adapters, exported beside their base
 

@@ -31,11 +31,11 @@ from typing import Any
 import torch
 
 from aigc import __version__
+from aigc.chat_template import CHAT_FILE, ChatTemplate
 from aigc.checkpoint import CHECKPOINTS, FORMAT_VERSION, point, step_name
 from aigc.config import Config, apply_override, validate_config
 from aigc.errors import CheckpointError, ConfigError
 from aigc.files import file_hash, read_json, write_json
-from aigc.chat_template import CHAT_FILE, ChatTemplate
 from aigc.models import hf
 from aigc.pretrained.weights import SourceWeights, write_streaming
 from aigc.tokenizer import load_tokenizer

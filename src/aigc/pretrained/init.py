@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from aigc.checkpoint import CHECKPOINTS, load_checkpoint, point
 from aigc.chat_template import CHAT_FILE
+from aigc.checkpoint import CHECKPOINTS, load_checkpoint, point
 from aigc.config import Config
 from aigc.errors import CheckpointError, ConfigError
 from aigc.files import file_hash, read_json, write_json

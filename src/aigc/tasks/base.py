@@ -21,6 +21,7 @@ from aigc.data.prepare import PrepareResult, prepared_settings
 from aigc.errors import TrainingError
 
 if TYPE_CHECKING:
+    from aigc.models.gpt import InputExtras
     from aigc.serve.workers import ServedModel
 
 
@@ -76,6 +77,10 @@ class Task(ABC):
     def prepared_settings(self, config: Config) -> dict[str, Any]:
         """The settings this kind's prepared data depends on (the manifest records them; a change re-prepares)."""
         return prepared_settings(config)
+
+    def model_extras(self) -> InputExtras | None:
+        """What this kind adds to a GPT's input embedding (pixel positions, codebook levels), or None."""
+        return None
 
     def init_model(self, model: nn.Module, manifest: dict) -> None:
         """Copy into a fresh model what the data fixes (nothing, unless a task says otherwise)."""

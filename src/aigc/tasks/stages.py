@@ -1,8 +1,5 @@
-"""Kinds of run as plug-ins: one :class:`~aigc.tasks.base.Task` per kind, chosen once in :mod:`.registry`.
-
-The stage functions here (:func:`collect`, :func:`prepare`, :func:`evaluate`, :func:`load_generator`)
-ask the run's task; nothing else in aigc asks what kind a run is.
-"""
+"""The stages that depend on the kind of run (:func:`collect`, :func:`prepare`, :func:`evaluate`,
+:func:`load_generator`): each asks the run's task (:mod:`aigc.tasks.registry`) what to do."""
 
 from __future__ import annotations
 

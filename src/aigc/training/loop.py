@@ -140,7 +140,7 @@ def _train(config: Config, resume: bool, log: Callable[[str], None], env: distri
     if samplers[1] is None:
         log("the val split is too small for one evaluation batch: no evaluation")
     torch.manual_seed(config.seed)  # the same initial weights on every process
-    model = build_model(config.model)
+    model = build_model(config.model, task.model_extras())
     task.init_model(model, manifest)
     checkpoint = latest_valid(config.run_dir, warn=log) if resume else None
     if resume and checkpoint is None:

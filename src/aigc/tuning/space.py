@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from aigc.config import Config, apply_override, is_section, setting_annotation, validate_config
+from aigc.config import DATA_KINDS, Config, apply_override, is_section, setting_annotation, validate_config
 from aigc.errors import CombinationError, ConfigError
 
 KINDS = ("log_float", "float", "int", "choice")
@@ -80,9 +80,10 @@ def _check_key(key: str, kind: str) -> None:
 
 
 def _setting_types(key: str) -> set[Any]:
-    """The types the setting at ``key`` takes (``{int, NoneType}`` for ``int | None``); empty for no setting."""
-    annotation = setting_annotation(key)
-    return set() if annotation is None else set(typing.get_args(annotation)) or {annotation}
+    """The types the setting at ``key`` takes (``{int, NoneType}`` for ``int | None``) in a run of any kind (a
+    ``data`` setting is one kind's; the study's recipe decides which); empty for no setting."""
+    annotations = {setting_annotation(key, kind) for kind in DATA_KINDS} - {None}
+    return {t for annotation in annotations for t in (set(typing.get_args(annotation)) or {annotation})}
 
 
 def check_space(config: Config, raw: dict[str, Any]) -> None:

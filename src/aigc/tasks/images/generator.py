@@ -1,7 +1,7 @@
 """Descriptions in, images out: a caption tokenizer, the caption-prefix GPT and its palette.
 
 The model reads the caption (left-padded to ``image_prefix`` tokens) and writes the pixels. Its last
-``image_colors`` token ids are pixel colours; ``model.palette`` (saved with the weights) turns them
+``image_colors`` token ids are pixel colours; ``model.extras.palette`` (saved with the weights) turns them
 back into RGB. Sampling goes through :func:`~aigc.tasks.caption_prefix.draw` (KV cache, temperature, top-k/p, seed,
 classifier-free guidance).
 """
@@ -20,6 +20,7 @@ from aigc.generate.engine import Engine
 from aigc.generate.sampling import SamplingParams
 from aigc.models.gpt import GPT
 from aigc.tasks.caption_prefix import draw, left_padded
+from aigc.tasks.images.model import PixelPositions
 from aigc.tasks.images.pixels import dequantise
 from aigc.tokenizer import UNK, eot_id
 
@@ -32,7 +33,7 @@ class ImageGenerator:
             raise GenerationError("this run's model does not make images (it has no model.image_size)")
         self.model, self.tokenizer, self.engine = model, tokenizer, Engine(model)
         self.side = model.config.image_size
-        self.palette = model.palette.cpu().numpy()
+        self.palette = model.extras.palette.cpu().numpy()
         self.first_pixel = model.config.vocab_size - len(self.palette)
         self.eot = eot_id(tokenizer)
         self.unknown = tokenizer.token_to_id(UNK)
@@ -41,7 +42,7 @@ class ImageGenerator:
     @classmethod
     def from_checkpoint(cls, source: Checkpoint | Path, device: str = "cpu") -> ImageGenerator:
         checkpoint = as_checkpoint(source)
-        return cls(checkpoint.load_model(device), Tokenizer.from_file(str(checkpoint.path / "tokenizer.json")))
+        return cls(checkpoint.load_model(device, extras=PixelPositions), Tokenizer.from_file(str(checkpoint.path / "tokenizer.json")))
 
     def encode(self, prompt: str) -> tuple[list[int], int]:
         """The caption prefix (ids + end token, left-padded to ``image_prefix``) and how many tokens were unknown."""

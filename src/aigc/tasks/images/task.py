@@ -21,6 +21,7 @@ from aigc.tasks.base import GenerateRequest, Task
 from aigc.tasks.caption_prefix import prefix_samplers
 from aigc.tasks.images.evaluation import evaluate_images, judge_for
 from aigc.tasks.images.generator import ImageGenerator
+from aigc.tasks.images.model import PixelPositions
 from aigc.tasks.images.pixels import grid, save_png
 from aigc.tasks.images.prepare import prepare_images
 from aigc.tasks.images.sources import image_records
@@ -82,9 +83,12 @@ class ImageTask(Task):
     def samplers(self, config: Config, manifest: dict, rank: int, world: int) -> tuple[Any, Any | None]:
         return prefix_samplers(config, manifest, manifest["image"]["prefix"], rank, world)
 
+    def model_extras(self) -> type[PixelPositions]:
+        return PixelPositions
+
     def init_model(self, model: nn.Module, manifest: dict) -> None:
         """The palette (the pixels' colours) is saved with the weights."""
-        model.palette.copy_(torch.tensor(manifest["image"]["palette"], dtype=torch.uint8))
+        model.extras.palette.copy_(torch.tensor(manifest["image"]["palette"], dtype=torch.uint8))
 
     def generator(self, checkpoint: Checkpoint, device: str = "cpu", base: nn.Module | None = None) -> ImageGenerator:
         return ImageGenerator.from_checkpoint(checkpoint, device)

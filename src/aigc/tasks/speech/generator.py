@@ -24,6 +24,7 @@ from aigc.models.gpt import GPT
 from aigc.tasks.caption_prefix import draw, left_padded
 from aigc.tasks.speech.audio import change_speed, to_wave, trim_silence
 from aigc.tasks.speech.codebook import decode_codes
+from aigc.tasks.speech.model import AudioLevels
 from aigc.tasks.speech.prepare import caption
 from aigc.tokenizer import UNK, eot_id
 
@@ -47,7 +48,7 @@ class SpeechGenerator:
         if not config.audio_codes:
             raise GenerationError("this run's model does not speak (it has no model.audio_codes)")
         self.model, self.tokenizer, self.engine = model, tokenizer, Engine(model)
-        self.codebooks = model.codebook.cpu().numpy()
+        self.codebooks = model.extras.codebook.cpu().numpy()
         self.levels, self.book_size, self.frames = config.audio_levels or 1, config.audio_codes, config.audio_frames or 1
         self.first_audio = config.vocab_size - self.levels * self.book_size
         self.voices = list(config.audio_voices)
@@ -58,7 +59,7 @@ class SpeechGenerator:
     @classmethod
     def from_checkpoint(cls, source: Checkpoint | Path, device: str = "cpu") -> SpeechGenerator:
         checkpoint = as_checkpoint(source)
-        return cls(checkpoint.load_model(device), Tokenizer.from_file(str(checkpoint.path / "tokenizer.json")))
+        return cls(checkpoint.load_model(device, extras=AudioLevels), Tokenizer.from_file(str(checkpoint.path / "tokenizer.json")))
 
     def voice(self, voice: str | None) -> str | None:
         """``voice`` checked against the run's voices (None: the first); a run without voices takes none."""

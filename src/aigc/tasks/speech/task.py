@@ -23,6 +23,7 @@ from aigc.tasks.caption_prefix import prefix_samplers
 from aigc.tasks.speech.audio import encode_audio
 from aigc.tasks.speech.evaluation import evaluate_speech
 from aigc.tasks.speech.generator import SpeechGenerator, Utterance
+from aigc.tasks.speech.model import AudioLevels
 from aigc.tasks.speech.prepare import prepare_speech
 from aigc.tasks.speech.sources import ESPEAK_HELP, clip_count, listing_files
 
@@ -82,9 +83,12 @@ class SpeechTask(Task):
     def samplers(self, config: Config, manifest: dict, rank: int, world: int) -> tuple[Any, Any | None]:
         return prefix_samplers(config, manifest, manifest["speech"]["prefix"], rank, world)
 
+    def model_extras(self) -> type[AudioLevels]:
+        return AudioLevels
+
     def init_model(self, model: nn.Module, manifest: dict) -> None:
         """The codebooks (each audio token's log-mel frame) are saved with the weights."""
-        model.codebook.copy_(torch.tensor(manifest["speech"]["codebooks"], dtype=torch.float32))
+        model.extras.codebook.copy_(torch.tensor(manifest["speech"]["codebooks"], dtype=torch.float32))
 
     def generator(self, checkpoint: Checkpoint, device: str = "cpu", base: nn.Module | None = None) -> SpeechGenerator:
         return SpeechGenerator.from_checkpoint(checkpoint, device)

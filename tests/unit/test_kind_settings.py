@@ -1,0 +1,76 @@
+"""Each kind of run owns its settings and its model extras: the ``data`` section is the kind's (a union on
+``data.kind``), ``--help`` lists the kind asked for, and runs saved before either change still load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aigc.checkpoint import load_checkpoint, save_checkpoint
+from aigc.cli import main
+from aigc.config import load_config, validate_config
+from aigc.errors import ConfigError
+from aigc.models import build_model
+from aigc.tasks import task_for
+from aigc.tasks.images.model import PixelPositions
+from aigc.tasks.images.settings import ImagesData
+from aigc.tasks.pairs.settings import PairsData
+
+SMALL = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=20"]
+
+
+def test_the_data_section_is_the_kinds_own():
+    assert isinstance(load_config("digits").data, ImagesData)
+    assert isinstance(load_config("text", ["data.kind=pairs", "data.reverse=true"]).data, PairsData)
+    with pytest.raises(ConfigError, match=r"unknown key 'data.colors'.*\(data.kind=text; data.colors is a setting of "
+                                          r"images runs\)"):
+        load_config("text", ["data.colors=8"])
+    with pytest.raises(ConfigError, match=r"unknown key 'data.max_seconds'.*a setting of speech runs"):
+        load_config("digits", ["data.max_seconds=2"])
+    with pytest.raises(ConfigError, match="data.builtin"):  # each kind lists its own built-in sources
+        load_config("text", ["data.builtin=[digits]"])
+    with pytest.raises(ConfigError, match="data.kind='video' is not a kind of run aigc knows; use one of text, pairs"):
+        load_config("text", ["data.kind=video"])
+
+
+def test_a_run_saved_with_every_kinds_data_settings_still_loads():
+    """Saved configs held every kind's data settings at their defaults; another kind's non-default value is refused."""
+    saved = load_config("text").model_dump(mode="json")
+    saved["data"] |= {"image_size": 8, "palette": "grey", "colors": 16, "max_seconds": 1.0, "codebook_size": 256,
+                      "codebooks": 1, "source_column": 0, "reverse": False, "test_fraction": 0.0}
+    assert validate_config(saved).data == load_config("text").data
+    saved["data"]["colors"] = 8
+    with pytest.raises(ConfigError, match="data.colors"):
+        validate_config(saved)
+
+
+def test_help_lists_the_data_settings_of_the_kind_asked_for(capsys):
+    with pytest.raises(SystemExit):
+        main(["prepare", "digits", "--help"])
+    images = capsys.readouterr().out
+    assert "data.image_size" in images and "data.max_seconds" not in images and "data.source_column" not in images
+    with pytest.raises(SystemExit):
+        main(["prepare", "data.kind=speech", "--help"])
+    assert "data.max_seconds" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    every = capsys.readouterr().out
+    assert "data.image_size (images)" in every and "data.max_seconds (speech)" in every
+
+
+def test_a_checkpoint_saved_before_the_extras_were_a_module_loads(tmp_path):
+    """Pixel positions and the palette were the GPT's own tensors (``image_rows.weight``, ``palette``); they are now
+    the kind's module (``extras.image_rows.weight``): an older checkpoint loads with the same logits."""
+    config = load_config("digits", [f"run.dir={tmp_path}", *SMALL, "model.vocab_size=30", "model.image_size=4",
+                                    "model.image_colors=6", "model.image_prefix=5"])
+    torch.manual_seed(0)
+    assert task_for(config).model_extras() is PixelPositions
+    built = build_model(config.model, PixelPositions).eval()
+    built.extras.palette.copy_(torch.arange(18, dtype=torch.uint8).view(6, 3))
+    old_names = {name.removeprefix("extras."): tensor for name, tensor in built.state_dict().items()}
+    assert "image_rows.weight" in old_names and "palette" in old_names
+    (tmp_path / "tokenizer.json").write_text("{}")
+    path = save_checkpoint(tmp_path, 1, config, old_names, {}, {})
+    loaded = load_checkpoint(path).load_model(extras=PixelPositions)
+    ids = torch.arange(12)[None] % 30
+    assert torch.equal(loaded(ids), built(ids)) and torch.equal(loaded.extras.palette, built.extras.palette)
