@@ -1,4 +1,7 @@
-"""aigc tune end to end on a tiny model: a study, pruning, --resume after SIGKILL, two workers, bad spaces."""
+"""aigc tune end to end on a tiny model: a study, pruning, --resume after SIGKILL, two workers, bad spaces.
+
+The commands run in this process (tests/e2e/helpers.py); a study that is killed or interrupted runs in a process
+of its own."""
 
 from __future__ import annotations
 
@@ -19,15 +22,11 @@ import yaml
 
 from aigc.config import load_config
 from tests.conftest import fixture
+from tests.e2e.helpers import aigc
 
 TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=8",
         "train.eval_every=5", "train.eval_batches=2", "train.threads=1", "train.warmup_steps=5",
         "train.schedule=steps", "train.max_steps=30", "tune.trial_minutes=5"]
-
-
-def aigc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "aigc", *map(str, args)], capture_output=True, text=True, timeout=600,
-                          cwd=cwd)
 
 
 @pytest.fixture(scope="module")
