@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import openai
 import pytest
 import torch
 
-from tests.e2e.test_serve import Server
+from tests.e2e.helpers import Server, aigc
 from tests.parity import tiny_hf
 
 pytest.importorskip("transformers")
-
-
-def aigc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "aigc", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -67,23 +61,26 @@ def test_the_default_run_dir_is_runs_and_the_folder_name(qwen, tmp_path):
     _fails_cleanly(again, tmp_path / "nothing", "already exists")
 
 
-def test_server_answers_chat_on_an_imported_run(qwen):
-    _, run, _ = qwen
-    server = Server([run])
-    try:
-        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
-        reply = client.chat.completions.create(model="qwen", messages=[
-            {"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}],
-            max_tokens=16, temperature=0)
-        choice = reply.choices[0]
-        assert choice.finish_reason in ("stop", "length")
-        assert reply.usage.prompt_tokens > 10  # the ChatML template's special tokens, not "User: hello"
-        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
-            model="qwen", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}],
-            max_tokens=16, temperature=0, stream=True) if chunk.choices)
-        assert streamed == choice.message.content
-    finally:
-        server.stop()
+@pytest.fixture(scope="module")
+def int8_server(qwen):
+    """The module's one server: the imported run with --quantize int8."""
+    server = Server([qwen[1]], "--quantize", "int8")
+    yield server
+    server.stop()
+
+
+def test_server_answers_chat_on_an_imported_run(int8_server):
+    client = openai.OpenAI(base_url=f"{int8_server.url}/v1", api_key="unused", max_retries=0)
+    reply = client.chat.completions.create(model="qwen", messages=[
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}],
+        max_tokens=16, temperature=0)
+    choice = reply.choices[0]
+    assert choice.finish_reason in ("stop", "length")
+    assert reply.usage.prompt_tokens > 10  # the ChatML template's special tokens, not "User: hello"
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
+        model="qwen", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}],
+        max_tokens=16, temperature=0, stream=True) if chunk.choices)
+    assert streamed == choice.message.content
 
 
 def test_bad_inputs_are_clear_errors_and_leave_nothing(qwen, tmp_path):
@@ -128,9 +125,8 @@ def test_a_missing_or_foreign_shard_is_a_clear_error(tmp_path):
 
 def test_chat_through_a_pipe_answers_each_line(qwen):
     _, run, _ = qwen
-    done = subprocess.run([sys.executable, "-m", "aigc", "chat", str(run), "--system", "be brief", "--temperature", "0",
-                           "--max-new-tokens", "8"], input="hello\n\nhow are you\n/exit\nnever read\n",
-                          capture_output=True, text=True, timeout=300)
+    done = aigc("chat", run, "--system", "be brief", "--temperature", "0", "--max-new-tokens", "8",
+                input_text="hello\n\nhow are you\n/exit\nnever read\n")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.split("\n")
     assert len(lines) == 3 and lines[2] == "", lines  # two replies, one line each
@@ -200,7 +196,7 @@ def test_export_of_an_aigc_run_loads_in_transformers(tmp_path, style):
                                             add_generation_prompt=True) == "User: hi\nAssistant:"
 
 
-def test_int8_chat_and_serve_match_the_quantized_generator(qwen):
+def test_int8_chat_and_serve_match_the_quantized_generator(qwen, int8_server):
     """--quantize int8 reaches chat and serve: their greedy replies are those of the int8 model (not the float one)."""
     _, run, _ = qwen
     from aigc.generate.sampling import SamplingParams
@@ -212,29 +208,25 @@ def test_int8_chat_and_serve_match_the_quantized_generator(qwen):
     messages = [{"role": "user", "content": "hello"}]
     prompt, stops = generator.chat_prompt(messages)
     expected = generator.complete([prompt], SamplingParams(max_new_tokens=8, temperature=0.0, stop=tuple(stops)))[0]
-    done = subprocess.run([sys.executable, "-m", "aigc", "chat", str(run), "--quantize", "int8", "--temperature", "0",
-                           "--max-new-tokens", "8"], input="hello\n", capture_output=True, text=True, timeout=300)
+    done = aigc("chat", run, "--quantize", "int8", "--temperature", "0", "--max-new-tokens", "8", input_text="hello\n")
     assert done.returncode == 0, done.stderr
     assert done.stdout == expected.text.replace("\n", " ") + "\n"
-    server = Server([run], "--quantize", "int8")
-    try:
-        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
-        reply = client.chat.completions.create(model="qwen", messages=messages, max_tokens=8, temperature=0)
-        assert reply.choices[0].message.content == expected.text
-        # the log-probabilities tell the int8 model from the float one, whatever tokens they choose
-        params = SamplingParams(max_new_tokens=4, temperature=0.0, logprobs=True, ignore_eos=True)
-        int8 = generator.complete(["the king"], params)[0].logprobs
-        stored = load_generator(run).complete(["the king"], params)[0].logprobs
-        served = client.completions.create(model="qwen", prompt="the king", max_tokens=4, temperature=0, logprobs=0,
-                                           extra_body={"ignore_eos": True}).choices[0].logprobs.token_logprobs
-        assert served == pytest.approx(int8, abs=1e-4)
-        assert max(abs(a - b) for a, b in zip(int8, stored)) > 1e-4, (int8, stored)
-    finally:
-        server.stop()
+    client = openai.OpenAI(base_url=f"{int8_server.url}/v1", api_key="unused", max_retries=0)
+    reply = client.chat.completions.create(model="qwen", messages=messages, max_tokens=8, temperature=0)
+    assert reply.choices[0].message.content == expected.text
+    # the log-probabilities tell the int8 model from the float one, whatever tokens they choose
+    params = SamplingParams(max_new_tokens=4, temperature=0.0, logprobs=True, ignore_eos=True)
+    int8 = generator.complete(["the king"], params)[0].logprobs
+    stored = load_generator(run).complete(["the king"], params)[0].logprobs
+    served = client.completions.create(model="qwen", prompt="the king", max_tokens=4, temperature=0, logprobs=0,
+                                       extra_body={"ignore_eos": True}).choices[0].logprobs.token_logprobs
+    assert served == pytest.approx(int8, abs=1e-4)
+    assert max(abs(a - b) for a, b in zip(int8, stored)) > 1e-4, (int8, stored)
 
 
 def test_eval_scores_an_imported_model_on_the_users_files(qwen, tmp_path):
-    _, run, _ = qwen
+    run = tmp_path / "qwen"  # eval writes into the run: a copy, the module's run stays as imported
+    shutil.copytree(qwen[1], run, symlinks=True)
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "a.txt").write_text("the king is dead, long live the king\n" * 20, encoding="utf-8")
