@@ -122,3 +122,44 @@ def test_slot_storage_grows_with_the_rows_and_decodes_the_same(generator, monkey
     assert batch.allocated == 8 and batch.caches[0].keys.shape[2] == 8
     batch.reserve(1000)
     assert batch.allocated == generator.model.config.block_size  # never past the context
+
+
+def letters(ids: list[int]) -> str:
+    """A four-token vocabulary, one letter each."""
+    return "".join("abcd"[i] for i in ids)
+
+
+LOGITS = torch.tensor([0.0, 5.0, 2.0, 3.0])  # the same logits every step: only the row's counts change its choice
+
+
+def test_a_row_penalises_its_prompt_and_its_own_tokens_and_stops_at_its_limit():
+    """Greedy, repetition penalty 4, frequency penalty 1.5 per occurrence: the prompt's "b" starts penalised
+    (5 -> 1.25), so "d" (3) wins; then what the row produced is penalised as well, once per time: "c", "b", "a",
+    "b" again (1.25 - 1.5), then "d" (b is at 1.25 - 3). The limit-th token ends the row with "length"."""
+    params = SamplingParams(temperature=0, repetition_penalty=4.0, frequency_penalty=1.5)
+    row = Row(0, torch.tensor([1, 1]), params, vocab_size=4, limit=6, seed=0, decode=letters)
+    events = [row.accept(LOGITS) for _ in range(6)]
+    assert "".join(e.text for e in events) == "dcbabd"
+    assert [e.finish_reason for e in events] == [None] * 5 + ["length"]
+    assert row.done and row.produced == 6 and row.last == 3
+
+
+def test_stop_ids_of_the_caller_and_of_the_request_both_end_a_row():
+    """A stop id given to the row or in ``stop_token_ids`` ends it with "stop" and emits no text of its own."""
+    for stop_ids, params in [(frozenset({1}), SamplingParams(temperature=0)),
+                             (frozenset(), SamplingParams(temperature=0, stop_token_ids=(1,)))]:
+        row = Row(3, torch.tensor([0]), params, vocab_size=4, limit=10, seed=0, decode=letters, stop_ids=stop_ids)
+        event = row.accept(LOGITS)
+        assert (event.index, event.token, event.text, event.finish_reason, row.done) == (3, 1, "", "stop", True)
+
+
+def test_logprobs_are_the_models_before_penalties_with_the_top_alternatives():
+    """With ``logprobs`` an event carries the log-probability of its token under the raw logits (not the
+    penalised ones that chose it) and the ``top_logprobs`` most likely tokens, most likely first."""
+    params = SamplingParams(temperature=0, repetition_penalty=4.0, logprobs=True)
+    row = Row(0, torch.tensor([1]), params, vocab_size=4, limit=10, seed=0, top_logprobs=2)
+    event = row.accept(LOGITS)
+    logprobs = LOGITS.log_softmax(-1).tolist()
+    assert event.token == 3 and event.text == "" and event.finish_reason is None
+    assert event.logprob == pytest.approx(logprobs[3])
+    assert event.top_logprobs == [(1, pytest.approx(logprobs[1])), (3, pytest.approx(logprobs[3]))]
