@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from aigc.config import GenerateConfig
+from aigc.errors import GenerationError
 from aigc.generate.sampling import SamplingParams, choose, filter_logits, sampling_params
 
 NEG = float("-inf")
@@ -61,3 +63,14 @@ def test_a_low_temperature_sharpens_the_distribution() -> None:
     logits = torch.tensor([[0.0, 1.0]]).repeat(20, 1)
     generators = [torch.Generator().manual_seed(i) for i in range(20)]
     assert choose(logits, SamplingParams(temperature=0.05), generators).tolist() == [1] * 20
+
+
+def test_seed_range_and_empty_stop_strings() -> None:
+    """A seed is accepted from 0 to 2**63 - 1 and refused outside; an empty stop string is refused (it would
+    stop every generation at once)."""
+    assert [SamplingParams(seed=s).seed for s in (0, 2**63 - 1)] == [0, 2**63 - 1]
+    for seed in (-1, 2**63):
+        with pytest.raises(GenerationError, match=rf"^seed must be in \[0, 2\*\*63\) \(got {seed}\)$"):
+            SamplingParams(seed=seed)
+    with pytest.raises(GenerationError, match="^stop strings must not be empty$"):
+        SamplingParams(stop=("\n", ""))
