@@ -27,17 +27,13 @@ from aigc.serve.server import load_models
 from aigc.tasks import load_generator
 from aigc.training.loop import train
 from tests.conftest import fixture
-from tests.e2e.test_serve import Server
+from tests.e2e.helpers import Server, aigc
 
 TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=48", "model.block_size=256", "train.seq_len=96",
         "train.batch_size=8",
         "train.warmup_steps=5", "train.eval_batches=2", "train.threads=2", "train.max_minutes=null",
         "train.schedule=steps", "eval.max_tokens=4000"]
 STEPS = ["train.eval_every=1000", "train.checkpoint_every=1000", "train.log_every=1"]
-
-
-def aigc(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "aigc", *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
 def _fails_cleanly(done: subprocess.CompletedProcess, *words: str) -> None:
