@@ -14,7 +14,7 @@ from aigc.config import ModelConfig
 from aigc.data.clean import CleaningReport
 from aigc.data.sources import resolve_sources
 from aigc.errors import GenerationError
-from aigc.generate.engine import Engine, _generators
+from aigc.generate.engine import Engine
 from aigc.generate.sampling import SamplingParams, choose
 from aigc.models.gpt import GPT
 from aigc.tasks.speech.audio import SAMPLE_RATE, encode_audio, load_audio, log_mel, to_wave, trim_silence
@@ -135,7 +135,7 @@ def test_cached_drawing_equals_recomputing_the_whole_sequence(levels):
     params, guidance, length, first = SamplingParams(temperature=1.0, top_k=8, seed=11), 2.0, 12 * levels, 10
     cached = Engine(model).draw(prefixes, blank, length, first, params, guidance)
     rows = torch.tensor(prefixes + [blank] * 2)
-    generators = _generators(params, 2, torch.device("cpu"))
+    generators = [torch.Generator().manual_seed(params.seed + row) for row in range(2)]  # row i: seed + i
     for _ in range(length):
         logits = model(rows)[:, -1, first:]
         logits = logits[2:] + guidance * (logits[:2] - logits[2:])

@@ -1,12 +1,14 @@
-"""The one decode core of the decoder-only GPT: prefill, decode_step, and a per-row ``accept``.
+"""The one decode core: batch layouts that turn token ids into next-token logits, and a per-row ``accept``.
 
-Two batch layouts feed it: :class:`PaddedBatch` (left-padded prompts decoded together, for
-``aigc generate`` and the evaluation) and :class:`~aigc.generate.slots.SlotBatch` (rows that join and
-leave between steps, for the server's continuous batching). Both turn token ids into next-token
-logits; everything that happens to a row's logits after that is :meth:`Row.accept`: penalties,
-sampling with the row's own generator (on the logits' device), log-probabilities, stop ids, stop
-strings, end of text and the token limit. A row that fails raises from ``accept``; the caller ends
-that row (and its request) alone.
+The layouts: :class:`PaddedBatch` (a GPT's left-padded prompts decoded together, for ``aigc generate`` and
+the evaluation), :class:`~aigc.generate.slots.SlotBatch` (rows that join and leave between steps, for the
+server's continuous batching), :class:`EncodedBatch` (the encoder-decoder's sources, encoded once, with
+:meth:`~EncodedBatch.reorder` for beam search) and :class:`GuidedBatch` (caption-prefix drawing with
+classifier-free guidance). Everything that happens to a row's logits after that is :meth:`Row.accept`:
+penalties, sampling with the row's own generator (on the logits' device), log-probabilities, stop ids, stop
+strings, end of text and the token limit. A row that fails raises from ``accept``; the caller ends that row
+(and its request) alone. Beam search (:mod:`aigc.generate.beam`) chooses over a batch's log-probabilities
+instead of rows.
 
 Shapes: B = rows, L = longest prompt, V = vocabulary, S = keys after this step.
 """
@@ -175,3 +177,67 @@ def _prefill_mask(valid: torch.Tensor) -> torch.Tensor:
     causal = torch.ones(T, T, dtype=torch.bool, device=valid.device).tril()
     mask = causal[None] & valid[:, None, :]
     return (mask | torch.eye(T, dtype=torch.bool, device=valid.device)[None])[:, None]
+
+
+class EncodedBatch:
+    """The encoder-decoder's sources, right-padded and encoded once (each decoder layer's cross-attention keys and
+    values precomputed), ``repeat`` rows per source (beams); every row's target starts from ``start``.
+
+    ``sources``: token ids, each ending with the end token; ``steps``: target tokens to make room for.
+    """
+
+    def __init__(self, model, sources: list[list[int]], steps: int, start: int, repeat: int = 1):
+        device = model.wte.weight.device
+        width = max(map(len, sources))
+        ids = torch.tensor([s + [0] * (width - len(s)) for s in sources], device=device)  # (B, S)
+        mask = torch.tensor([[True] * len(s) + [False] * (width - len(s)) for s in sources], device=device)
+        if repeat > 1:
+            ids, mask = ids.repeat_interleave(repeat, 0), mask.repeat_interleave(repeat, 0)
+        self.model, self.start, self.device = model, start, device
+        self.memory, self.mask = model.encode(ids, mask)
+        self.caches = model.new_caches(len(ids), steps + 1)
+
+    def prefill(self) -> torch.Tensor:
+        """Logits after each row's start token, (B, V)."""
+        return self.decode_step(torch.full((len(self.mask),), self.start, dtype=torch.long, device=self.device))
+
+    def decode_step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append one target token per row, (B,); logits after it, (B, V)."""
+        return self.model.decode(tokens.to(self.device)[:, None], self.memory, self.mask, self.caches,
+                                 last_only=True)[:, -1].float()
+
+    def reorder(self, order: torch.Tensor) -> None:
+        """Keep rows ``order`` (B,), in that order: beam search continues the hypotheses that survived."""
+        for cache in self.caches:
+            cache.reorder(order.to(self.device))
+
+
+class GuidedBatch:
+    """Caption-prefix drawing: the caption-prefix GPT continues each prefix with tokens among ids ``first_id ..``,
+    and the logits of those ids, (B, V - first_id), are what rows choose from; tokens fed back are relative to
+    ``first_id``. With ``guidance`` != 1 each row also decodes from the ``blank`` (caption-free) prefix, and its
+    logits are ``uncond + guidance * (cond - uncond)`` (classifier-free guidance); guidance 1 is plain sampling.
+    Every prefix has the same length (the model's caption prefix), so no row is padded.
+    """
+
+    def __init__(self, model, prefixes: list[list[int]], blank: list[int], steps: int, first_id: int,
+                 guidance: float = 1.0):
+        self.first_id, self.guidance, self.rows = first_id, guidance, len(prefixes)
+        self.guided = guidance != 1.0
+        self.inner = PaddedBatch(model, prefixes + ([blank] * len(prefixes) if self.guided else []), steps)
+
+    def prefill(self) -> torch.Tensor:
+        """The mixed logits after every prefix, (B, V - first_id)."""
+        return self._mixed(self.inner.prefill())
+
+    def decode_step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append one token per row, (B,) relative to ``first_id``; the mixed logits after it."""
+        absolute = tokens + self.first_id
+        return self._mixed(self.inner.decode_step(absolute.repeat(2) if self.guided else absolute))
+
+    def _mixed(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits[:, self.first_id :]
+        if not self.guided:
+            return logits
+        conditional, unconditional = logits[: self.rows], logits[self.rows :]
+        return unconditional + self.guidance * (conditional - unconditional)

@@ -1,9 +1,10 @@
 """The decoding engine: token ids in, token ids out, for the decoder-only GPT and the encoder-decoder.
 
-For the decoder-only GPT, :meth:`Engine.steps` runs the decode core (:mod:`aigc.generate.decode`) over
-a left-padded batch. For the encoder-decoder, :meth:`Engine.translate` encodes the sources once
-(cross-attention keys/values precomputed) and decodes from ``<|endoftext|>`` by sampling or by beam
-search. :meth:`Engine.draw` samples the pixels of the caption-prefix image model.
+Every kind of decoding runs the one decode core (:mod:`aigc.generate.decode`): a batch layout turns ids into
+logits and each :class:`~aigc.generate.decode.Row` chooses its next token. :meth:`DecoderEngine.steps` decodes a
+GPT's left-padded prompts; :meth:`Engine.translate` the encoder-decoder's sources, encoded once, by the same rows
+(greedy or sampling) or by beam search over the batch's log-probabilities; :meth:`Engine.draw` the caption-prefix
+model's pixels or audio tokens, with classifier-free guidance.
 
 It knows nothing about text: tokenizers turn text into ids at the edges (:mod:`aigc.generate.text`).
 """
@@ -17,17 +18,20 @@ import torch
 
 from aigc.errors import GenerationError
 from aigc.generate.beam import BeamParams, Hypothesis, beam_search
-from aigc.generate.decode import ContinuousBatch, Event, PaddedBatch, PromptBatch, Row, next_logits, seed_base
-from aigc.generate.sampling import SamplingParams, apply_penalties, choose
+from aigc.generate.decode import (
+    ContinuousBatch,
+    EncodedBatch,
+    Event,
+    GuidedBatch,
+    PaddedBatch,
+    PromptBatch,
+    Row,
+    seed_base,
+)
+from aigc.generate.sampling import SamplingParams
 from aigc.generate.slots import SlotBatch
 from aigc.models.gpt import GPT
 from aigc.models.seq2seq import Seq2Seq
-
-
-def _generators(params: SamplingParams, rows: int, device: torch.device) -> list[torch.Generator]:
-    """One generator per row on ``device`` (where the logits are), seeded ``base + row``."""
-    base = seed_base(params)
-    return [torch.Generator(device=device).manual_seed(base + row) for row in range(rows)]
 
 
 class DecoderEngine:
@@ -75,7 +79,11 @@ class DecoderEngine:
         at the latest).
         """
         rows = rows if rows is not None else self.rows(prompts, params, self.steps_for(prompts, params))
-        batch = self.padded_batch(prompts, max(row.limit for row in rows), use_cache)
+        yield from self.decode(self.padded_batch(prompts, max(row.limit for row in rows), use_cache), rows)
+
+    def decode(self, batch: PromptBatch, rows: list[Row]) -> Iterator[list[Event | None]]:
+        """The decode core's loop: ``batch``'s logits to its ``rows``, one step at a time, each row's token fed back;
+        yields one :class:`Event` per row per step (None for rows already finished) until every row has finished."""
         logits = batch.prefill()
         while True:
             yield [None if row.done else row.accept(row_logits) for row, row_logits in zip(rows, logits)]
@@ -110,87 +118,60 @@ class Engine(DecoderEngine):
     def slot_batch(self, slots: int) -> SlotBatch:
         return SlotBatch(self.model, slots)
 
-    def _encode(self, sources: list[list[int]], repeat: int = 1):
-        """Right-padded sources -> per-layer cross K/V and mask, each row repeated ``repeat`` times (beams)."""
-        if not sources or any(not s for s in sources):
-            raise GenerationError("every source needs at least one token")
-        device = self.model.wte.weight.device
-        width = max(map(len, sources))
-        if width > self.block_size:
-            raise GenerationError(f"a source has {width} tokens; the model's context is {self.block_size}")
-        ids = torch.tensor([s + [0] * (width - len(s)) for s in sources], device=device)
-        mask = torch.tensor([[True] * len(s) + [False] * (width - len(s)) for s in sources], device=device)
-        if repeat > 1:
-            ids, mask = ids.repeat_interleave(repeat, 0), mask.repeat_interleave(repeat, 0)
-        return self.model.encode(ids, mask)
-
     @torch.inference_mode()
     def translate(self, sources: list[list[int]], start: int, end: int, params: SamplingParams,
                   beam: BeamParams | None = None) -> list[list[Hypothesis]]:
         """Target ids for each source (without start/end): beam search when ``beam``, else greedy or sampling.
 
-        Returns a list of hypotheses per source (``beam.n_best`` of them with beam search, else one).
+        Returns a list of hypotheses per source (``beam.n_best`` of them with beam search, else one, scored by its
+        mean log-probability per token).
         """
-        device = self.model.wte.weight.device
-        rows = len(sources) * (beam.beams if beam else 1)
-        memory, mask = self._encode(sources, beam.beams if beam else 1)
+        if not sources or any(not s for s in sources):
+            raise GenerationError("every source needs at least one token")
+        width = max(map(len, sources))
+        if width > self.block_size:
+            raise GenerationError(f"a source has {width} tokens; the model's context is {self.block_size}")
         limit = min(beam.max_new_tokens if beam else params.max_new_tokens, self.block_size)
-        caches = self.model.new_caches(rows, limit + 1)
+        batch = EncodedBatch(self.model, sources, limit, start, beam.beams if beam else 1)
+        if beam is not None:
+            return beam_search(self._logprobs(batch), len(sources), start, end,
+                               dataclasses.replace(beam, max_new_tokens=limit))
+        params = dataclasses.replace(params, logprobs=True)  # each hypothesis is scored by its tokens' log-probs
+        empty = torch.empty(0, dtype=torch.long, device=self.device)  # penalties count the translation alone
+        base = seed_base(params)
+        rows = [Row(i, empty, params, self.vocab_size, limit, base + i, stop_ids=frozenset({end}))
+                for i in range(len(sources))]
+        chosen: list[list[tuple[int, float]]] = [[] for _ in rows]
+        for events in self.decode(batch, rows):
+            for event in filter(None, events):
+                if event.token != end:
+                    chosen[event.index].append((event.token, event.logprob))
+        return [[Hypothesis([t for t, _ in row], sum(lp for _, lp in row) / max(len(row), 1))] for row in chosen]
+
+    @staticmethod
+    def _logprobs(batch: EncodedBatch):
+        """Beam search's view of ``batch``: its log-probabilities (N, V) on the CPU after each step, the rows first
+        reordered to follow the hypotheses that survived (``order``; None at the first step, the start token)."""
 
         def next_logprobs(tokens: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
-            if order is not None:
-                for cache in caches:
-                    cache.reorder(order.to(device))
-            logits = self.model.decode(tokens.to(device)[:, None], memory, mask, caches, last_only=True)[:, -1]
-            return logits.float().log_softmax(-1).cpu()
+            if order is None:
+                return batch.prefill().log_softmax(-1).cpu()
+            batch.reorder(order)
+            return batch.decode_step(tokens).log_softmax(-1).cpu()
 
-        if beam is not None:
-            return beam_search(next_logprobs, len(sources), start, end, dataclasses.replace(beam, max_new_tokens=limit))
-        generators = _generators(params, rows, torch.device("cpu"))  # log-probs come back on the CPU
-        tokens = torch.full((rows,), start, dtype=torch.long)
-        written = torch.full((rows, limit), end, dtype=torch.long)  # each row's tokens, until its end token
-        lengths = torch.full((rows,), limit, dtype=torch.long)
-        scores = torch.zeros(rows)
-        finished = torch.zeros(rows, dtype=torch.bool)
-        seen = torch.zeros(rows, self.vocab_size)
-        for step in range(limit):
-            logprobs = next_logprobs(tokens, None)
-            tokens = choose(apply_penalties(logprobs, seen, seen, params), params, generators)
-            ended = (tokens == end) & ~finished
-            lengths[ended] = step
-            finished |= ended
-            scores += torch.where(finished, 0.0, logprobs.gather(1, tokens[:, None])[:, 0])
-            written[:, step] = tokens
-            seen.scatter_add_(1, tokens[:, None], torch.ones(rows, 1))
-            if bool(finished.all()):
-                break
-        return [[Hypothesis(row[:length].tolist(), score / max(length, 1))]
-                for row, length, score in zip(written, lengths.tolist(), scores.tolist())]
-
+        return next_logprobs
 
     @torch.inference_mode()
     def draw(self, prefixes: list[list[int]], blank: list[int], length: int, first_id: int, params: SamplingParams,
              guidance: float = 1.0) -> torch.Tensor:
-        """Caption-prefix image model: ``length`` draws per prefix among ids ``first_id ..`` -> (B, length).
-
-        Every prefix has the model's ``image_prefix`` tokens. Returned values are relative to
-        ``first_id`` (palette indices). With ``guidance`` != 1 each row also decodes from the ``blank``
-        (caption-free) prefix, and the logits are ``uncond + guidance * (cond - uncond)``
-        (classifier-free guidance); guidance 1 is plain sampling.
-        """
-        batch, guided = len(prefixes), guidance != 1.0
-        device = self.model.wte.weight.device
-        idx = torch.tensor(prefixes + ([blank] * batch if guided else []), device=device)
-        caches = self.model.new_caches(len(idx), idx.shape[1] + length)
-        generators = _generators(params, batch, torch.device("cpu"))  # the guided logits are moved to the CPU
-        out = torch.empty(batch, length, dtype=torch.long)
-        logits = next_logits(self.model, idx, caches)
-        for i in range(length):
-            logits = logits[:, first_id:].cpu()
-            if guided:
-                logits = logits[batch:] + guidance * (logits[:batch] - logits[batch:])
-            out[:, i] = choose(logits, params, generators)
-            if i < length - 1:
-                tokens = (out[:, i] + first_id).repeat(2 if guided else 1)[:, None].to(device)
-                logits = next_logits(self.model, tokens, caches)
-        return out
+        """Caption-prefix model: ``length`` draws per prefix among ids ``first_id ..`` -> (B, length), relative to
+        ``first_id`` (palette indices, audio codes). Every prefix has the model's caption-prefix length; with
+        ``guidance`` != 1 the logits are guided by the ``blank`` prefix's (:class:`GuidedBatch`)."""
+        batch = GuidedBatch(self.model, prefixes, blank, length, first_id, guidance)
+        empty = torch.empty(0, dtype=torch.long, device=self.device)
+        base = seed_base(params)
+        rows = [Row(i, empty, params, self.vocab_size - first_id, length, base + i) for i in range(len(prefixes))]
+        drawn = torch.empty(len(rows), length, dtype=torch.long)
+        for step, events in enumerate(self.decode(batch, rows)):
+            drawn[:, step] = torch.tensor([event.token for event in events])
+        return drawn
