@@ -121,6 +121,12 @@ class QueueWorker:
     def queued(self) -> int:
         return len(self.waiting)
 
+    def _wait_for_work(self) -> bool:
+        """Under the lock: wait until a request is queued or the worker is stopped; False when it is stopped."""
+        while not self._stopping and not self.waiting:
+            self._lock.wait()
+        return not self._stopping
+
     def _loop(self) -> None:
         raise NotImplementedError
 

@@ -6,27 +6,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from aigc.checkpoint import Checkpoint
 from aigc.config import Config, GenerateConfig
 from aigc.data.collect import CollectResult, collect_files
 from aigc.data.prepare import PrepareResult
 from aigc.errors import TrainingError
 from aigc.generate.sampling import sampling_params
 from aigc.generate.text import TextGenerator
-from aigc.tasks.base import GenerateRequest, Task
+from aigc.tasks.base import GenerateRequest
 from aigc.tasks.chat.conversations import prepare_conversations, read_conversations
 from aigc.tasks.chat.evaluation import assistant_loss, evaluate_conversations, split_sampler
-from aigc.tasks.text.evaluation import SAMPLE_KEYS, code_rows, parse_rate, sample_lines
-from aigc.tasks.text.task import parse_rate_needs, prompt_lines, write_samples
+from aigc.tasks.text.evaluation import SAMPLE_KEYS
+from aigc.tasks.text.task import TextGPTTask, parse_rate_needs, prompt_lines, write_samples
 
 if TYPE_CHECKING:
-    from aigc.serve.workers import ServedModel
+    pass
 
 
-class ChatTask(Task):
-    name, model_kind, describes = "chat", "gpt", "conversations"
+class ChatTask(TextGPTTask):
+    name, describes = "chat", "conversations"
     report_keys = ("loss", "perplexity", "tokens_scored", *SAMPLE_KEYS)
 
     def metrics(self, config: Config) -> dict[str, str | None]:
@@ -55,14 +52,6 @@ class ChatTask(Task):
                if has_val else None)
         return train, val
 
-    def generator(self, checkpoint: Checkpoint, device: str = "cpu", base: nn.Module | None = None) -> TextGenerator:
-        return TextGenerator.from_checkpoint(checkpoint, device, base)
-
-    def served_model(self) -> type[ServedModel]:
-        from aigc.serve.workers import CompletionModel
-
-        return CompletionModel
-
     def evaluate(self, generator: TextGenerator, run_dir: Path, manifest: dict, config: Config,
                  log: Callable[[str], None]) -> dict[str, Any]:
         return evaluate_conversations(generator, run_dir, manifest, config)
@@ -72,14 +61,6 @@ class ChatTask(Task):
         nll, count = assistant_loss(generator.model, sampler, config.eval.max_tokens)
         return nll / count
 
-    def report_rows(self, report: dict[str, Any]) -> list[tuple[str, Any]]:
-        return super().report_rows(report) + code_rows(report)
-
-    def summary_lines(self, report: dict[str, Any]) -> list[str]:
-        return sample_lines(report)
-
-    def metric(self, report: dict[str, Any], name: str) -> float | None:
-        return parse_rate(report) if name == "parse_rate" else report.get(name)
 
     def sample_markdown(self, samples: list[dict[str, Any]]) -> list[str]:
         return [line for s in samples for line in (

@@ -31,9 +31,7 @@ class TranslationWorker(QueueWorker):
         eot = self.generator.eot
         while True:
             with self._lock:
-                while not self._stopping and not self.waiting:
-                    self._lock.wait()
-                if self._stopping:
+                if not self._wait_for_work():
                     return
                 request = self.active = self.waiting.popleft()
             try:

@@ -67,9 +67,7 @@ class SpeechWorker(QueueWorker):
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not self._stopping and not self.waiting:
-                    self._lock.wait()
-                if self._stopping:
+                if not self._wait_for_work():
                     return
                 batch = [job for job in self._batch() if not job.cancelled]
                 self.active = len(batch)

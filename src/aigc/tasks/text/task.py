@@ -33,8 +33,32 @@ def parse_rate_needs(config: Config) -> str | None:
     return None if config.eval.samples else "eval.samples above 0 (the held-out functions it completes)"
 
 
-class TextTask(Task):
-    name, model_kind, describes = "text", "gpt", "documents"
+class TextGPTTask(Task):
+    """What the kinds a text GPT runs share (text and chat): the text generator, the completions server, the
+    samples' diversity and code checks in the report, and the parse rate among aigc tune's metrics."""
+
+    model_kind = "gpt"
+
+    def generator(self, checkpoint: Checkpoint, device: str = "cpu", base: nn.Module | None = None) -> TextGenerator:
+        return TextGenerator.from_checkpoint(checkpoint, device, base)
+
+    def served_model(self) -> type[ServedModel]:
+        from aigc.serve.workers import CompletionModel
+
+        return CompletionModel
+
+    def report_rows(self, report: dict[str, Any]) -> list[tuple[str, Any]]:
+        return super().report_rows(report) + code_rows(report)
+
+    def summary_lines(self, report: dict[str, Any]) -> list[str]:
+        return sample_lines(report)
+
+    def metric(self, report: dict[str, Any], name: str) -> float | None:
+        return parse_rate(report) if name == "parse_rate" else report.get(name)
+
+
+class TextTask(TextGPTTask):
+    name, describes = "text", "documents"
     report_keys = ("loss", "perplexity", "bits_per_byte", "tokens_scored", *SAMPLE_KEYS)
 
     def metrics(self, config: Config) -> dict[str, str | None]:
@@ -55,14 +79,6 @@ class TextTask(Task):
                if len(val_tokens) >= block + 2 else None)
         return train, val
 
-    def generator(self, checkpoint: Checkpoint, device: str = "cpu", base: nn.Module | None = None) -> TextGenerator:
-        return TextGenerator.from_checkpoint(checkpoint, device, base)
-
-    def served_model(self) -> type[ServedModel]:
-        from aigc.serve.workers import CompletionModel
-
-        return CompletionModel
-
     def evaluate(self, generator: TextGenerator, run_dir: Path, manifest: dict, config: Config,
                  log: Callable[[str], None]) -> dict[str, Any]:
         return evaluate_documents(generator, run_dir, manifest, config)
@@ -75,14 +91,6 @@ class TextTask(Task):
     def scores_other_files(self) -> bool:
         return True
 
-    def report_rows(self, report: dict[str, Any]) -> list[tuple[str, Any]]:
-        return super().report_rows(report) + code_rows(report)
-
-    def summary_lines(self, report: dict[str, Any]) -> list[str]:
-        return sample_lines(report)
-
-    def metric(self, report: dict[str, Any], name: str) -> float | None:
-        return parse_rate(report) if name == "parse_rate" else report.get(name)
 
     def sample_markdown(self, samples: list[dict[str, Any]]) -> list[str]:
         return [line for s in samples for line in ("```", s["prompt"] + s["completion"], "```", "")]
