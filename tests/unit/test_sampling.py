@@ -8,7 +8,7 @@ import torch
 
 from aigc.config import GenerateConfig
 from aigc.errors import GenerationError
-from aigc.generate.sampling import SamplingParams, choose, filter_logits, sampling_params
+from aigc.generate.sampling import SamplingParams, apply_penalties, choose, filter_logits, sampling_params
 
 NEG = float("-inf")
 ROWS = torch.tensor([[3.0, 2.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])  # a peaked row and a flat one
@@ -74,3 +74,13 @@ def test_seed_range_and_empty_stop_strings() -> None:
             SamplingParams(seed=seed)
     with pytest.raises(GenerationError, match="^stop strings must not be empty$"):
         SamplingParams(stop=("\n", ""))
+
+
+def test_penalties_on_negative_logits_and_per_occurrence() -> None:
+    """Repetition 2 halves a seen positive logit and doubles a seen negative one (both less likely); presence 0.5
+    is subtracted once per generated token, frequency 0.25 once per occurrence; unseen tokens keep their logit."""
+    logits = torch.tensor([[2.0, -2.0, 1.0, 0.0]])
+    seen = torch.tensor([[3.0, 1.0, 1.0, 0.0]])  # prompt + output
+    generated = torch.tensor([[2.0, 0.0, 1.0, 0.0]])
+    params = SamplingParams(repetition_penalty=2.0, presence_penalty=0.5, frequency_penalty=0.25)
+    assert apply_penalties(logits, seen, generated, params).tolist() == [[0.0, -4.0, -0.25, 0.0]]
