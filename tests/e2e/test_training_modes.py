@@ -27,6 +27,7 @@ from aigc.config import load_config
 from aigc.generate.sampling import SamplingParams
 from aigc.generate.text import TextGenerator
 from aigc.training.loop import train
+from tests.e2e.helpers import aigc
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "model.dropout=0.0",
@@ -166,8 +167,7 @@ def test_time_budget_stops_with_a_checkpoint_and_resume_spends_the_rest(tmp_path
     before = _records(run_dir)
     assert interrupted_at >= 2 and max(_losses(run_dir)) == interrupted_at
 
-    resumed = subprocess.run([sys.executable, "-m", "aigc", "train", "text", *args, "--resume"], capture_output=True,
-                             text=True, timeout=300)
+    resumed = aigc("train", "text", *args, "--resume")  # in this process: the elapsed time comes from the checkpoint
     assert resumed.returncode == 0, resumed.stderr
     assert f"(step {interrupted_at})" in resumed.stderr and "resumed from" in resumed.stderr
     final = load_checkpoint(run_dir).meta["step"]
@@ -182,15 +182,13 @@ def test_time_budget_stops_with_a_checkpoint_and_resume_spends_the_rest(tmp_path
     lrs = [r["lr"] for r in _records(run_dir) if "lr" in r]
     assert lrs[-1] < 0.5 * 3e-3, f"the time schedule should end low, ended at {lrs[-1]}"
 
-    spent = subprocess.run([sys.executable, "-m", "aigc", "train", "text", *args, "--resume"], capture_output=True,
-                           text=True, timeout=300)
+    spent = aigc("train", "text", *args, "--resume")
     assert spent.returncode == 0, spent.stderr
     assert f"time budget of 0.15 min reached at step {final}" in spent.stderr
     assert load_checkpoint(run_dir).meta["step"] == final and sorted(_losses(run_dir)) == list(range(1, final + 1))
 
     longer = [a if not a.startswith("train.max_minutes=") else "train.max_minutes=0.2" for a in args]
-    more = subprocess.run([sys.executable, "-m", "aigc", "train", "text", *longer, "--resume"], capture_output=True,
-                          text=True, timeout=300)
+    more = aigc("train", "text", *longer, "--resume")
     assert more.returncode == 0, more.stderr
     latest = load_checkpoint(run_dir).meta["step"]
     assert latest > final and sorted(_losses(run_dir)) == list(range(1, latest + 1))
@@ -277,10 +275,9 @@ def test_a_step_budget_inside_a_time_budget_still_ends_the_cosine(tmp_path, corp
     """train.max_steps=12 on a time schedule with minutes to spare: the learning rate reaches min_lr at step 12
     (before, the cosine followed only the clock and the run stopped at a high learning rate)."""
     run_dir = tmp_path / "steps-in-time"
-    done = subprocess.run([sys.executable, "-m", "aigc", "train", "text", f"run.dir={run_dir}", f"data.paths=[{corpus}]",
-                           *TINY, "train.max_steps=12", "train.warmup_steps=2", "train.max_minutes=30",
-                           "train.schedule=time", "train.lr=0.003", "train.min_lr=0.0003"],
-                          capture_output=True, text=True, timeout=300)
+    done = aigc("train", "text", f"run.dir={run_dir}", f"data.paths=[{corpus}]", *TINY, "train.max_steps=12",
+                "train.warmup_steps=2", "train.max_minutes=30", "train.schedule=time", "train.lr=0.003",
+                "train.min_lr=0.0003")
     assert done.returncode == 0, done.stderr
     lrs = [r["lr"] for r in _records(run_dir) if "lr" in r]
     last_step = max(r["step"] for r in _records(run_dir) if "lr" in r)
