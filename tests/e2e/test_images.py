@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import subprocess
-import sys
 
 import numpy as np
 import openai
@@ -20,8 +18,7 @@ from aigc.tasks import load_generator
 from aigc.tasks.caption_prefix import bits_per_token
 from aigc.tasks.images.evaluation import NOVEL_PROMPT
 from tests.conftest import FIXED_STEPS
-from tests.e2e.test_run import aigc
-from tests.e2e.test_serve import Server
+from tests.e2e.helpers import Server, aigc
 
 TINY_DIGITS = [*FIXED_STEPS, "model.n_layer=2", "model.n_embd=64", "model.dropout=0", "train.max_steps=250",
                "train.batch_size=32", "train.eval_every=250", "train.checkpoint_every=250", "eval.samples_per_prompt=20",
@@ -110,5 +107,6 @@ def test_images_api_with_the_openai_client(digits_run):
 
 
 def test_digits_recipe_help_lists_image_keys():
-    done = subprocess.run([sys.executable, "-m", "aigc", "prepare", "--help"], capture_output=True, text=True, timeout=60)
+    done = aigc("prepare", "--help")
+    assert done.returncode == 0, done.stderr
     assert "data.image_size" in done.stdout and "train.condition_dropout" in done.stdout

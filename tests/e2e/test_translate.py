@@ -13,8 +13,7 @@ from aigc.data.pairs import PairSampler, split_pairs, target_start
 from aigc.data.shards import read_manifest
 from aigc.tasks import load_generator
 from tests.conftest import FIXED_STEPS, fixture
-from tests.e2e.test_run import aigc
-from tests.e2e.test_serve import Server
+from tests.e2e.helpers import Server, aigc
 
 # the learning rate these step budgets were measured at: the recipe's (aigc tune's, for 5 minutes) is lower
 STEP_BUDGET_LR = ["train.lr=0.003"]
