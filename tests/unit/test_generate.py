@@ -3,6 +3,7 @@ import torch
 
 from aigc.config import ModelConfig
 from aigc.errors import GenerationError
+from aigc.generate.decode import PaddedBatch
 from aigc.generate.engine import Engine
 from aigc.generate.sampling import SamplingParams, apply_penalties, filter_logits
 from aigc.generate.stream import TextStream
@@ -43,6 +44,24 @@ def test_batched_equals_one_by_one():
     for row, prompt in enumerate(prompts):
         alone = [step[0].token for step in engine.steps([prompt], params)]
         assert list(batched[row]) == alone
+
+
+@pytest.mark.parametrize("position", ["learned", "rope"])
+def test_a_padded_row_has_the_logits_it_has_alone(position):
+    """Left padding is invisible: each row's positions count from its own first token and the mask hides the
+    padding, in the prefill and in every decode step (logits compared, not only the greedy token, which a small
+    random model keeps through a wrong position or a mask that lets padding through)."""
+    torch.manual_seed(3)
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50, position=position)).eval()
+    prompts, steps = [[1, 2], [3, 4, 5, 6, 7, 8], [9, 10, 11, 12]], [[13, 14, 15], [16, 17, 18], [19, 20, 21]]
+    with torch.inference_mode():
+        batch = PaddedBatch(model, prompts, len(steps))
+        together = [batch.prefill()] + [batch.decode_step(torch.tensor(step)) for step in steps]
+        for row, prompt in enumerate(prompts):
+            alone = PaddedBatch(model, [prompt], len(steps))
+            logits = [alone.prefill()] + [alone.decode_step(torch.tensor([step[row]])) for step in steps]
+            for mixed, single in zip(together, logits):
+                torch.testing.assert_close(mixed[row], single[0], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("position", ["learned", "rope"])
