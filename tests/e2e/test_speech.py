@@ -15,8 +15,7 @@ import pytest
 import soundfile
 
 from tests.conftest import FIXED_STEPS
-from tests.e2e.test_run import aigc
-from tests.e2e.test_serve import Server
+from tests.e2e.helpers import Server, aigc
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("espeak-ng") is None,
                                                    reason="espeak-ng is not installed (apt-get install espeak-ng)")]
@@ -30,6 +29,14 @@ def speech_run(tmp_path_factory):
     done = aigc("run", "speech", f"run.dir={run_dir}", *TINY_SPEECH)
     assert done.returncode == 0, done.stderr
     return run_dir, done
+
+
+@pytest.fixture(scope="module")
+def speech_server(speech_run):
+    """The module's one server, on the speech run."""
+    server = Server([speech_run[0]])
+    yield server
+    server.stop()
 
 
 def test_a_tiny_speech_run_says_the_asked_word_well_above_chance(speech_run):
@@ -80,77 +87,68 @@ def test_generate_refuses_bad_input_clearly(speech_run, tmp_path, args, message)
     assert re.search(message, done.stderr), done.stderr
 
 
-def test_the_speech_api_answers_the_official_client_with_wav_and_pcm(speech_run):
-    server = Server([speech_run[0]])
-    try:
-        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
-        wav = client.audio.speech.create(model="speech", input="seven", voice="f2").read()
-        info = soundfile.info(io.BytesIO(wav))
-        assert info.samplerate == 16_000 and info.channels == 1 and 0.05 < info.duration <= 1.0
-        pcm = client.audio.speech.create(model="speech", input="seven", voice="f2", response_format="pcm",
-                                         extra_body={"seed": 1}).read()
-        assert 0.05 < len(pcm) / 2 / 24_000 <= 1.0
-        slow = client.audio.speech.create(model="speech", input="seven", voice="f2", speed=0.5,
-                                          extra_body={"seed": 1}).read()
-        normal = client.audio.speech.create(model="speech", input="seven", voice="f2", extra_body={"seed": 1}).read()
-        ratio = soundfile.info(io.BytesIO(slow)).duration / soundfile.info(io.BytesIO(normal)).duration
-        assert 1.6 < ratio < 2.4, f"speed 0.5 made the clip {ratio:.2f} times as long"
-        card = httpx.get(f"{server.url}/v1/models/speech").json()
-        assert card["kind"] == "speech" and card["voices"] == ["f2", "f4", "m1", "m3"]
-    finally:
-        server.stop()
+def test_the_speech_api_answers_the_official_client_with_wav_and_pcm(speech_server):
+    server = speech_server
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    wav = client.audio.speech.create(model="speech", input="seven", voice="f2").read()
+    info = soundfile.info(io.BytesIO(wav))
+    assert info.samplerate == 16_000 and info.channels == 1 and 0.05 < info.duration <= 1.0
+    pcm = client.audio.speech.create(model="speech", input="seven", voice="f2", response_format="pcm",
+                                     extra_body={"seed": 1}).read()
+    assert 0.05 < len(pcm) / 2 / 24_000 <= 1.0
+    slow = client.audio.speech.create(model="speech", input="seven", voice="f2", speed=0.5,
+                                      extra_body={"seed": 1}).read()
+    normal = client.audio.speech.create(model="speech", input="seven", voice="f2", extra_body={"seed": 1}).read()
+    ratio = soundfile.info(io.BytesIO(slow)).duration / soundfile.info(io.BytesIO(normal)).duration
+    assert 1.6 < ratio < 2.4, f"speed 0.5 made the clip {ratio:.2f} times as long"
+    card = httpx.get(f"{server.url}/v1/models/speech").json()
+    assert card["kind"] == "speech" and card["voices"] == ["f2", "f4", "m1", "m3"]
 
 
-def test_concurrent_speech_requests_are_batched_and_bad_ones_fail_alone(speech_run):
-    server = Server([speech_run[0]])
-    try:
-        url = f"{server.url}/v1/audio/speech"
-        bad = [({"input": "seven", "voice": "alloy"}, "unknown voice 'alloy'"), ({"input": " ", "voice": "f2"}, "empty"),
-               ({"input": "seven", "response_format": "mp3"}, "'wav' or 'pcm'"), ({"input": "seven", "speed": 5}, "speed"),
-               ({"input": "x" * 300}, "at most 200"), ({"input": "a sentence far too long for it"}, "shorten it"),
-               ({"model": "nope", "input": "seven"}, "does not exist")]
-        with httpx.Client(timeout=120) as http:
-            for body, message in bad:
-                answer = http.post(url, json=body)
-                assert 400 <= answer.status_code < 500 and message in answer.json()["error"]["message"], answer.text
-        words = ["yes", "no", "up", "down", "left", "right", "seven", "eight"]
-        with concurrent.futures.ThreadPoolExecutor(8) as pool, httpx.Client(timeout=120) as http:
-            answers = list(pool.map(lambda w: http.post(url, json={"input": w, "voice": "m1"}), words + ["", "go"]))
-        assert [a.status_code for a in answers] == [200] * 8 + [400, 200]
-        assert all(soundfile.info(io.BytesIO(a.content)).duration > 0.05 for a in answers if a.status_code == 200)
-    finally:
-        server.stop()
+def test_concurrent_speech_requests_are_batched_and_bad_ones_fail_alone(speech_server):
+    server = speech_server
+    url = f"{server.url}/v1/audio/speech"
+    bad = [({"input": "seven", "voice": "alloy"}, "unknown voice 'alloy'"), ({"input": " ", "voice": "f2"}, "empty"),
+           ({"input": "seven", "response_format": "mp3"}, "'wav' or 'pcm'"), ({"input": "seven", "speed": 5}, "speed"),
+           ({"input": "x" * 300}, "at most 200"), ({"input": "a sentence far too long for it"}, "shorten it"),
+           ({"model": "nope", "input": "seven"}, "does not exist")]
+    with httpx.Client(timeout=120) as http:
+        for body, message in bad:
+            answer = http.post(url, json=body)
+            assert 400 <= answer.status_code < 500 and message in answer.json()["error"]["message"], answer.text
+    words = ["yes", "no", "up", "down", "left", "right", "seven", "eight"]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool, httpx.Client(timeout=120) as http:
+        answers = list(pool.map(lambda w: http.post(url, json={"input": w, "voice": "m1"}), words + ["", "go"]))
+    assert [a.status_code for a in answers] == [200] * 8 + [400, 200]
+    assert all(soundfile.info(io.BytesIO(a.content)).duration > 0.05 for a in answers if a.status_code == 200)
 
 
-def test_the_playground_speech_tab_plays_a_clip(speech_run):
+def test_the_playground_speech_tab_plays_a_clip(speech_server):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:  # a failure under CI (tests/skips.py), where .ci/run installs it
         pytest.skip("chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import expect, sync_playwright
 
-    server = Server([speech_run[0]])
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox",
-                                                                                 "--autoplay-policy=no-user-gesture-required"])
-            page = browser.new_page()
-            page.goto(f"{server.url}/")
-            expect(page.locator("#model option")).to_have_count(1)
-            expect(page.locator("#tab-speech")).to_have_class("active")  # a speech model opens the speech tab
-            expect(page.locator("#voice option")).to_have_count(4)
-            page.select_option("#voice", "f4")
-            page.fill("#prompt", "seven")
-            page.click("#send")
-            expect(page.locator("#stats")).to_contain_text("spoken in", timeout=30_000)
-            assert page.locator("#error").inner_text() == ""
-            audio = page.locator("#audio")
-            assert audio.is_visible() and audio.get_attribute("src").startswith("blob:")
-            duration = page.evaluate("""() => new Promise((done) => { const a = document.getElementById('audio');
-                if (a.readyState >= 1) done(a.duration); else a.onloadedmetadata = () => done(a.duration); })""")
-            assert 0.05 < duration <= 1.0, f"the page's clip lasts {duration} s"
-            page.fill("#prompt", "")
-            page.click("#send")
-            expect(page.locator("#error")).to_contain_text("input is empty", timeout=10_000)
-            browser.close()
-    finally:
-        server.stop()
+    server = speech_server
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox",
+                                                                             "--autoplay-policy=no-user-gesture-required"])
+        page = browser.new_page()
+        page.goto(f"{server.url}/")
+        expect(page.locator("#model option")).to_have_count(1)
+        expect(page.locator("#tab-speech")).to_have_class("active")  # a speech model opens the speech tab
+        expect(page.locator("#voice option")).to_have_count(4)
+        page.select_option("#voice", "f4")
+        page.fill("#prompt", "seven")
+        page.click("#send")
+        expect(page.locator("#stats")).to_contain_text("spoken in", timeout=30_000)
+        assert page.locator("#error").inner_text() == ""
+        audio = page.locator("#audio")
+        assert audio.is_visible() and audio.get_attribute("src").startswith("blob:")
+        duration = page.evaluate("""() => new Promise((done) => { const a = document.getElementById('audio');
+            if (a.readyState >= 1) done(a.duration); else a.onloadedmetadata = () => done(a.duration); })""")
+        assert 0.05 < duration <= 1.0, f"the page's clip lasts {duration} s"
+        page.fill("#prompt", "")
+        page.click("#send")
+        expect(page.locator("#error")).to_contain_text("input is empty", timeout=10_000)
+        browser.close()
