@@ -50,9 +50,10 @@ def test_batched_equals_one_by_one():
 def test_a_padded_row_has_the_logits_it_has_alone(position):
     """Left padding is invisible: each row's positions count from its own first token and the mask hides the
     padding, in the prefill and in every decode step (logits compared, not only the greedy token, which a small
-    random model keeps through a wrong position or a mask that lets padding through)."""
+    random model keeps through a wrong position or a mask that lets padding through). The longest row's last step
+    is at the context's last position (6 + 3 = block_size)."""
     torch.manual_seed(3)
-    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50, position=position)).eval()
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=9, vocab_size=50, position=position)).eval()
     prompts, steps = [[1, 2], [3, 4, 5, 6, 7, 8], [9, 10, 11, 12]], [[13, 14, 15], [16, 17, 18], [19, 20, 21]]
     with torch.inference_mode():
         batch = PaddedBatch(model, prompts, len(steps))
