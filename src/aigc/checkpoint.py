@@ -43,15 +43,8 @@ from aigc.errors import CheckpointError
 from aigc.files import file_hash, read_json, write_json
 from aigc.models import empty_model
 from aigc.models.gpt import InputExtras
-from aigc.models.lora import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    apply_lora,
-    available_targets,
-    load_peft_state,
-    merge_lora,
-    peft_config,
-)
+from aigc.models.lora import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, apply_lora, available_targets, load_peft_state,
+                              merge_lora, peft_config)
 from aigc.tokenizer import TARGET_TOKENIZER
 
 FORMAT_VERSION = 1

@@ -373,7 +373,7 @@ def _another_kinds_default(key: str, value: Any) -> bool:
     """Whether ``key`` is a data setting of some kind of run and ``value`` its default there."""
     for settings in DATA_KINDS.values():
         field = settings.model_fields.get(key)
-        if field is not None and value == (field.default_factory() if field.default_factory else field.default):
+        if field is not None and value == field.get_default(call_default_factory=True):
             return True
     return False
 
@@ -561,6 +561,6 @@ def _rows(prefix: str, section: type[BaseModel]) -> list[tuple[str, str, str]]:
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             rows += _rows(f"{prefix}.{name}", field.annotation)
             continue
-        default = field.default_factory() if field.default_factory else field.default
+        default = field.get_default(call_default_factory=True)
         rows.append((f"{prefix}.{name}", "" if default is None else str(default), field.description or ""))
     return rows

@@ -18,16 +18,8 @@ import torch
 
 from aigc.errors import GenerationError
 from aigc.generate.beam import BeamParams, Hypothesis, beam_search
-from aigc.generate.decode import (
-    ContinuousBatch,
-    EncodedBatch,
-    Event,
-    GuidedBatch,
-    PaddedBatch,
-    PromptBatch,
-    Row,
-    seed_base,
-)
+from aigc.generate.decode import (ContinuousBatch, EncodedBatch, Event, GuidedBatch, PaddedBatch, PromptBatch, Row,
+                                  seed_base)
 from aigc.generate.sampling import SamplingParams
 from aigc.generate.slots import SlotBatch
 from aigc.models.gpt import GPT
@@ -91,11 +83,12 @@ class DecoderEngine:
                 return
             logits = batch.decode_step(torch.tensor([row.last for row in rows], device=self.device))
 
-    def rows(self, prompts: list[list[int]], params: SamplingParams, limits: list[int], **options) -> list[Row]:
-        """One :class:`Row` per prompt, seeded ``base + i``, producing at most ``limits[i]`` tokens; ``options``
-        go to every row (decode, stop_ids, ...)."""
-        base = seed_base(params)
-        return [Row(i, torch.tensor(p, device=self.device), params, self.vocab_size, limit, base + i, **options)
+    def rows(self, prompts: list[list[int]], params: SamplingParams, limits: list[int], vocab_size: int | None = None,
+             **options) -> list[Row]:
+        """One :class:`Row` per prompt, seeded ``base + i``, producing at most ``limits[i]`` tokens among
+        ``vocab_size`` ids (default the model's); ``options`` go to every row (decode, stop_ids, ...)."""
+        base, vocab = seed_base(params), vocab_size or self.vocab_size
+        return [Row(i, torch.tensor(p, dtype=torch.long, device=self.device), params, vocab, limit, base + i, **options)
                 for i, (p, limit) in enumerate(zip(prompts, limits))]
 
 
@@ -137,10 +130,8 @@ class Engine(DecoderEngine):
             return beam_search(self._logprobs(batch), len(sources), start, end,
                                dataclasses.replace(beam, max_new_tokens=limit))
         params = dataclasses.replace(params, logprobs=True)  # each hypothesis is scored by its tokens' log-probs
-        empty = torch.empty(0, dtype=torch.long, device=self.device)  # penalties count the translation alone
-        base = seed_base(params)
-        rows = [Row(i, empty, params, self.vocab_size, limit, base + i, stop_ids=frozenset({end}))
-                for i in range(len(sources))]
+        # no prompt of their own: penalties count the translation alone
+        rows = self.rows([[]] * len(sources), params, [limit] * len(sources), stop_ids=frozenset({end}))
         chosen: list[list[tuple[int, float]]] = [[] for _ in rows]
         for events in self.decode(batch, rows):
             for event in filter(None, events):
@@ -168,9 +159,7 @@ class Engine(DecoderEngine):
         ``first_id`` (palette indices, audio codes). Every prefix has the model's caption-prefix length; with
         ``guidance`` != 1 the logits are guided by the ``blank`` prefix's (:class:`GuidedBatch`)."""
         batch = GuidedBatch(self.model, prefixes, blank, length, first_id, guidance)
-        empty = torch.empty(0, dtype=torch.long, device=self.device)
-        base = seed_base(params)
-        rows = [Row(i, empty, params, self.vocab_size - first_id, length, base + i) for i in range(len(prefixes))]
+        rows = self.rows([[]] * len(prefixes), params, [length] * len(prefixes), self.vocab_size - first_id)
         drawn = torch.empty(len(rows), length, dtype=torch.long)
         for step, events in enumerate(self.decode(batch, rows)):
             drawn[:, step] = torch.tensor([event.token for event in events])

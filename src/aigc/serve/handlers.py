@@ -29,41 +29,13 @@ from pydantic import BaseModel
 from aigc.errors import AigcError
 from aigc.generate.sampling import SamplingParams
 from aigc.serve.metrics import Metrics
-from aigc.serve.responses import (
-    ApiError,
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatLogprobs,
-    ChatMessage,
-    Completion,
-    CompletionChoice,
-    CompletionChunk,
-    CompletionChunkChoice,
-    CompletionLogprobs,
-    Delta,
-    ErrorBody,
-    ErrorEnvelope,
-    ImageData,
-    ImagesResponse,
-    ModelCard,
-    ModelList,
-    TokenLogprob,
-    TopLogprob,
-    Usage,
-    sse,
-)
+from aigc.serve.responses import (ApiError, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
+                                  ChatLogprobs, ChatMessage, Completion, CompletionChoice, CompletionChunk,
+                                  CompletionChunkChoice, CompletionLogprobs, Delta, ErrorBody, ErrorEnvelope, ImageData,
+                                  ImagesResponse, ModelCard, ModelList, TokenLogprob, TopLogprob, Usage, sse)
 from aigc.serve.scheduler import Busy, Event, Request
-from aigc.serve.schemas import (
-    IGNORED,
-    REJECTED,
-    ChatRequest,
-    CompletionRequest,
-    ImageRequest,
-    SamplingFields,
-    SpeechRequest,
-)
+from aigc.serve.schemas import (IGNORED, REJECTED, ChatRequest, CompletionRequest, ImageRequest, SamplingFields,
+                                SpeechRequest)
 from aigc.serve.settings import ServeSettings
 from aigc.serve.workers import InvalidRequest, ServedModel, TextModel
 

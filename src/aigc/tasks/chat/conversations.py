@@ -28,14 +28,8 @@ from tokenizers import Tokenizer
 from aigc.chat_template import ChatTemplate, ChatTemplateError
 from aigc.config import Config, DataConfig
 from aigc.data.clean import CleaningReport
-from aigc.data.prepare import (
-    PrepareResult,
-    data_folder,
-    empty_corpus_error,
-    finish_shards,
-    shard_writers,
-    write_manifest,
-)
+from aigc.data.prepare import (PrepareResult, data_folder, empty_corpus_error, finish_shards, shard_writers,
+                               write_manifest)
 from aigc.data.shards import token_dtype
 from aigc.data.sources import JSONL, SourceFile, json_objects, resolve_sources
 from aigc.data.split import assign_split
