@@ -41,8 +41,8 @@ class PrefixSampler:
     def __init__(self, pairs, pad: int, prefix: int, batch_size: int, grad_accum: int, seed: int, rank: int = 0,
                  world: int = 1, split: str = "train", condition_dropout: float = 0.0):
         if len(pairs) < batch_size:
-            raise TrainingError(f"the {split} split has {len(pairs)} images, fewer than train.batch_size={batch_size}; "
-                                "add data or lower train.batch_size")
+            raise TrainingError(f"the {split} split has {len(pairs)} captioned examples (images or clips), fewer than "
+                                f"train.batch_size={batch_size}; add data or lower train.batch_size")
         if grad_accum % world:
             raise TrainingError(f"train.grad_accum ({grad_accum}) must be a multiple of the number of processes ({world})")
         self.sequences = torch.from_numpy(prefix_sequences(pairs, prefix, pad))
