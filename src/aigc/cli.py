@@ -13,8 +13,9 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from aigc.config import Config, GenerateConfig, LoadSettings, builtin_recipes, describe_keys, load_config, load_raw
-from aigc.errors import AigcError
+from aigc.config import (Config, GenerateConfig, LoadSettings, builtin_recipes, describe_keys, kinds_generate_settings,
+                         load_config, load_raw)
+from aigc.errors import AigcError, ConfigError
 from aigc.flags import add_flags, with_flags
 
 EXIT_INTERRUPTED = 130
@@ -159,7 +160,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from aigc.tasks.base import GenerateRequest
 
     checkpoint = load_checkpoint(Path(args.run))  # once: hashed, verified and its weights read one time
-    settings = with_flags(checkpoint.config.generate, args)
+    settings = _run_sampling(checkpoint.config, args)
     task = task_for(checkpoint.config)
     load = with_flags(LoadSettings(), args)
     generator = load_generator(checkpoint, load.device, load.quantize, backend=load.backend)
@@ -180,7 +181,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     saved = checkpoint.config
     if not saved.model.is_text_gpt:
         raise AigcError(f"aigc chat talks to text runs; {args.run} is a {saved.data.kind} run (use aigc generate)")
-    settings = with_flags(saved.generate, args)
+    settings = _run_sampling(saved, args)
     load = with_flags(LoadSettings(), args)
     generator = load_generator(checkpoint, load.device, load.quantize, backend=load.backend)
     interactive = sys.stdin.isatty()
@@ -274,13 +275,30 @@ def _add_config_command(sub: argparse._SubParsersAction, name: str, handler: Cal
 
 
 def _sampling_command(parser: argparse.ArgumentParser, handler: Callable) -> None:
-    """The run, seed and device of a command that samples from a run, and the sampling flags (run defaults)."""
+    """The run, seed and device of a command that samples from a run, and the sampling flags (run defaults): the
+    shared ones, then those of the kinds that add their own (a group per set of kinds)."""
     parser.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT")
     parser.add_argument("--seed", type=int, default=None, help="same seed, same output")
     add_flags(parser, LoadSettings)
     add_flags(parser.add_argument_group("sampling (default: the run's generate settings)"), GenerateConfig,
               defaults_from="the run's")
+    groups: dict[tuple[str, ...], tuple[type, list[str]]] = {}
+    for name, (settings, kinds) in kinds_generate_settings().items():
+        groups.setdefault(tuple(kinds), (settings, []))[1].append(name)
+    for kinds, (settings, names) in groups.items():
+        add_flags(parser.add_argument_group(f"sampling of {' and '.join(kinds)} runs"), settings,
+                  defaults_from="the run's", skip=tuple(set(settings.model_fields) - set(names)))
     parser.set_defaults(handler=handler)
+
+
+def _run_sampling(config: Config, args: argparse.Namespace) -> GenerateConfig:
+    """The run's ``generate`` settings with the flags given applied; a flag of another kind of run (``--beams`` on
+    a text run) is refused, not ignored."""
+    for name, (_, kinds) in kinds_generate_settings().items():
+        if hasattr(args, name) and config.data.kind not in kinds:
+            raise ConfigError(f"--{name.replace('_', '-')} is a setting of {' and '.join(kinds)} runs; "
+                              f"{args.run} is a data.kind={config.data.kind} run")
+    return with_flags(config.generate, args)
 
 
 def build_parser(kind: str | None = None) -> argparse.ArgumentParser:

@@ -9,19 +9,17 @@ types are reported with the key and the list of valid keys, never as a pydantic 
 from __future__ import annotations
 
 import importlib.resources
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from aigc.errors import CombinationError, ConfigError
 from aigc.sections import DataConfig, Section
-from aigc.tasks.registry import data_settings
-
-DATA_KINDS = data_settings()  # data.kind -> the data settings of that kind of run
-DataSection = Annotated[Union[tuple(DATA_KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
+from aigc.tasks.registry import KINDS, kind_settings
 
 
 class RunConfig(Section):
@@ -185,7 +183,6 @@ class TrainConfig(Section):
     beta2: float = Field(0.95, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0, description="clip the global gradient norm (0 = off)")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="share of the target probability spread evenly")
-    condition_dropout: float = Field(0.0, ge=0, lt=1, description="images and speech: share of captions dropped (classifier-free guidance)")
     eval_every: int = Field(200, ge=1, description="steps between evaluations on the val split")
     eval_batches: int = Field(20, ge=1, description="micro-batches per evaluation")
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
@@ -214,7 +211,6 @@ TopP = Annotated[float, Field(gt=0, le=1)]
 MinP = Annotated[float, Field(ge=0, lt=1)]
 RepetitionPenalty = Annotated[float, Field(ge=0.01, le=100)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
-Guidance = Annotated[float, Field(ge=0, le=20)]
 SAMPLING_BOUNDS = {"max_new_tokens": NewTokens, "temperature": Temperature, "top_k": TopK | None, "top_p": TopP,
                    "min_p": MinP, "repetition_penalty": RepetitionPenalty, "presence_penalty": Penalty,
                    "frequency_penalty": Penalty}
@@ -248,13 +244,6 @@ class GenerateConfig(Section):
     presence_penalty: Penalty = Field(0.0, description="subtract once from the logits of generated tokens")
     frequency_penalty: Penalty = Field(0.0, description="subtract per occurrence from generated tokens' logits")
     stop: list[str] = Field(default_factory=list, description="stop before any of these strings (\\n = newline)")
-    beams: int = Field(1, ge=1, description="seq2seq: beam size (1 = greedy or sampling)")
-    length_penalty: float = Field(1.0, description="seq2seq beam search: score / length^alpha")
-    no_repeat_ngram: int = Field(0, ge=0, description="seq2seq beam search: forbid repeated n-grams of this size")
-    guidance: Guidance = Field(1.0, description="images and speech: classifier-free guidance scale (1 = none)")
-    voice: str | None = Field(None, description="speech: the voice to speak in (one the run was trained on; none = "
-                              "its first)")
-    speed: float = Field(1.0, ge=0.25, le=4.0, description="speech: playback speed of the generated audio")
 
     @field_validator("stop")
     @classmethod
@@ -265,18 +254,8 @@ class GenerateConfig(Section):
 
 
 class EvalConfig(Section):
-    task: Literal["text", "code"] = Field("text", description="code: also check that completions are valid Python")
-    code_prompt: Literal["signature", "docstring"] = Field(
-        "signature", description="code: what a held-out function's prompt holds: its signature, or its signature "
-        "and docstring (HumanEval's prompts; functions without a short docstring are then skipped)")
     max_tokens: int = Field(100_000, ge=1, description="val tokens scored for loss, perplexity and bits per byte")
     samples: int = Field(8, ge=0, description="samples generated for the report (and code checks), with generate.*")
-    max_pairs: int = Field(1000, ge=1, description="seq2seq: test pairs translated for BLEU and chrF")
-    samples_per_prompt: int = Field(16, ge=2, description="images: samples drawn for each evaluated prompt; speech: "
-                                    "for each word and voice")
-    execute: bool = Field(False, description="chat runs on stdlib_functions: also run the held-out functions' "
-                          "doctests against the generated code (each in a sandboxed subprocess; opt in, it runs "
-                          "model-written code)")
 
 
 class TuneConfig(Section):
@@ -285,8 +264,9 @@ class TuneConfig(Section):
     trials: int = Field(20, ge=1, description="trials in the study (finished, pruned and failed ones count)")
     max_minutes: float | None = Field(None, gt=0, description="the whole study's time budget; none = until trials")
     trial_minutes: float = Field(1.0, gt=0, description="each trial's train.max_minutes")
-    metric: Literal["val_loss", "bits_per_byte", "bleu", "chrf", "adherence", "parse_rate"] = Field(
-        "val_loss", description="what the study optimises (loss and bits/byte down, the others up)")
+    metric: str = Field("val_loss", description="what the study optimises: val_loss, or a metric of the run's "
+                        "evaluation report that its kind offers (aigc tune lists them when given another); loss and "
+                        "bits/byte down, the others up")
     pruner: Literal["median", "hyperband", "none"] = Field(
         "median", description="stop trials whose evaluations trail the others' at the same step")
     sampler: Literal["tpe", "random"] = Field("tpe", description="how trials pick values: TPE (learns from earlier "
@@ -309,15 +289,20 @@ class TuneConfig(Section):
 
 
 _MOVED_TO_GENERATE = ("max_new_tokens", "temperature", "top_k", "beams", "guidance")
+_KIND_SECTIONS = ("data", "train", "eval", "generate")  # the sections a kind of run has its own settings in
 
 
 class Config(Section):
-    """A whole run: every stage reads its own section."""
+    """A whole run: every stage reads its own section.
+
+    This class holds what every kind of run shares; a run's config is an instance of :func:`config_class` of its
+    ``data.kind``, whose sections add that kind's settings (build one with :func:`validate_config`).
+    """
 
     recipe: str = Field("custom", description="name of the recipe this config came from")
     seed: int = Field(1337, description="seed for splits, initialisation, sampling order and dropout")
     run: RunConfig = Field(default_factory=RunConfig)
-    data: DataSection = Field(default_factory=DATA_KINDS["text"])
+    data: DataConfig = Field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -327,26 +312,21 @@ class Config(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _data_of_its_kind(cls, raw: Any) -> Any:
-        """``data.kind`` defaults to text. Runs saved before each kind had its own data settings kept every kind's:
-        another kind's setting at its default is dropped (one set to anything else stays, and is refused)."""
-        if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
-            data = {"kind": "text", **raw["data"]}
-            own = DATA_KINDS.get(data["kind"])
-            if own is not None:
-                data = {k: v for k, v in data.items() if k in own.model_fields or not _another_kinds_default(k, v)}
-            raw = {**raw, "data": data}
-        return raw
-
-    @model_validator(mode="before")
-    @classmethod
-    def _sampling_moved_to_generate(cls, raw: Any) -> Any:
-        """Runs saved before the ``generate`` section kept their sampling settings under ``eval``."""
-        if isinstance(raw, dict) and isinstance(raw.get("eval"), dict):
-            moved = {k: raw["eval"][k] for k in _MOVED_TO_GENERATE if k in raw["eval"]}
-            if moved:
-                raw = {**raw, "eval": {k: v for k, v in raw["eval"].items() if k not in moved},
-                       "generate": {**moved, **(raw.get("generate") or {})}}
+    def _saved_by_older_versions(cls, raw: Any) -> Any:
+        """Runs saved before the ``generate`` section kept their sampling settings under ``eval``; runs saved before
+        each kind had its own settings kept every kind's: another kind's setting at its default is dropped (one set
+        to anything else stays, and is refused)."""
+        if not isinstance(raw, dict):
+            return raw
+        if isinstance(raw.get("eval"), dict) and (moved := {k: raw["eval"][k] for k in _MOVED_TO_GENERATE
+                                                            if k in raw["eval"]}):
+            raw = {**raw, "eval": {k: v for k, v in raw["eval"].items() if k not in moved},
+                   "generate": {**moved, **(raw.get("generate") or {})}}
+        for name in _KIND_SECTIONS:
+            if isinstance(raw.get(name), dict):
+                own = cls.model_fields[name].annotation.model_fields
+                raw = {**raw, name: {k: v for k, v in raw[name].items()
+                                     if k in own or not _another_kinds_default(name, k, v)}}
         return raw
 
     @model_validator(mode="after")
@@ -369,10 +349,53 @@ class Config(Section):
         return self.train.seq_len or self.model.block_size
 
 
-def _another_kinds_default(key: str, value: Any) -> bool:
-    """Whether ``key`` is a data setting of some kind of run and ``value`` its default there."""
-    for settings in DATA_KINDS.values():
-        field = settings.model_fields.get(key)
+@cache
+def config_class(kind: str) -> type[Config]:
+    """The config of a run of data ``kind``: :class:`Config` with the kind's ``data`` section, and its ``train``,
+    ``eval`` and ``generate`` sections each the shared one plus what the kind adds (``aigc.tasks.<kind>.settings``)."""
+    settings = kind_settings().get(kind)
+    if settings is None:
+        raise _unknown_kind(kind)
+    sections: dict[str, Any] = {}
+    for name, section in settings.items():
+        if name != "data":
+            shared = Config.model_fields[name].annotation
+            section = create_model(f"{kind.title()}{name.title()}", __base__=(section, shared), __module__=__name__)
+        sections[name] = (section, Field(default_factory=section))
+    return create_model(f"{kind.title()}Config", __base__=Config, __module__=__name__, **sections)
+
+
+def _unknown_kind(kind: Any) -> ConfigError:
+    return ConfigError(f"data.kind={kind!r} is not a kind of run aigc knows; use one of {', '.join(KINDS)}")
+
+
+def section_class(kind: str, section: str) -> type[BaseModel]:
+    """The class of ``section`` (``generate``, ``data`` ...) in a run of data ``kind``."""
+    return config_class(kind).model_fields[section].annotation
+
+
+def owners_of(section: str, key: str) -> list[str]:
+    """The kinds of run that have setting ``key`` in ``section`` (every kind, for a shared setting)."""
+    if section not in _KIND_SECTIONS:
+        return []
+    return [kind for kind in KINDS if key in section_class(kind, section).model_fields]
+
+
+def kinds_generate_settings() -> dict[str, tuple[type[BaseModel], list[str]]]:
+    """The ``generate`` settings that kinds add to the shared ones (beams, guidance, voice ...): name -> (a
+    generate section that has it, the kinds that have it), for the command line's flags."""
+    found: dict[str, tuple[type[BaseModel], list[str]]] = {}
+    for kind in KINDS:
+        section = section_class(kind, "generate")
+        for name in [name for name in section.model_fields if name not in GenerateConfig.model_fields]:
+            found.setdefault(name, (section, owners_of("generate", name)))
+    return found
+
+
+def _another_kinds_default(section: str, key: str, value: Any) -> bool:
+    """Whether ``key`` is a setting of ``section`` in some kind of run and ``value`` its default there."""
+    for kind in KINDS:
+        field = section_class(kind, section).model_fields.get(key)
         if field is not None and value == field.get_default(call_default_factory=True):
             return True
     return False
@@ -429,14 +452,16 @@ def setting_annotation(key: str, kind: str = "text") -> Any:
     return None if field is None or is_section(key, kind) else field.annotation
 
 
-def _section_model(path: list[str], kind: str = "text") -> type[BaseModel] | None:
-    """The pydantic model that holds the key at ``path`` (for listing its valid siblings); ``data`` is the section
-    of data ``kind`` (the shared settings for a kind aigc does not know)."""
-    model: type[BaseModel] = Config
+def _config_of(kind: str | None) -> type[Config]:
+    """:func:`config_class` of ``kind``; the shared :class:`Config` for none or a kind aigc does not know."""
+    return config_class(kind) if isinstance(kind, str) and kind in KINDS else Config
+
+
+def _section_model(path: list[str], kind: str | None = "text") -> type[BaseModel] | None:
+    """The pydantic model that holds the key at ``path`` (for listing its valid siblings) in a run of data ``kind``
+    (the shared settings for none or a kind aigc does not know)."""
+    model: type[BaseModel] = _config_of(kind)
     for part in path:
-        if model is Config and part == "data":
-            model = DATA_KINDS.get(kind, DataConfig)
-            continue
         field = model.model_fields.get(part)
         annotation = field.annotation if field else None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
@@ -445,11 +470,10 @@ def _section_model(path: list[str], kind: str = "text") -> type[BaseModel] | Non
     return model
 
 
-def _data_kind(raw: dict[str, Any]) -> str:
-    """The ``data.kind`` of a raw recipe mapping (text when it names none)."""
+def _data_kind(raw: dict[str, Any]) -> Any:
+    """The ``data.kind`` of a raw recipe mapping (text when it names none), as written."""
     data = raw.get("data")
-    kind = data.get("kind", "text") if isinstance(data, dict) else "text"
-    return kind if isinstance(kind, str) else "text"
+    return data.get("kind", "text") if isinstance(data, dict) else "text"
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
@@ -475,17 +499,14 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def _explain(err: ValidationError) -> str:
+def _explain(err: ValidationError, kind: str) -> str:
     lines = []
     for problem in err.errors():
-        loc, kind = _key_path(problem)
+        loc = [str(p) for p in problem["loc"]]
         key = ".".join(loc) or "config"
-        if problem["type"] == "union_tag_invalid":
-            lines.append(f"data.kind={problem['input'].get('kind')!r} is not a kind of run aigc knows; use one of "
-                         f"{', '.join(DATA_KINDS)}")
-        elif problem["type"] == "extra_forbidden":
+        if problem["type"] == "extra_forbidden":
             model = _section_model(loc[:-1], kind) or Config
-            owners = [name for name, settings in DATA_KINDS.items() if loc[0] == "data" and loc[-1] in settings.model_fields]
+            owners = owners_of(loc[0], loc[-1]) if len(loc) == 2 else []
             lines.append(f"unknown key '{key}'; valid keys: {', '.join(_valid_keys(model))}"
                          + (f" (data.kind={kind}; {key} is a setting of {' and '.join(owners)} runs)" if owners else ""))
         else:
@@ -514,44 +535,44 @@ def load_config(recipe: str | None = None, overrides: list[str] | tuple[str, ...
 def validate_config(raw: dict[str, Any]) -> Config:
     """Validate a raw mapping into a :class:`Config`, turning pydantic errors into a :class:`ConfigError`, or a
     :class:`CombinationError` when every problem is between settings rather than in one value."""
+    kind = _data_kind(raw)
+    if not isinstance(kind, str):
+        raise _unknown_kind(kind)
     try:
-        return Config.model_validate(raw)
+        return config_class(kind).model_validate(raw)
     except ValidationError as err:
-        kind = CombinationError if all(_between_settings(p) for p in err.errors()) else ConfigError
-        raise kind(_explain(err)) from None
+        error = CombinationError if all(_between_settings(p, kind) for p in err.errors()) else ConfigError
+        raise error(_explain(err, kind)) from None
 
 
-def _key_path(problem: ErrorDetails) -> tuple[list[str], str]:
-    """A problem's dotted key as the user writes it, and the data kind it was checked as: pydantic puts the kind
-    of a ``data`` section into the location (``data.images.colors``)."""
-    loc = [str(p) for p in problem["loc"]]
-    if len(loc) > 1 and loc[0] == "data" and loc[1] in DATA_KINDS:
-        return [loc[0], *loc[2:]], loc[1]
-    return loc, "text"
-
-
-def _between_settings(problem: ErrorDetails) -> bool:
+def _between_settings(problem: ErrorDetails, kind: str) -> bool:
     """Whether a validation problem was raised by a section's own validator (its location is the section, not a
     field of it): the checks that relate one setting to another, such as heads dividing the width."""
-    loc, kind = _key_path(problem)
+    loc = [str(p) for p in problem["loc"]]
     return problem["type"] == "value_error" and _section_model(loc, kind) is not None
 
 
 def describe_keys(kind: str | None = None) -> list[tuple[str, str, str]]:
-    """(dotted key, default, meaning) for every setting, for ``--help``: the ``data`` settings of ``kind``, or with
-    no kind the shared ones and then each kind's own, marked with its kind."""
+    """(dotted key, default, meaning) for every setting, for ``--help``: those of a run of data ``kind``, or with
+    no kind the shared ones and then, in each section, the kinds' own, marked with the kinds that have them."""
+    config = _config_of(kind)
     rows = [("seed", str(Config.model_fields["seed"].default), Config.model_fields["seed"].description or "")]
     for section_name in ("run", "data", "tokenizer", "model", "train", "eval", "generate", "tune"):
-        if section_name != "data":
-            rows += _rows(section_name, Config.model_fields[section_name].annotation)
-        elif kind is not None:
-            rows += _rows("data", DATA_KINDS.get(kind, DataConfig))
-        else:
-            rows += _rows("data", DataConfig)
-            for name, settings in DATA_KINDS.items():
-                rows += [(f"{key} ({name})", default, meaning) for key, default, meaning in _rows("data", settings)
-                         if key.removeprefix("data.") not in DataConfig.model_fields]
+        rows += _rows(section_name, config.model_fields[section_name].annotation)
+        if kind is None and section_name in _KIND_SECTIONS:
+            rows += _kinds_own_rows(section_name)
     return rows
+
+
+def _kinds_own_rows(section_name: str) -> list[tuple[str, str, str]]:
+    """The rows of the settings that kinds add to ``section_name``, each marked with the kinds that have it."""
+    shared = Config.model_fields[section_name].annotation.model_fields
+    owned: dict[str, tuple[str, str, list[str]]] = {}
+    for kind in KINDS:
+        for key, default, meaning in _rows(section_name, section_class(kind, section_name)):
+            if key.removeprefix(f"{section_name}.") not in shared:
+                owned.setdefault(key, (default, meaning, []))[2].append(kind)
+    return [(f"{key} ({', '.join(kinds)})", default, meaning) for key, (default, meaning, kinds) in owned.items()]
 
 
 def _rows(prefix: str, section: type[BaseModel]) -> list[tuple[str, str, str]]:

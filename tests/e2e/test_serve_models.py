@@ -16,10 +16,9 @@ import pytest
 from PIL import Image
 
 from aigc.checkpoint import load_checkpoint
-from aigc.generate.beam import beam_params
 from aigc.generate.sampling import SamplingParams
 from aigc.generate.text import TextGenerator
-from aigc.tasks.pairs.translator import Translator
+from aigc.tasks.pairs.translator import Translator, beam_params
 from tests.e2e.helpers import Server
 
 

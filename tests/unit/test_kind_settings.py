@@ -1,5 +1,6 @@
-"""Each kind of run owns its settings and its model extras: the ``data`` section is the kind's (a union on
-``data.kind``), ``--help`` lists the kind asked for, and runs saved before either change still load."""
+"""Each kind of run owns its settings and its model extras: the ``data`` section is the kind's, and so are the
+settings it adds to ``train``, ``eval`` and ``generate``; ``--help`` lists the kind asked for, and runs saved
+before either change still load."""
 
 from __future__ import annotations
 
@@ -33,15 +34,32 @@ def test_the_data_section_is_the_kinds_own():
         load_config("text", ["data.kind=video"])
 
 
+def test_a_kinds_train_eval_and_generate_settings_are_its_own():
+    assert load_config("translate").generate.beams == 4 and load_config("digits").train.condition_dropout == 0.1
+    assert load_config("speech").generate.voice is None and load_config("code").eval.code_prompt == "docstring"
+    for key, owners in [("generate.beams=2", "pairs"), ("generate.guidance=2", "images and speech"),
+                        ("train.condition_dropout=0.1", "images and speech"), ("eval.execute=true", "chat"),
+                        ("eval.max_pairs=5", "pairs")]:
+        with pytest.raises(ConfigError, match=rf"unknown key '{key.split('=')[0]}'.*\(data.kind=text; .* is a setting "
+                                              rf"of {owners} runs\)"):
+            load_config("text", [key])
+    with pytest.raises(ConfigError, match="a setting of text and chat runs"):
+        load_config("translate", ["eval.task=code"])
+
+
 def test_a_run_saved_with_every_kinds_data_settings_still_loads():
     """Saved configs held every kind's data settings at their defaults; another kind's non-default value is refused."""
     saved = load_config("text").model_dump(mode="json")
     saved["data"] |= {"image_size": 8, "palette": "grey", "colors": 16, "max_seconds": 1.0, "codebook_size": 256,
                       "codebooks": 1, "source_column": 0, "reverse": False, "test_fraction": 0.0}
-    assert validate_config(saved).data == load_config("text").data
-    saved["data"]["colors"] = 8
-    with pytest.raises(ConfigError, match="data.colors"):
-        validate_config(saved)
+    saved["generate"] |= {"beams": 1, "length_penalty": 1.0, "no_repeat_ngram": 0, "guidance": 1.0, "voice": None,
+                          "speed": 1.0}
+    saved["eval"] |= {"max_pairs": 1000, "samples_per_prompt": 16, "execute": False}
+    saved["train"] |= {"condition_dropout": 0.0}
+    assert validate_config(saved) == load_config("text")
+    for section, key, value in [("data", "colors", 8), ("generate", "beams", 4)]:
+        with pytest.raises(ConfigError, match=f"{section}.{key}"):
+            validate_config(saved | {section: saved[section] | {key: value}})
 
 
 def test_help_lists_the_data_settings_of_the_kind_asked_for(capsys):
@@ -56,9 +74,14 @@ def test_help_lists_the_data_settings_of_the_kind_asked_for(capsys):
         main(["prepare", "--help"])
     every = capsys.readouterr().out
     assert "data.image_size (images)" in every and "data.max_seconds (speech)" in every
+    assert "generate.guidance (images, speech)" in every and "eval.max_pairs (pairs)" in every
+    with pytest.raises(SystemExit):
+        main(["train", "translate", "--help"])
+    pairs = capsys.readouterr().out
+    assert "generate.beams" in pairs and "generate.guidance" not in pairs and "eval.code_prompt" not in pairs
 
 
-def test_a_checkpoint_saved_before_the_extras_were_a_module_loads(tmp_path):
+def test_a_checkpoint_saved_before_the_extras_were_a_module_loads(tmp_path, capsys):
     """Pixel positions and the palette were the GPT's own tensors (``image_rows.weight``, ``palette``); they are now
     the kind's module (``extras.image_rows.weight``): an older checkpoint loads with the same logits."""
     config = load_config("digits", [f"run.dir={tmp_path}", *SMALL, "model.vocab_size=30", "model.image_size=4",
@@ -74,3 +97,5 @@ def test_a_checkpoint_saved_before_the_extras_were_a_module_loads(tmp_path):
     loaded = load_checkpoint(path).load_model(extras=PixelPositions)
     ids = torch.arange(12)[None] % 30
     assert torch.equal(loaded(ids), built(ids)) and torch.equal(loaded.extras.palette, built.extras.palette)
+    assert main(["generate", str(tmp_path), "--beams", "2", "--prompt", "3"]) != 0  # refused, not ignored
+    assert "--beams is a setting of pairs runs; " in capsys.readouterr().err

@@ -15,7 +15,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from aigc.config import GenerateConfig, ModelConfig
+from aigc.config import GenerateConfig, ModelConfig, section_class
 from aigc.generate.sampling import SamplingParams
 from aigc.generate.text import TextGenerator
 from aigc.models import GPT
@@ -30,6 +30,7 @@ from aigc.tokenizer import train_char
 CORPUS = ["the quick brown fox jumps over the lazy dog\n", "hello world, hello there\n"] * 20
 KEY = "unit-key"
 DEFAULTS = GenerateConfig(max_new_tokens=5, temperature=0.7, top_k=9, repetition_penalty=1.1, stop=["zz"])
+IMAGES_GENERATE = section_class("images", "generate")
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +78,9 @@ def test_sampling_fields_sent_override_and_null_top_k_means_none():
 
 
 def test_image_request_takes_the_runs_guidance_and_temperature():
-    params, guidance = ImageRequest(prompt="a").sampling_params(GenerateConfig(guidance=2.0, temperature=0.9))
+    params, guidance = ImageRequest(prompt="a").sampling_params(IMAGES_GENERATE(guidance=2.0, temperature=0.9))
     assert (params.temperature, guidance) == (0.9, 2.0)
-    params, guidance = ImageRequest(prompt="a", guidance=1, temperature=1, seed=3).sampling_params(GenerateConfig())
+    params, guidance = ImageRequest(prompt="a", guidance=1, temperature=1, seed=3).sampling_params(IMAGES_GENERATE())
     assert (params.temperature, params.seed, guidance) == (1.0, 3, 1.0)
 
 
@@ -232,7 +233,7 @@ def test_the_image_queue_is_bounded():
 
 def test_a_full_image_queue_answers_429():
     images = SlowImages()
-    model = ImageModel("pics", images, ImageWorker(images, max_waiting=0), GenerateConfig())
+    model = ImageModel("pics", images, ImageWorker(images, max_waiting=0), IMAGES_GENERATE())
     images.release.set()
     with TestClient(create_app([model])) as client:
         response = post(client, "/v1/images/generations", {"prompt": "a"})
@@ -241,7 +242,7 @@ def test_a_full_image_queue_answers_429():
 
 
 def test_image_sizes_belong_to_the_image_model():
-    model = ImageModel("pics", SlowImages(), None, GenerateConfig())
+    model = ImageModel("pics", SlowImages(), None, IMAGES_GENERATE())
     assert (model.image_scale(None), model.image_scale("4x4"), model.image_scale("32x32")) == (1, 1, 8)
     for size in ("5x5", "4x8", "2048x2048", "big"):
         with pytest.raises(InvalidRequest):

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import torch
 
-from aigc.config import GenerateConfig
 from aigc.errors import GenerationError
 
 
@@ -39,15 +38,6 @@ class BeamParams:
             raise GenerationError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if self.no_repeat_ngram < 0:
             raise GenerationError(f"no_repeat_ngram must be 0 (off) or more, got {self.no_repeat_ngram}")
-
-
-def beam_params(settings: GenerateConfig, max_new_tokens: int, n_best: int = 1) -> BeamParams | None:
-    """The one reading of a run's beam settings (``generate.beams``, ``length_penalty``, ``no_repeat_ngram``) for
-    ``aigc generate``, the server and evaluation alike; None when ``beams`` is 1 (greedy or sampling)."""
-    if settings.beams <= 1:
-        return None
-    return BeamParams(beams=settings.beams, max_new_tokens=max_new_tokens, n_best=n_best,
-                      length_penalty=settings.length_penalty, no_repeat_ngram=settings.no_repeat_ngram)
 
 
 @dataclass(frozen=True)

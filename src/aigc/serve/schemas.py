@@ -15,8 +15,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from aigc.config import GenerateConfig, Guidance, MinP, NewTokens, Penalty, RepetitionPenalty, Temperature, TopK, TopP
+from aigc.config import GenerateConfig, MinP, NewTokens, Penalty, RepetitionPenalty, Temperature, TopK, TopP
 from aigc.generate.sampling import SamplingParams, sampling_params
+from aigc.tasks.guidance import Guidance, GuidedGenerate
 
 IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "modalities", "prediction", "audio",
            "reasoning_effort", "web_search_options", "safety_identifier", "prompt_cache_key"}
@@ -155,7 +156,7 @@ class GuidedFields(BaseModel):
     guidance: Guidance | None = None
     temperature: Temperature | None = None
 
-    def sampling_params(self, defaults: GenerateConfig) -> tuple[SamplingParams, float]:
+    def sampling_params(self, defaults: GuidedGenerate) -> tuple[SamplingParams, float]:
         """The run's ``defaults`` with the request's seed and, when sent, temperature; and the guidance scale."""
         given = {"temperature": self.temperature} if self.temperature is not None else {}
         guidance = self.guidance if self.guidance is not None else defaults.guidance
@@ -179,13 +180,13 @@ class ImageRequest(GuidedFields):
 
 class SpeechRequest(GuidedFields):
     """OpenAI's text-to-speech body (``model``, ``input``, ``voice``, ``response_format``, ``speed``), with
-    :class:`GuidedFields`' extensions; left out, ``voice`` is the run's default."""
+    :class:`GuidedFields`' extensions; left out, ``voice`` and ``speed`` are the run's defaults."""
 
     input: str = Field(max_length=4096)
     model: str | None = None
     voice: str | None = None
     response_format: Literal["wav", "pcm"] = "wav"
-    speed: float = Field(1.0, ge=0.25, le=4.0)
+    speed: float | None = Field(None, ge=0.25, le=4.0)
 
     @field_validator("input", "model", "voice")
     @classmethod

@@ -1,9 +1,9 @@
 """The one place that lists the kinds of run: each ``data.kind``, its :class:`~aigc.tasks.base.Task` and its
-``data`` settings.
+settings (its ``data`` section, and what it adds to the shared ``train``, ``eval`` and ``generate`` sections).
 
 Adding a kind of run is one package under ``aigc/tasks/`` and one line here. Tasks are imported on
 first use, so ``aigc --help`` does not load torch or the image libraries; the settings classes import
-only pydantic (:mod:`aigc.config` builds the ``data`` section from them).
+only pydantic (:mod:`aigc.config` builds each kind's config from them).
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from aigc.errors import ConfigError
 
 if TYPE_CHECKING:
     from aigc.config import Config
-    from aigc.sections import DataConfig
+    from aigc.sections import Section
     from aigc.tasks.base import Task
 
-KINDS = {  # data.kind -> (its Task, its data settings)
-    "text": ("aigc.tasks.text.task:TextTask", "aigc.tasks.text.settings:TextData"),
-    "pairs": ("aigc.tasks.pairs.task:PairsTask", "aigc.tasks.pairs.settings:PairsData"),
-    "images": ("aigc.tasks.images.task:ImageTask", "aigc.tasks.images.settings:ImagesData"),
-    "chat": ("aigc.tasks.chat.task:ChatTask", "aigc.tasks.chat.settings:ChatData"),
-    "speech": ("aigc.tasks.speech.task:SpeechTask", "aigc.tasks.speech.settings:SpeechData"),
+KINDS = {  # data.kind -> (its Task, its settings: section name -> the section, or what it adds to the shared one)
+    "text": ("aigc.tasks.text.task:TextTask", "aigc.tasks.text.settings:SECTIONS"),
+    "pairs": ("aigc.tasks.pairs.task:PairsTask", "aigc.tasks.pairs.settings:SECTIONS"),
+    "images": ("aigc.tasks.images.task:ImageTask", "aigc.tasks.images.settings:SECTIONS"),
+    "chat": ("aigc.tasks.chat.task:ChatTask", "aigc.tasks.chat.settings:SECTIONS"),
+    "speech": ("aigc.tasks.speech.task:SpeechTask", "aigc.tasks.speech.settings:SECTIONS"),
 }
 
 
@@ -32,8 +32,8 @@ def _load(target: str):
     return getattr(importlib.import_module(module), name)
 
 
-def data_settings() -> dict[str, type[DataConfig]]:
-    """Each kind's ``data`` settings class, by ``data.kind``."""
+def kind_settings() -> dict[str, dict[str, type[Section]]]:
+    """Each kind's settings by ``data.kind``: ``{"data": its data section, "eval": what it adds to eval, ...}``."""
     return {kind: _load(settings) for kind, (_, settings) in KINDS.items()}
 
 

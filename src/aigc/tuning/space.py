@@ -21,8 +21,9 @@ from typing import Any
 
 import yaml
 
-from aigc.config import DATA_KINDS, Config, apply_override, is_section, setting_annotation, validate_config
+from aigc.config import Config, apply_override, is_section, setting_annotation, validate_config
 from aigc.errors import CombinationError, ConfigError
+from aigc.tasks import registry
 
 KINDS = ("log_float", "float", "int", "choice")
 
@@ -81,8 +82,8 @@ def _check_key(key: str, kind: str) -> None:
 
 def _setting_types(key: str) -> set[Any]:
     """The types the setting at ``key`` takes (``{int, NoneType}`` for ``int | None``) in a run of any kind (a
-    ``data`` setting is one kind's; the study's recipe decides which); empty for no setting."""
-    annotations = {setting_annotation(key, kind) for kind in DATA_KINDS} - {None}
+    kind's own setting is one kind's; the study's recipe decides which); empty for no setting."""
+    annotations = {setting_annotation(key, kind) for kind in registry.KINDS} - {None}
     return {t for annotation in annotations for t in (set(typing.get_args(annotation)) or {annotation})}
 
 

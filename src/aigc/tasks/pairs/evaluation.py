@@ -12,9 +12,8 @@ import torch
 from aigc.config import Config
 from aigc.data.pairs import PairSampler, split_pairs, target_start
 from aigc.evaluation import summed_nll
-from aigc.generate.beam import beam_params
 from aigc.generate.sampling import SamplingParams
-from aigc.tasks.pairs.translator import Translator
+from aigc.tasks.pairs.translator import Translator, beam_params
 
 
 def bleu_tokenizer(references: list[str]) -> str:

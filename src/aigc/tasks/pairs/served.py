@@ -4,12 +4,11 @@ run's own ``generate`` settings (beam search included), one request at a time.""
 from __future__ import annotations
 
 from aigc.config import GenerateConfig
-from aigc.generate.beam import beam_params
 from aigc.serve.scheduler import Event, QueueWorker, Request
 from aigc.serve.schemas import Message
 from aigc.serve.settings import ServeSettings
 from aigc.serve.workers import InvalidRequest, TextModel
-from aigc.tasks.pairs.translator import Translator
+from aigc.tasks.pairs.translator import Translator, beam_params
 
 
 class TranslationWorker(QueueWorker):

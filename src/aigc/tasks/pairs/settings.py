@@ -1,4 +1,5 @@
-"""The ``data`` settings of a translation run: where each side of a pair is, and which way to translate."""
+"""The settings of a translation run: where each side of a pair is, which way to translate (``data``), the beam
+search (``generate``) and how many test pairs are scored (``eval``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from aigc.sections import KIND, DataConfig, TestSplit
+from aigc.sections import KIND, DataConfig, Section, TestSplit
 
 
 class PairsData(TestSplit, DataConfig):
@@ -18,3 +19,16 @@ class PairsData(TestSplit, DataConfig):
     source_field: str = Field("source", description="JSONL field of the source")
     target_field: str = Field("target", description="JSONL field of the target")
     reverse: bool = Field(False, description="swap source and target (translate the other way)")
+
+
+class BeamGenerate(Section):
+    beams: int = Field(1, ge=1, description="beam size (1 = greedy or sampling)")
+    length_penalty: float = Field(1.0, description="beam search: a hypothesis's score / length^alpha")
+    no_repeat_ngram: int = Field(0, ge=0, description="beam search: forbid repeated n-grams of this size")
+
+
+class PairsEval(Section):
+    max_pairs: int = Field(1000, ge=1, description="test pairs translated for BLEU and chrF")
+
+
+SECTIONS = {"data": PairsData, "generate": BeamGenerate, "eval": PairsEval}

@@ -13,11 +13,10 @@ from aigc.config import Config, GenerateConfig
 from aigc.data.collect import CollectResult, collect_files
 from aigc.data.pairs import PairSampler, read_pairs, split_pairs, target_start
 from aigc.data.prepare import PrepareResult, prepare_pairs
-from aigc.generate.beam import beam_params
 from aigc.generate.sampling import sampling_params
 from aigc.tasks.base import GenerateRequest, Task
 from aigc.tasks.pairs.evaluation import evaluate_pairs
-from aigc.tasks.pairs.translator import Translator
+from aigc.tasks.pairs.translator import Translator, beam_params
 
 BATCH = 32  # source lines translated together by aigc generate
 

@@ -16,7 +16,17 @@ from aigc.generate.beam import BeamParams, Hypothesis
 from aigc.generate.engine import Engine
 from aigc.generate.sampling import SamplingParams
 from aigc.models.seq2seq import Seq2Seq
+from aigc.tasks.pairs.settings import BeamGenerate
 from aigc.tokenizer import TARGET_TOKENIZER, eot_id
+
+
+def beam_params(settings: BeamGenerate, max_new_tokens: int, n_best: int = 1) -> BeamParams | None:
+    """The one reading of a run's beam settings (``generate.beams``, ``length_penalty``, ``no_repeat_ngram``) for
+    ``aigc generate``, the server and evaluation alike; None when ``beams`` is 1 (greedy or sampling)."""
+    if settings.beams <= 1:
+        return None
+    return BeamParams(beams=settings.beams, max_new_tokens=max_new_tokens, n_best=n_best,
+                      length_penalty=settings.length_penalty, no_repeat_ngram=settings.no_repeat_ngram)
 
 
 class Translator:

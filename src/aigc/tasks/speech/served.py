@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aigc.config import GenerateConfig
 from aigc.errors import AigcError
 from aigc.generate.sampling import SamplingParams
 from aigc.serve.scheduler import QueueWorker
@@ -16,6 +15,7 @@ from aigc.serve.settings import ServeSettings
 from aigc.serve.workers import InvalidRequest, ServedModel
 from aigc.tasks.speech.audio import encode_audio
 from aigc.tasks.speech.generator import SpeechGenerator, Utterance
+from aigc.tasks.speech.settings import SpeechGenerate
 
 
 @dataclass
@@ -93,7 +93,7 @@ class SpeechModel(ServedModel):
     MEDIA_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm"}  # the response formats, by OpenAI's names
 
     @classmethod
-    def create(cls, model_id: str, generator: SpeechGenerator, defaults: GenerateConfig,
+    def create(cls, model_id: str, generator: SpeechGenerator, defaults: SpeechGenerate,
                settings: ServeSettings) -> SpeechModel:
         return cls(model_id, generator, SpeechWorker(generator, settings.max_batch, settings.max_waiting), defaults)
 
@@ -111,11 +111,12 @@ class SpeechModel(ServedModel):
         except AigcError as err:
             raise InvalidRequest(str(err), "voice", "unknown_voice") from None
 
-    def utterance(self, text: str, voice: str | None, speed: float) -> Utterance:
-        """What a request asks to be said, checked before it queues (empty or too long: a 400 naming ``input``)."""
+    def utterance(self, text: str, voice: str | None, speed: float | None) -> Utterance:
+        """What a request asks to be said, checked before it queues (empty or too long: a 400 naming ``input``);
+        a voice or speed left out is the run's (``generate.voice``, ``generate.speed``)."""
         if not text.strip():
             raise InvalidRequest("input is empty; give the text to say", "input")
-        utterance = Utterance(text, self.voice(voice), 1, speed)
+        utterance = Utterance(text, self.voice(voice), 1, self.defaults.speed if speed is None else speed)
         try:
             self.generator.encode(utterance.text, utterance.voice)
         except AigcError as err:
