@@ -67,6 +67,10 @@ def test_models_and_completion_with_the_openai_client(client):
     assert all(len(top) == 2 for top in choice.logprobs.top_logprobs)
     joined = "".join(choice.logprobs.tokens)  # an end-of-text stop is a token with no text
     assert joined == choice.text or (choice.finish_reason == "stop" and joined == choice.text + "<|endoftext|>")
+    # the prompt scored, as lm-evaluation-harness asks (its tokens' values are checked in unit/test_serve_app.py)
+    scored = client.completions.create(model="code", prompt="ROMEO:", max_tokens=0, echo=True, logprobs=1).choices[0]
+    assert scored.text == "ROMEO:" and scored.logprobs.token_logprobs[0] is None
+    assert len(scored.logprobs.token_logprobs) == 6 and all(lp < 0 for lp in scored.logprobs.token_logprobs[1:])
 
 
 def test_streamed_equals_unstreamed_for_a_seed(client):
@@ -187,9 +191,9 @@ MALFORMED = [
     ("/v1/completions", {"model": "code", "prompt": "x", "max_tokens": 0}, None, 400, None),
     ("/v1/completions", {"model": "code", "prompt": "x", "temperature": 3}, None, 400, None),
     ("/v1/completions", {"model": "code", "prompt": "x", "top_p": 0}, None, 400, None),
-    ("/v1/completions", {"model": "code", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, None, 400, None),
+    ("/v1/completions", {"model": "code", "prompt": "x", "stop": [str(i) for i in range(17)]}, None, 400, None),
     ("/v1/completions", {"model": "code", "prompt": "x", "n": 99}, None, 400, None),
-    ("/v1/completions", {"model": "code", "prompt": "x", "echo": True}, None, 400, "unsupported_parameter"),
+    ("/v1/completions", {"model": "code", "prompt": "x", "echo": True, "stream": True}, None, 400, None),
     ("/v1/completions", {"model": "code", "prompt": "x", "logit_bias": {"1": 5}}, None, 400, "unsupported_parameter"),
     ("/v1/completions", {"model": "code", "prompt": "x" * 1100}, None, 400, "context_length_exceeded"),
     ("/v1/completions", {"model": "code", "prompt": "x" * 1000, "max_tokens": 100}, None, 400, "context_length_exceeded"),

@@ -167,6 +167,9 @@ def test_serving_a_translation_run(translate_run):
         assert "\t".join(c.text for c in done.choices) == expected.rstrip("\n") and done.usage.completion_tokens > 0
         with pytest.raises(openai.BadRequestError, match="n is at most .* beam search"):
             client.completions.create(model="run", prompt="I love you.", max_tokens=20, n=5)
+        for field, value in [("stop", ["."]), ("logprobs", 1), ("echo", True)]:  # refused, no longer ignored
+            with pytest.raises(openai.BadRequestError, match=f"'{field}' is not supported by translation models"):
+                client.completions.create(model="run", prompt="I love you.", max_tokens=20, **{field: value})
         chat = client.chat.completions.create(model="run", messages=[{"role": "user", "content": "I love you."}],
                                               max_tokens=20, temperature=0, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in chat if c.choices) == done.choices[0].text

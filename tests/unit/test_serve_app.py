@@ -247,3 +247,62 @@ def test_image_sizes_belong_to_the_image_model():
     for size in ("5x5", "4x8", "2048x2048", "big"):
         with pytest.raises(InvalidRequest):
             model.image_scale(size)
+
+
+def _reference_logprobs(model: CompletionModel, ids: list[int]) -> torch.Tensor:
+    """log p(token t | tokens before it) by one plain forward pass, (L - 1,): what echo with logprobs must report."""
+    with torch.no_grad():
+        logprobs = model.generator.engine.model(torch.tensor([ids]))[0].float().log_softmax(-1)
+    return logprobs[:-1].gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+
+
+def test_echo_with_logprobs_and_no_new_tokens_scores_every_prompt_token(served):
+    client, model = served
+    prompt = "the quick brown fox"
+    body = post(client, "/v1/completions", {"model": "tiny", "prompt": prompt, "echo": True, "logprobs": 2,
+                                            "max_tokens": 0}).json()
+    choice, ids = body["choices"][0], model.encode(prompt, "prompt")
+    logprobs = choice["logprobs"]
+    assert choice["text"] == prompt and choice["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 0
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    assert logprobs["tokens"] == [model.token_text(t) for t in ids]
+    assert logprobs["text_offset"] == [prompt.index(t, i) for i, t in enumerate(logprobs["tokens"])]
+    assert torch.allclose(torch.tensor(logprobs["token_logprobs"][1:]), _reference_logprobs(model, ids), atol=1e-5)
+    for token, tops in zip(logprobs["token_logprobs"][1:], logprobs["top_logprobs"][1:]):
+        assert len(tops) == 2 and max(tops.values()) >= token - 1e-6
+
+
+def test_token_id_prompts_as_lm_evaluation_harness_sends_them(served):
+    """lm-eval's local-completions scores a continuation with ids, echo, logprobs=1 and max_tokens=1, then reads
+    ``token_logprobs[ctxlen:-1]`` and whether each equals its top alternative (greedy)."""
+    client, model = served
+    ids = [model.encode("hello world", "prompt"), model.encode("the lazy dog", "prompt")]
+    body = post(client, "/v1/completions", {"model": "tiny", "prompt": ids, "echo": True, "logprobs": 1,
+                                            "max_tokens": 1, "temperature": 0, "seed": 1234}).json()
+    for prompt, choice in zip(ids, body["choices"]):
+        logprobs = choice["logprobs"]
+        assert len(logprobs["token_logprobs"]) == len(prompt) + 1
+        scored = torch.tensor(logprobs["token_logprobs"][1:len(prompt)])
+        assert torch.allclose(scored, _reference_logprobs(model, prompt), atol=1e-5)
+        greedy = max(logprobs["top_logprobs"][-1].values())  # the generated (greedy) token is its own top choice
+        assert logprobs["token_logprobs"][-1] == pytest.approx(greedy)
+        assert choice["text"].startswith(model.generator.decode(prompt))
+    assert post(client, "/v1/completions", {"model": "tiny", "prompt": [[1, 10**6]]}).json()["error"]["param"] == "prompt"
+
+
+@pytest.mark.parametrize("extra", [{"response_format": {"type": "text"}}, {"tool_choice": "none"}, {"tools": []},
+                                   {"stop": [f"<{i}>" for i in range(16)]}])
+def test_settings_that_ask_for_nothing_are_accepted(client, extra):
+    messages = [{"role": "tool", "content": "4", "tool_call_id": "call_1"}, {"role": "user", "content": "?"}]
+    response = post(client, "/v1/chat/completions", {"model": "tiny", "messages": messages, "max_tokens": 2, **extra})
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"max_tokens": 0}, "max_tokens"),  # nothing to generate and nothing asked to score
+    ({"echo": True, "stream": True}, "echo"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+])
+def test_what_the_server_cannot_honour_is_a_400_naming_the_field(client, body, param):
+    response = post(client, "/v1/completions", {"model": "tiny", "prompt": "the", **body})
+    assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text

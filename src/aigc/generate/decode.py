@@ -51,13 +51,16 @@ class PromptBatch(Protocol):
 
 class ContinuousBatch(Protocol):
     """Rows that join and leave between steps (:class:`~aigc.generate.slots.SlotBatch`, or llama.cpp's); the live
-    rows are slots ``0 .. active - 1``, each holding at most ``capacity`` tokens."""
+    rows are slots ``0 .. active - 1``, each holding at most ``capacity`` tokens. ``scores_prompts``: whether
+    ``prefill`` can return the logits after every prompt token."""
 
     active: int
     capacity: int
+    scores_prompts: bool
 
-    def prefill(self, prompt: list[int], copies: int) -> tuple[torch.Tensor, list[int]]:
-        """Run ``prompt`` into ``copies`` free slots: the logits after it (V,) and the slots; nothing kept on failure."""
+    def prefill(self, prompt: list[int], copies: int, every_position: bool = False) -> tuple[torch.Tensor, list[int]]:
+        """Run ``prompt`` (L tokens) into ``copies`` free slots: the logits after it (V,), or with ``every_position``
+        after each of its tokens (L, V); and the slots. Nothing kept on failure."""
 
     def step(self, tokens: list[int]) -> torch.Tensor:
         """One token per live row -> the logits after it, (B, V)."""
@@ -107,7 +110,7 @@ class Row:
             logprobs = logits.log_softmax(-1)
             event.logprob = float(logprobs[token])
             if self.top_logprobs:
-                values, ids = logprobs.topk(self.top_logprobs)
+                values, ids = logprobs.topk(min(self.top_logprobs, len(logprobs)))
                 event.top_logprobs = list(zip(ids.tolist(), values.tolist()))
         if token in self.stop_ids:
             event.text, event.finish_reason = self.stream.finish() if self.stream else "", "stop"
@@ -120,6 +123,29 @@ class Row:
                 event.finish_reason = "length"
         self.done = event.finish_reason is not None
         return event
+
+
+@dataclass
+class PromptToken:
+    """A prompt token's log-probability given the tokens before it, and the ``top`` most likely tokens there."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+def prompt_logprobs(prompt: list[int], logits: torch.Tensor, top: int) -> list[PromptToken]:
+    """Score every prompt token after the first (nothing predicts the first). ``logits`` (L, V): after each
+    token, so row ``t`` predicts token ``t + 1``."""
+    logprobs = logits[:-1].float().log_softmax(-1)  # (L - 1, V)
+    targets = torch.tensor(prompt[1:], dtype=torch.long, device=logits.device)
+    chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
+    if top:
+        values, ids = logprobs.topk(min(top, logprobs.shape[-1]))
+        tops = [list(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+    else:
+        tops = [[] for _ in chosen]
+    return [PromptToken(token, logprob, best) for token, logprob, best in zip(prompt[1:], chosen, tops)]
 
 
 def next_logits(model, ids: torch.Tensor, caches, positions: torch.Tensor | None = None,

@@ -197,6 +197,8 @@ class LlamaSlotBatch:
     (``capacity``, what the server then promises a request).
     """
 
+    scores_prompts = False  # its context keeps the logits of each sequence's last token only
+
     def __init__(self, model: LlamaCppModel, slots: int):
         self.slots, self.active = slots, 0
         share = SERVER_KV_BYTES // (slots * model.kv_bytes_per_token)
@@ -206,9 +208,12 @@ class LlamaSlotBatch:
         log.info("llama.cpp holds %d sequences of %d positions (%.1f GiB of keys and values)", slots, self.capacity,
                  slots * self.capacity * model.kv_bytes_per_token / 2**30)
 
-    def prefill(self, prompt: list[int], copies: int) -> tuple[torch.Tensor, list[int]]:
+    def prefill(self, prompt: list[int], copies: int, every_position: bool = False) -> tuple[torch.Tensor, list[int]]:
         """Decode ``prompt`` into the next free slot and copy it into ``copies - 1`` more; the logits after it (V,)
-        and the slots. All or nothing: after a failure no slot is kept."""
+        and the slots. All or nothing: after a failure no slot is kept. Not ``every_position``: see
+        ``scores_prompts``."""
+        if every_position:
+            raise GenerationError("prompt log-probabilities (echo with logprobs) need the torch backend")
         if len(prompt) >= self.capacity:
             raise GenerationError(f"the prompt has {len(prompt)} tokens; this server holds {self.capacity} per "
                                   "sequence (a smaller --max-batch gives each sequence more)")

@@ -51,6 +51,8 @@ class SlotCache:
 class SlotBatch:
     """The rows of a continuous batch across all layers: prefill a sequence into slots, step, move, free."""
 
+    scores_prompts = True
+
     def __init__(self, model, slots: int, positions: int = 256):
         c, param = model.config, model.wte.weight
         self.model = model
@@ -67,12 +69,16 @@ class SlotBatch:
             for cache in self.caches:
                 cache.grow(self.allocated)
 
-    def prefill(self, prompt: list[int], copies: int) -> tuple[torch.Tensor, list[int]]:
-        """Run ``prompt`` alone and load its keys/values into ``copies`` free slots: the logits after it (V,) and
-        the slots. All or nothing: after a failure no slot is kept."""
+    def prefill(self, prompt: list[int], copies: int, every_position: bool = False) -> tuple[torch.Tensor, list[int]]:
+        """Run ``prompt`` alone and load its keys/values into ``copies`` free slots: the logits after it (V,), or
+        with ``every_position`` after each of its L tokens (L, V); and the slots. All or nothing: after a failure
+        no slot is kept."""
         ids = torch.tensor(prompt, device=self.lengths.device)
         caches = self.model.new_caches(1, len(ids))
-        logits = next_logits(self.model, ids[None], caches)[0]
+        if every_position:
+            logits = self.model(ids[None], caches=caches)[0].float()
+        else:
+            logits = next_logits(self.model, ids[None], caches)[0]
         first = self.active
         try:
             return logits, [self.add(caches) for _ in range(copies)]

@@ -34,7 +34,7 @@ from aigc.serve.responses import (ApiError, ChatChoice, ChatChunkChoice, ChatCom
                                   CompletionChunkChoice, CompletionLogprobs, Delta, ErrorBody, ErrorEnvelope, ImageData,
                                   ImagesResponse, ModelCard, ModelList, TokenLogprob, TopLogprob, Usage, sse)
 from aigc.serve.scheduler import Busy, Event, Request
-from aigc.serve.schemas import (IGNORED, REJECTED, ChatRequest, CompletionRequest, ImageRequest, SamplingFields,
+from aigc.serve.schemas import (IGNORED, NO_OP, REJECTED, ChatRequest, CompletionRequest, ImageRequest, SamplingFields,
                                 SpeechRequest)
 from aigc.serve.settings import ServeSettings
 from aigc.serve.workers import InvalidRequest, ServedModel, TextModel
@@ -103,11 +103,11 @@ class Generation:
     """The worker requests of one HTTP request (one per prompt, each with ``n`` choices) and their events."""
 
     def __init__(self, served: Served, model: TextModel, prompts: list[list[int]], params: SamplingParams, n: int,
-                 top_logprobs: int):
+                 top_logprobs: int, prompt_logprobs: int | None = None, score_only: bool = False):
         self.served, self.model, self.prompts, self.choices = served, model, prompts, len(prompts) * n
         self.loop, self.queue = asyncio.get_running_loop(), asyncio.Queue()
-        self.requests = [Request(ids, params, self._sink(i * n), n, top_logprobs, served.settings.timeout_s)
-                         for i, ids in enumerate(prompts)]
+        self.requests = [Request(ids, params, self._sink(i * n), n, top_logprobs, served.settings.timeout_s,
+                                 prompt_logprobs, score_only) for i, ids in enumerate(prompts)]
         self.aborted = False
         self.failure: str | None = None  # how the choices still open end once one failed: "timeout" or "error"
 
@@ -246,9 +246,11 @@ class Generation:
 def check_fields(body: SamplingFields, max_n: int) -> None:
     """Refuse fields whose meaning the server would silently change, log the ignored ones, bound ``n``."""
     for name in body.unknown_fields():
-        if name in REJECTED and (body.model_extra or {}).get(name) not in (None, False, "", [], {}):
-            raise InvalidRequest(f"'{name}' ({REJECTED[name]}) is not supported by this server", name,
-                                 "unsupported_parameter")
+        if name in REJECTED:
+            if (body.model_extra or {}).get(name) not in NO_OP:
+                raise InvalidRequest(f"'{name}' ({REJECTED[name]}) is not supported by this server", name,
+                                     "unsupported_parameter")
+            continue  # a value that asks for nothing: served as asked
         log.warning("ignoring unsupported field %r%s", name, "" if name in IGNORED else " (unknown)")
     if body.n > max_n:
         raise InvalidRequest(f"n={body.n} is above this server's limit of {max_n}", "n")
@@ -263,13 +265,28 @@ def sampling(body: SamplingFields, model: TextModel, max_new_tokens: int, extra_
 
 
 def completion_logprobs(model: TextModel, tokens, logprobs, tops, offset: int) -> CompletionLogprobs:
+    """Legacy completions' logprobs of ``tokens`` whose text starts at ``offset``; a None log-probability (an
+    echoed prompt's first token) has None alternatives too."""
     texts = [model.token_text(t) for t in tokens]
     offsets, at = [], offset
     for text in texts:
         offsets.append(at)
         at += len(text)
     return CompletionLogprobs(tokens=texts, token_logprobs=list(logprobs), text_offset=offsets,
-                              top_logprobs=[{model.token_text(t): lp for t, lp in top} for top in tops])
+                              top_logprobs=[None if lp is None else {model.token_text(t): v for t, v in top}
+                                            for lp, top in zip(logprobs, tops)])
+
+
+def echoed_logprobs(model: TextModel, request: Request) -> CompletionLogprobs:
+    """The logprobs of an echoed prompt: its first token has none (nothing predicts it), each other its score."""
+    scores = request.prompt_scores or []
+    return completion_logprobs(model, request.prompt, [None, *(s.logprob for s in scores)],
+                               [[], *(s.top for s in scores)], 0)
+
+
+def joined(first: CompletionLogprobs, then: CompletionLogprobs) -> CompletionLogprobs:
+    return CompletionLogprobs(**{name: getattr(first, name) + getattr(then, name)
+                                 for name in CompletionLogprobs.model_fields})
 
 
 def chat_logprobs(model: TextModel, tokens, logprobs, tops) -> ChatLogprobs:
@@ -291,13 +308,27 @@ class CompletionsHandler:
                        ) -> Completion | AsyncIterator[bytes] | None:
         model = self.served.text_model(body.model)
         check_fields(body, self.served.settings.max_n)
+        score_only = body.max_tokens == 0
+        if score_only and not body.echo:
+            raise InvalidRequest("max_tokens=0 generates nothing; set echo (with logprobs) to score the prompt",
+                                 "max_tokens")
+        if body.echo and body.stream:
+            raise InvalidRequest("echo is not supported with stream; send the request without stream", "echo")
         model.check_prompt_count(len(body.prompts))
-        prompts = await asyncio.to_thread(lambda: [model.encode(text, "prompt") for text in body.prompts])
+        prompts = await asyncio.to_thread(lambda: [model.prompt_ids(prompt) for prompt in body.prompts])
         want_logprobs = body.logprobs is not None
-        wanted = model.new_tokens(max(map(len, prompts)), body.max_tokens, self.served.settings.max_tokens,
-                                  model.defaults.max_new_tokens, "prompt")
-        generation = Generation(self.served, model, prompts, sampling(body, model, wanted, [], want_logprobs), body.n,
-                                body.logprobs or 0)
+        if score_only:  # nothing is generated (params need a token limit: one): the prompts must fit the context
+            wanted = 1
+            if (longest := max(map(len, prompts))) > model.context:
+                raise InvalidRequest(f"the prompt is {longest} tokens; this model's context is {model.context}",
+                                     "prompt", "context_length_exceeded")
+        else:
+            wanted = model.new_tokens(max(map(len, prompts)), body.max_tokens, self.served.settings.max_tokens,
+                                      model.defaults.max_new_tokens, "prompt")
+        params = sampling(body, model, wanted, [], want_logprobs)
+        model.check_request(params, body.echo)
+        generation = Generation(self.served, model, prompts, params, body.n, body.logprobs or 0,
+                                body.logprobs if body.echo and want_logprobs else None, score_only)
         generation.submit()
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model.id}
         if body.stream:
@@ -319,10 +350,18 @@ class CompletionsHandler:
         results = await generation.collect(disconnected)
         if results is None:
             return None
-        return Completion(**head, usage=generation.usage(), choices=[CompletionChoice(
-            index=i, text="".join(c.text), finish_reason=c.finish_reason,
-            logprobs=completion_logprobs(model, c.tokens, c.logprobs, c.top, 0) if want_logprobs else None)
-            for i, c in enumerate(results)])
+        echoed = [model.generator.decode(ids) if body.echo else "" for ids in prompts]
+        choices = []
+        for i, c in enumerate(results):
+            request, prompt_text = generation.requests[i // body.n], echoed[i // body.n]
+            logprobs = None
+            if want_logprobs:
+                logprobs = completion_logprobs(model, c.tokens, c.logprobs, c.top, len(prompt_text))
+                if body.echo:
+                    logprobs = joined(echoed_logprobs(model, request), logprobs)
+            choices.append(CompletionChoice(index=i, text=prompt_text + "".join(c.text), finish_reason=c.finish_reason,
+                                            logprobs=logprobs))
+        return Completion(**head, usage=generation.usage(), choices=choices)
 
 
 class ChatHandler:
@@ -339,8 +378,10 @@ class ChatHandler:
         prompt = await asyncio.to_thread(model.encode, text, "messages")
         wanted = model.new_tokens(len(prompt), body.max_completion_tokens or body.max_tokens,
                                   self.served.settings.max_tokens, model.defaults.max_new_tokens, "messages")
-        generation = Generation(self.served, model, [prompt], sampling(body, model, wanted, stops, body.logprobs),
-                                body.n, body.top_logprobs or 0 if body.logprobs else 0)
+        params = sampling(body, model, wanted, stops, body.logprobs)
+        model.check_request(params, echo=False)
+        generation = Generation(self.served, model, [prompt], params, body.n,
+                                body.top_logprobs or 0 if body.logprobs else 0)
         generation.submit()
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model.id}
         if body.stream:

@@ -31,10 +31,13 @@ class Usage(BaseModel):
 
 
 class CompletionLogprobs(BaseModel):
+    """Per token: its text, log-probability, offset in the choice's text and the most likely alternatives; an
+    echoed prompt's first token has no log-probability (None) and no alternatives."""
+
     tokens: list[str]
-    token_logprobs: list[float]
+    token_logprobs: list[float | None]
     text_offset: list[int]
-    top_logprobs: list[dict[str, float]]
+    top_logprobs: list[dict[str, float] | None]
 
 
 class CompletionChoice(BaseModel):

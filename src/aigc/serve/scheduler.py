@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from aigc.errors import AigcError
-from aigc.generate.decode import Event, Row
+from aigc.generate.decode import Event, PromptToken, Row, prompt_logprobs
 from aigc.generate.sampling import SamplingParams
 from aigc.generate.text import TextGenerator
 
@@ -41,7 +41,12 @@ class Busy(AigcError):
 
 @dataclass
 class Request:
-    """A prompt (token ids) to continue ``n`` times; ``sink`` receives its events from the scheduler thread."""
+    """A prompt (token ids) to continue ``n`` times; ``sink`` receives its events from the scheduler thread.
+
+    With ``prompt_logprobs`` (how many alternatives to list per token) the prompt's tokens are scored into
+    ``prompt_scores`` before the first event; with ``score_only`` too, nothing is generated (each choice ends
+    at once, ``length``).
+    """
 
     prompt: list[int]
     params: SamplingParams
@@ -49,9 +54,12 @@ class Request:
     n: int = 1
     top_logprobs: int = 0
     timeout_s: float | None = None
+    prompt_logprobs: int | None = None
+    score_only: bool = False
     created: float = field(default_factory=time.monotonic)
     cancelled: bool = False
     completion_tokens: int = 0
+    prompt_scores: list[PromptToken] | None = None
 
     @property
     def cost(self) -> int:
@@ -200,11 +208,19 @@ class Scheduler(QueueWorker):
 
         A failure here (a bad request that passed validation) ends this request only, and keeps no slot.
         """
+        scored = request.prompt_logprobs is not None
         try:
-            rows = self._rows(request)
-            logits, slots = self.batch.prefill(request.prompt, request.n)  # (V,)
+            rows = [] if request.score_only else self._rows(request)
+            logits, slots = self.batch.prefill(request.prompt, len(rows), every_position=scored)  # (V,) or (L, V)
         except Exception as err:  # noqa: BLE001 - reported to the request's client
             self._fail(request, err, range(request.n))
+            return
+        if scored:
+            request.prompt_scores = prompt_logprobs(request.prompt, logits, request.prompt_logprobs)
+            logits = logits[-1]
+        if request.score_only:
+            for index in range(request.n):
+                request.sink(Event(index, finish_reason="length"))
             return
         sequences = [_Sequence(request, row, slot) for row, slot in zip(rows, slots)]
         self.rows.extend(sequences)

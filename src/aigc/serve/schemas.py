@@ -5,7 +5,10 @@ Field names and types follow OpenAI's API reference. ``top_k``, ``min_p``, ``rep
 client leaves out takes the served run's ``generate`` setting (:meth:`SamplingFields.sampling_params`,
 the one mapping to :class:`SamplingParams`). Fields the server does not implement are either ignored
 with a logged warning (``IGNORED``: they do not change what the model writes) or rejected with a 400
-(``REJECTED``: ignoring them would silently change the meaning of the request).
+(``REJECTED``: ignoring them would silently change the meaning of the request), unless they hold a value
+that asks for nothing (``NO_OP``: ``tool_choice: "none"``, ``response_format: {"type": "text"}``, an empty
+list, ...). Completions take prompts as text or as token ids (``[1, 2, 3]`` or ``[[1, 2], [3]]``, as
+OpenAI's legacy API and lm-evaluation-harness send them).
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from aigc.tasks.guidance import Guidance, GuidedGenerate
 
 IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "modalities", "prediction", "audio",
            "reasoning_effort", "web_search_options", "safety_identifier", "prompt_cache_key"}
-REJECTED = {"echo": "echo", "suffix": "suffix", "logit_bias": "logit_bias", "tools": "tool calls",
-            "tool_choice": "tool calls", "functions": "function calls", "function_call": "function calls",
-            "response_format": "structured output", "best_of": "best_of"}
+REJECTED = {"suffix": "suffix", "logit_bias": "logit_bias", "tools": "tool calls", "tool_choice": "tool calls",
+            "functions": "function calls", "function_call": "function calls", "response_format": "structured output",
+            "best_of": "best_of"}
+NO_OP = (None, False, "", [], {}, "none", {"type": "text"})  # values of a REJECTED field that ask for nothing
+MAX_STOPS = 16  # stop strings per request (OpenAI takes 4; code tasks of lm-evaluation-harness send more)
 SEED_LIMIT = 2**63  # seeds are 0 <= seed < 2**63, so seed + choice index still fits torch's 64-bit seed
 # The fields that become SamplingParams fields of the same name when the client sends them; an explicit null
 # means "the run's default", except for top_k, where null means "no top-k".
@@ -76,8 +81,8 @@ class SamplingFields(BaseModel):
     @classmethod
     def _stops(cls, value: str | list[str] | None) -> list[str]:
         stops = [value] if isinstance(value, str) else list(value or [])
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences")
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"at most {MAX_STOPS} stop sequences")
         if any(not s for s in stops):
             raise ValueError("stop sequences must not be empty")
         return [valid_text(s) for s in stops]
@@ -97,22 +102,34 @@ class SamplingFields(BaseModel):
                                stop_token_ids=tuple(self.stop_token_ids))
 
 
+TokenIds = list[Annotated[int, Field(ge=0)]]
+
+
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str]
-    logprobs: int | None = Field(None, ge=0, le=5)
+    """``echo`` returns each prompt before its completion, and with ``logprobs`` scores the prompt's tokens too
+    (the first has none); ``max_tokens: 0`` with ``echo`` scores the prompt and generates nothing."""
+
+    prompt: str | list[str] | TokenIds | list[TokenIds]
+    max_tokens: Annotated[int, Field(ge=0)] | None = None
+    logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool = False
 
     @field_validator("prompt")
     @classmethod
-    def _prompt(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, list) and not value:
+    def _prompt(cls, value: str | list[str] | TokenIds | list[TokenIds]) -> str | list[str] | TokenIds | list[TokenIds]:
+        if isinstance(value, list) and (not value or any(isinstance(p, list) and not p for p in value)):
             raise ValueError("the prompt list is empty")
         for text in [value] if isinstance(value, str) else value:
-            valid_text(text)
+            if isinstance(text, str):
+                valid_text(text)
         return value
 
     @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt: a text, or token ids."""
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return [self.prompt]
+        return list(self.prompt)
 
 
 class TextPart(BaseModel):
@@ -123,7 +140,7 @@ class TextPart(BaseModel):
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
 
     @field_validator("content")

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from aigc.chat_template import ChatTemplateError
 from aigc.config import GenerateConfig
 from aigc.errors import AigcError
+from aigc.generate.sampling import SamplingParams
 from aigc.generate.text import TextGenerator
 from aigc.serve.scheduler import Request, Scheduler
 from aigc.serve.schemas import Message
@@ -69,6 +70,20 @@ class TextModel(ServedModel):
         if not text:
             raise InvalidRequest(f"{param} is empty; give some text", param)
         return self.generator.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        """A completion prompt's token ids: a text encoded, or ids checked against the vocabulary."""
+        if isinstance(prompt, str):
+            return self.encode(prompt, "prompt")
+        vocab = self.generator.engine.vocab_size
+        if any(token >= vocab for token in prompt):
+            raise InvalidRequest(f"prompt token id {max(prompt)} is not in this model's vocabulary of {vocab} ids",
+                                 "prompt")
+        return list(prompt)
+
+    def check_request(self, params: SamplingParams, echo: bool) -> None:
+        """Refuse (400) what this model cannot honour as asked, rather than ignore it. ``echo``: the prompt comes
+        back before the completion (scored, with ``params.logprobs``)."""
 
     def token_text(self, token: int) -> str:
         return self.generator.decode([token])
@@ -138,6 +153,11 @@ class CompletionModel(TextModel):
                                  f"model's context of {self.context} tokens; lower max_tokens or shorten the prompt",
                                  "max_tokens", "context_length_exceeded")
         return wanted
+
+    def check_request(self, params: SamplingParams, echo: bool) -> None:
+        if echo and params.logprobs and not self.worker.batch.scores_prompts:
+            raise InvalidRequest("this server's backend does not score prompts (echo with logprobs); serve the run "
+                                 "with --backend torch", "echo")
 
     def check_queue(self, requests: list[Request]) -> None:
         super().check_queue(requests)

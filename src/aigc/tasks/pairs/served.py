@@ -4,6 +4,7 @@ run's own ``generate`` settings (beam search included), one request at a time.""
 from __future__ import annotations
 
 from aigc.config import GenerateConfig
+from aigc.generate.sampling import SamplingParams
 from aigc.serve.scheduler import Event, QueueWorker, Request
 from aigc.serve.schemas import Message
 from aigc.serve.settings import ServeSettings
@@ -68,6 +69,17 @@ class TranslationModel(TextModel):
     def chat_prompt(self, messages: list[Message]) -> tuple[str, list[str]]:
         """A translation model translates the last user message."""
         return next((m.text for m in reversed(messages) if m.role == "user"), ""), []
+
+    def check_request(self, params: SamplingParams, echo: bool) -> None:
+        """A translation is not a continuation: no echo; it ends at the target's end of text, so no stop strings or
+        stop ids; and log-probabilities are not reported."""
+        for asked, field, why in [(echo, "echo", "a translation does not continue its source"),
+                                  (params.stop, "stop", "a translation ends at its end of text"),
+                                  (params.stop_token_ids, "stop_token_ids", "a translation ends at its end of text"),
+                                  (params.logprobs, "logprobs", "translation models do not report log-probabilities")]:
+            if asked:
+                raise InvalidRequest(f"'{field}' is not supported by translation models: {why}", field,
+                                     "unsupported_parameter")
 
     def check_queue(self, requests: list[Request]) -> None:
         """Also refuse (400) more choices than the run's beam search keeps hypotheses."""
