@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializeAsAny
 
 from aigc.config import GenerateConfig
 
@@ -149,7 +149,7 @@ class ModelCard(BaseModel):
     owned_by: str = "aigc"
     kind: str
     context: int
-    defaults: GenerateConfig
+    defaults: SerializeAsAny[GenerateConfig]  # the run's own section, its kind's settings (beams, guidance ...) too
     voices: list[str] = []
 
 
