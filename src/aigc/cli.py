@@ -7,6 +7,7 @@ Nothing imports this module. Heavy libraries (torch, tokenizers) are imported in
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import textwrap
@@ -161,13 +162,43 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     checkpoint = load_checkpoint(Path(args.run))  # once: hashed, verified and its weights read one time
     settings = _run_sampling(checkpoint.config, args)
+    grammar = _grammar(args)
+    if grammar is not None and not checkpoint.config.model.is_text_gpt:
+        raise ConfigError(f"--json-schema, --regex, --choice and --grammar constrain text runs; {args.run} is a "
+                          f"data.kind={checkpoint.config.data.kind} run")
     task = task_for(checkpoint.config)
     load = with_flags(LoadSettings(), args)
     generator = load_generator(checkpoint, load.device, load.quantize, backend=load.backend)
+    if grammar is not None:
+        generator.constraints.check(grammar)  # before the first prompt is read
     request = GenerateRequest(args.prompt, n=args.n, seed=args.seed, stream=args.stream, out=args.out,
-                              truncate=not args.no_truncate, lines=_stdin_prompts() if args.prompt is None else ())
+                              truncate=not args.no_truncate, lines=_stdin_prompts() if args.prompt is None else (),
+                              grammar=grammar)
     task.generate(generator, request, settings, lambda text: print(text, end="", flush=True))
     return 0
+
+
+def _grammar(args: argparse.Namespace):
+    """The constraint ``aigc generate`` was given (--json-schema, --regex, --choice, --grammar), or None."""
+    from aigc.generate.grammar import Grammar
+
+    if args.regex is not None:
+        return Grammar("regex", args.regex)
+    if args.choice is not None:
+        return Grammar.choice(args.choice)
+    path = args.json_schema or args.grammar
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror}") from None
+    if args.grammar is not None:
+        return Grammar("lark", text)
+    try:
+        return Grammar.json_schema(json.loads(text))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not JSON ({err}); --json-schema takes a JSON schema file") from None
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -351,6 +382,11 @@ def build_parser(kind: str | None = None) -> argparse.ArgumentParser:
     generate.add_argument("--no-truncate", action="store_true", help="error on prompts longer than the context")
     generate.add_argument("--out", help="image runs: grid.png (one sheet) or folder/ (one PNG per sample); speech runs: "
                           "clip.wav (one clip) or folder/ (one WAV per sample)")
+    constrained = generate.add_argument_group("constrained output of text runs (one of)").add_mutually_exclusive_group()
+    constrained.add_argument("--json-schema", metavar="FILE", type=Path, help="JSON that fits this JSON schema file")
+    constrained.add_argument("--regex", help="text that matches this regular expression (whole)")
+    constrained.add_argument("--choice", nargs="+", metavar="STR", help="exactly one of these strings")
+    constrained.add_argument("--grammar", metavar="FILE", type=Path, help="text of this Lark grammar file")
     chat = sub.add_parser(
         "chat", help="chat with a text run in the terminal (its chat template; /reset, /exit)",
         description="An interactive chat with a text run (an imported model uses its own chat template; aigc's own "

@@ -378,3 +378,30 @@ def test_shapes_recipe_end_to_end(tmp_path):
     tokenizer = Tokenizer.from_file(str(run_dir / "tokenizer.json"))
     captions = [tokenizer.decode(s[:-1].tolist()) for s, _ in split_pairs(run_dir / "data", manifest, "train")]
     assert captions and not any(shapes.held_out(shapes.parse(c)) for c in captions)
+
+
+def test_generate_constrained_by_a_choice_a_regex_a_schema_or_a_grammar(text_run, tiny_runs, tmp_path):
+    """The character run cannot write JSON objects or strings ('{' and '"' are not in its vocabulary): it says so;
+    a schema of a boolean it can write."""
+    base = ["generate", text_run, "--prompt", "ROMEO:", "--n", "3", "--seed", "4", "--temperature", "1.0"]
+    choices = aigc(*base, "--choice", "yes", "no", "thou art")
+    assert choices.returncode == 0 and set(choices.stdout.strip().split("\n\n")) <= {"yes", "no", "thou art"}
+    names = aigc(*base, "--regex", "[A-Z]{3,5}")
+    assert names.returncode == 0 and all(len(n) in (3, 4, 5) and n.isupper() for n in names.stdout.strip().split("\n\n"))
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"type": "boolean"}))
+    decided = aigc(*base, "--json-schema", schema)
+    assert decided.returncode == 0 and set(decided.stdout.strip().split("\n\n")) <= {"true", "false"}, decided
+    schema.write_text(json.dumps({"type": "object"}))
+    unwritable = aigc(*base, "--json-schema", schema)
+    assert unwritable.returncode == 0 and "3 of 3 samples stopped where the grammar needs text" in unwritable.stderr
+    lark = tmp_path / "words.lark"
+    lark.write_text('start: WORD (" " WORD)*\nWORD: /[a-z]{2,4}/\n')
+    assert aigc(*base, "--grammar", lark, "--max-new-tokens", "12").returncode == 0
+    for args, message in [(["--regex", "(unclosed"], "the regex cannot be used"),
+                          (["--json-schema", tmp_path / "missing.json"], "cannot read"),
+                          (["--choice", "a", "--regex", "b"], "not allowed with argument")]:
+        refused = aigc(*base, *args)
+        assert refused.returncode != 0 and message in refused.stderr and "Traceback" not in refused.stderr, refused
+    other = aigc("generate", tiny_runs["translate"], "--prompt", "Hi.", "--choice", "a")
+    assert other.returncode != 0 and "constrain text runs" in other.stderr

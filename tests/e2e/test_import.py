@@ -7,9 +7,12 @@ import json
 import shutil
 from pathlib import Path
 
+from typing import Literal
+
 import openai
 import pytest
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from tests.e2e.helpers import Server, aigc
 from tests.parity import tiny_hf
@@ -81,6 +84,27 @@ def test_server_answers_chat_on_an_imported_run(int8_server):
         model="qwen", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}],
         max_tokens=16, temperature=0, stream=True) if chunk.choices)
     assert streamed == choice.message.content
+
+
+class Verdict(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # additionalProperties: false, as the client's strict schemas have
+    mood: Literal["calm", "angry"]
+    count: int = Field(ge=0, le=99)
+    word: str = Field(pattern="^[a-z]{1,6}$")  # a random model's free string would run past max_tokens in escapes
+
+
+def test_the_openai_clients_parse_gets_an_object_from_a_random_model(int8_server):
+    """Constrained decoding makes even an untrained model's reply fit the schema the client sends."""
+    client = openai.OpenAI(base_url=f"{int8_server.url}/v1", api_key="unused", max_retries=0)
+    for seed in (1, 2):
+        done = client.chat.completions.parse(model="qwen", messages=[{"role": "user", "content": "judge this"}],
+                                             response_format=Verdict, max_tokens=60, temperature=1.0, seed=seed)
+        assert isinstance(done.choices[0].message.parsed, Verdict), done
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
+        model="qwen", messages=[{"role": "user", "content": "judge this"}], max_tokens=60, temperature=1.0, seed=1,
+        stream=True, response_format={"type": "json_schema", "json_schema": {
+            "name": "verdict", "schema": Verdict.model_json_schema()}}) if chunk.choices)
+    Verdict.model_validate_json(streamed)
 
 
 def test_bad_inputs_are_clear_errors_and_leave_nothing(qwen, tmp_path):

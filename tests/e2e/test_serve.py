@@ -471,6 +471,14 @@ def test_playground_streams_in_a_headless_browser(server):
         output = page.locator("#output").inner_text()
         assert output.startswith("ROMEO:") and len(output) > len("ROMEO:") + 5
         assert page.locator("#error").inner_text() == ""
+        page.click("#schema-row summary")  # a JSON schema box: the answer fits it (this vocabulary can write booleans)
+        page.fill("#schema", '{"type": "boolean"}')
+        page.click("#send")
+        expect(page.locator("#send")).to_be_enabled(timeout=20_000)
+        assert page.locator("#output").inner_text() in ("ROMEO:true", "ROMEO:false")
+        page.fill("#schema", "{not json")
+        page.click("#send")
+        expect(page.locator("#error")).to_contain_text("the JSON schema is not JSON")
         browser.close()
 
 

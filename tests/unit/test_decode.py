@@ -110,7 +110,7 @@ def test_seed_beyond_63_bits_is_refused():
 def test_slot_storage_grows_with_the_rows_and_decodes_the_same(generator, monkeypatch):
     from aigc.generate.slots import SlotBatch
 
-    monkeypatch.setattr(generator.engine, "slot_batch", lambda slots: SlotBatch(generator.model, slots, positions=4))
+    monkeypatch.setattr(generator.engine, "slot_batch", lambda slots, _: SlotBatch(generator.model, slots, positions=4))
     # grows 4 -> 8 -> ... -> 48
     params = SamplingParams(max_new_tokens=40, temperature=1.0, seed=5, top_k=10)
     expected = [c.text for c in generator.complete(["the quick"] * 2, params)]

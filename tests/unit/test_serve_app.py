@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
 import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from pydantic import BaseModel, Field
 
 from aigc.config import GenerateConfig, ModelConfig, section_class
 from aigc.generate.sampling import SamplingParams
@@ -25,7 +29,7 @@ from aigc.serve.schemas import ChatRequest, CompletionRequest, ImageRequest
 from aigc.serve.settings import ServeSettings
 from aigc.serve.workers import CompletionModel, InvalidRequest
 from aigc.tasks.images.served import ImageModel, ImageWorker
-from aigc.tokenizer import train_char
+from aigc.tokenizer import train_bpe, train_char
 
 CORPUS = ["the quick brown fox jumps over the lazy dog\n", "hello world, hello there\n"] * 20
 KEY = "unit-key"
@@ -301,8 +305,77 @@ def test_settings_that_ask_for_nothing_are_accepted(client, extra):
 @pytest.mark.parametrize("body, param", [
     ({"max_tokens": 0}, "max_tokens"),  # nothing to generate and nothing asked to score
     ({"echo": True, "stream": True}, "echo"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strin"}}}},
+     "response_format"),
+    ({"structured_outputs": {"regex": "(unclosed"}}, "structured_outputs"),
+    ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs"),
 ])
 def test_what_the_server_cannot_honour_is_a_400_naming_the_field(client, body, param):
     response = post(client, "/v1/completions", {"model": "tiny", "prompt": "the", **body})
     assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
+
+
+class Reply(BaseModel):
+    """What a constrained chat answer must be (a random model's free text would never be)."""
+
+    mood: Literal["calm", "angry"]
+    count: int = Field(ge=0, le=99)
+    word: str = Field(max_length=6)
+
+
+@pytest.fixture(scope="module")
+def bytes_served():
+    """A tiny untrained GPT over byte-level BPE (every byte a token, so any JSON can be written) behind the app."""
+    torch.manual_seed(0)
+    tokenizer = train_bpe(CORPUS, 300)
+    config = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=128, vocab_size=tokenizer.get_vocab_size())
+    app, model = app_for(TextGenerator(GPT(config).eval(), tokenizer), max_batch=8)
+    with TestClient(app) as client:
+        yield client
+    model.worker.stop()
+
+
+def test_a_json_schema_constrains_a_random_model_to_valid_json(bytes_served):
+    schema = {"type": "json_schema", "json_schema": {"name": "reply", "schema": Reply.model_json_schema()}}
+    body = post(bytes_served, "/v1/chat/completions", {
+        "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "response_format": schema, "n": 4,
+        "max_tokens": 60, "temperature": 1.0, "seed": 3}).json()
+    for choice in body["choices"]:
+        assert choice["finish_reason"] == "stop", choice
+        Reply.model_validate_json(choice["message"]["content"])  # raises when it does not fit
+    loose = post(bytes_served, "/v1/completions", {"model": "tiny", "prompt": "the", "max_tokens": 60, "seed": 1,
+                                                   "response_format": {"type": "json_object"}}).json()["choices"][0]
+    assert loose["finish_reason"] != "stop" or isinstance(json.loads(loose["text"]), dict)
+
+
+@pytest.mark.parametrize("outputs, fits", [
+    ({"regex": r"\d{3}-[a-z]{2,4}"}, lambda text: re.fullmatch(r"\d{3}-[a-z]{2,4}", text)),
+    ({"choice": ["yes", "no", "not sure"]}, lambda text: text in ("yes", "no", "not sure")),
+    ({"grammar": 'start: "(" INT ("+" INT)* ")"\n%import common.INT'},
+     lambda text: re.fullmatch(r"\(\d+(\+\d+)*\)", text)),
+])
+def test_a_regex_a_choice_and_a_lark_grammar_constrain_completions(bytes_served, outputs, fits):
+    body = post(bytes_served, "/v1/completions", {"model": "tiny", "prompt": "the", "max_tokens": 40, "n": 3,
+                                                  "temperature": 1.0, "seed": 5, "structured_outputs": outputs}).json()
+    for choice in body["choices"]:
+        assert choice["finish_reason"] == "stop" and fits(choice["text"]), choice
+
+
+def test_constrained_and_free_rows_share_a_batch_without_changing_each_other(bytes_served):
+    free = {"model": "tiny", "prompt": "hello", "max_tokens": 30, "temperature": 1.0, "seed": 11, "ignore_eos": True}
+    alone = post(bytes_served, "/v1/completions", free).json()["choices"][0]["text"]
+    constrained = {**free, "seed": 12, "structured_outputs": {"choice": ["yes", "no"]}}
+    bad = {**free, "structured_outputs": {"grammar": "start: undefined_rule"}}
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda body: post(bytes_served, "/v1/completions", body),
+                                [free, constrained, bad, constrained, free, bad]))
+    assert [a.status_code for a in answers] == [200, 200, 400, 200, 200, 400]
+    assert answers[0].json()["choices"][0]["text"] == answers[4].json()["choices"][0]["text"] == alone
+    assert answers[1].json()["choices"][0]["text"] in ("yes", "no")
+
+
+def test_a_grammar_the_vocabulary_cannot_write_ends_with_finish_reason_constraint(client):
+    """The character model has never seen '{': no token can start a JSON object."""
+    body = post(client, "/v1/completions", {"model": "tiny", "prompt": "the", "max_tokens": 5,
+                                            "response_format": {"type": "json_object"}})
+    assert body.status_code == 200 and body.json()["choices"][0]["finish_reason"] == "constraint", body.text

@@ -21,6 +21,9 @@ from typing import Protocol
 
 import torch
 
+from aigc.errors import GenerationError
+from aigc.generate.grammar import Constraints
+from aigc.generate.prefix_cache import PrefixCache
 from aigc.generate.sampling import SamplingParams, apply_penalties, choose
 from aigc.generate.stream import TextStream
 
@@ -57,6 +60,7 @@ class ContinuousBatch(Protocol):
     active: int
     capacity: int
     scores_prompts: bool
+    prefix_cache: PrefixCache | None  # prompt prefixes kept for later prompts, where the backend keeps them
 
     def prefill(self, prompt: list[int], copies: int, every_position: bool = False) -> tuple[torch.Tensor, list[int]]:
         """Run ``prompt`` (L tokens) into ``copies`` free slots: the logits after it (V,), or with ``every_position``
@@ -82,12 +86,14 @@ class Row:
 
     ``prompt`` (L,) ids on the model's device; ``limit`` is the most tokens this row may produce (its
     ``max_new_tokens`` or what the context leaves). Without ``decode`` the row yields tokens only
-    (no text, no stop strings).
+    (no text, no stop strings). A row whose params carry a grammar samples only the tokens it allows (from
+    ``constraints``, its tokenizer's); it ends ``stop`` when the grammar is complete, and ``constraint`` when
+    nothing the vocabulary holds can continue it.
     """
 
     def __init__(self, index: int, prompt: torch.Tensor, params: SamplingParams, vocab_size: int, limit: int,
                  seed: int, decode: Callable[[list[int]], str] | None = None, stop_ids: frozenset[int] = frozenset(),
-                 top_logprobs: int = 0):
+                 top_logprobs: int = 0, constraints: Constraints | None = None):
         device = prompt.device
         self.index, self.params, self.limit, self.top_logprobs = index, params, limit, top_logprobs
         self.stop_ids = stop_ids | frozenset(params.stop_token_ids)
@@ -96,11 +102,22 @@ class Row:
         self.generated = torch.zeros(1, vocab_size, device=device)
         self.stream = TextStream(decode, params.stop) if decode is not None else None
         self.produced, self.last, self.done = 0, -1, False
+        if params.grammar is not None and constraints is None:
+            raise GenerationError("this model cannot constrain its output to a grammar")
+        self.matcher = constraints.matcher(params.grammar) if params.grammar is not None else None
 
     def accept(self, logits: torch.Tensor) -> Event:
         """Choose the next token from this row's logits (V,) float32 and say what became final."""
         params = self.params
-        token = int(choose(apply_penalties(logits[None], self.seen, self.generated, params), params, [self.generator]))
+        shaped = apply_penalties(logits[None], self.seen, self.generated, params)
+        if self.matcher is not None:
+            allowed = self.matcher.allowed().to(shaped.device)
+            if not allowed.any():
+                return self._cannot_continue()
+            shaped = shaped.masked_fill(~allowed, float("-inf"))
+        token = int(choose(shaped, params, [self.generator]))
+        if self.matcher is not None and token not in self.stop_ids and not self.matcher.take(token):
+            return self._cannot_continue()
         self.seen[0, token] += 1
         self.generated[0, token] += 1
         self.produced += 1
@@ -118,11 +135,19 @@ class Row:
             event.text = self.stream.add(token) if self.stream else ""
             if self.stream is not None and self.stream.stopped:
                 event.finish_reason = "stop"
+            elif self.matcher is not None and self.matcher.complete:  # nothing but the end of text may follow
+                event.text += self.stream.finish() if self.stream else ""
+                event.finish_reason = "stop"
             elif self.produced >= self.limit:
                 event.text += self.stream.finish() if self.stream else ""
                 event.finish_reason = "length"
         self.done = event.finish_reason is not None
         return event
+
+    def _cannot_continue(self) -> Event:
+        """End a constrained row that no token of the vocabulary can continue (finish reason ``constraint``)."""
+        self.done = True
+        return Event(self.index, text=self.stream.finish() if self.stream else "", finish_reason="constraint")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from aigc.generate.beam import BeamParams, Hypothesis, beam_search
 from aigc.generate.decode import (ContinuousBatch, EncodedBatch, Event, GuidedBatch, PaddedBatch, PromptBatch, Row,
                                   seed_base)
 from aigc.generate.sampling import SamplingParams
+from aigc.generate.prefix_cache import PrefixCache
 from aigc.generate.slots import SlotBatch
 from aigc.models.gpt import GPT
 from aigc.models.seq2seq import Seq2Seq
@@ -46,8 +47,9 @@ class DecoderEngine:
         """The layout :meth:`steps` decodes ``prompts`` in, with room for ``steps`` new tokens each."""
         raise NotImplementedError
 
-    def slot_batch(self, slots: int) -> ContinuousBatch:
-        """The layout the server's continuous batching runs ``slots`` rows in."""
+    def slot_batch(self, slots: int, prefix_cache_bytes: int = 0) -> ContinuousBatch:
+        """The layout the server's continuous batching runs ``slots`` rows in, keeping up to
+        ``prefix_cache_bytes`` of prompt prefixes' keys and values for later prompts (where the backend can)."""
         raise NotImplementedError
 
     def steps_for(self, prompts: list[list[int]], params: SamplingParams) -> list[int]:
@@ -108,8 +110,8 @@ class Engine(DecoderEngine):
     def padded_batch(self, prompts: list[list[int]], steps: int, use_cache: bool = True) -> PaddedBatch:
         return PaddedBatch(self.model, prompts, steps, use_cache)
 
-    def slot_batch(self, slots: int) -> SlotBatch:
-        return SlotBatch(self.model, slots)
+    def slot_batch(self, slots: int, prefix_cache_bytes: int = 0) -> SlotBatch:
+        return SlotBatch(self.model, slots, prefix_cache=PrefixCache(prefix_cache_bytes) if prefix_cache_bytes else None)
 
     @torch.inference_mode()
     def translate(self, sources: list[list[int]], start: int, end: int, params: SamplingParams,

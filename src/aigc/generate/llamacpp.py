@@ -198,6 +198,7 @@ class LlamaSlotBatch:
     """
 
     scores_prompts = False  # its context keeps the logits of each sequence's last token only
+    prefix_cache = None  # prompts are prefilled whole
 
     def __init__(self, model: LlamaCppModel, slots: int):
         self.slots, self.active = slots, 0
@@ -272,7 +273,8 @@ class LlamaCppEngine(DecoderEngine):
     def padded_batch(self, prompts: list[list[int]], steps: int, use_cache: bool = True) -> LlamaPaddedBatch:
         return LlamaPaddedBatch(self.model, prompts, steps)
 
-    def slot_batch(self, slots: int) -> LlamaSlotBatch:
+    def slot_batch(self, slots: int, prefix_cache_bytes: int = 0) -> LlamaSlotBatch:
+        """llama.cpp's slots; prompts are prefilled whole (this backend keeps no prefixes between requests)."""
         return LlamaSlotBatch(self.model, slots)
 
 

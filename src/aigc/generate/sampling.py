@@ -14,6 +14,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from aigc.config import SAMPLING_BOUNDS, GenerateConfig
 from aigc.errors import GenerationError
+from aigc.generate.grammar import Grammar
 
 GREEDY_BELOW = 1e-5  # a temperature this small is greedy decoding (dividing by it overflows float32)
 _BOUNDS = {name: TypeAdapter(bounds) for name, bounds in SAMPLING_BOUNDS.items()}
@@ -37,6 +38,7 @@ class SamplingParams:
     ignore_eos: bool = False  # keep going past <|endoftext|> (fixed-length outputs for benchmarks)
     logprobs: bool = False
     truncate_prompt: bool = True
+    grammar: Grammar | None = None  # what the output must match (constrained decoding, aigc.generate.grammar)
 
     def __post_init__(self) -> None:
         for name, bounds in _BOUNDS.items():  # the bounds of aigc.config, where the recipe's settings get them

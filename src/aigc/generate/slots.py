@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from aigc.generate.decode import next_logits
+from aigc.generate.prefix_cache import PrefixCache
 from aigc.models.layers import KVCache
 
 
@@ -53,9 +54,9 @@ class SlotBatch:
 
     scores_prompts = True
 
-    def __init__(self, model, slots: int, positions: int = 256):
+    def __init__(self, model, slots: int, positions: int = 256, prefix_cache: PrefixCache | None = None):
         c, param = model.config, model.wte.weight
-        self.model = model
+        self.model, self.prefix_cache = model, prefix_cache
         self.slots, self.capacity, self.active = slots, c.block_size, 0
         self.allocated = min(positions, c.block_size)
         self.lengths = torch.zeros(slots, dtype=torch.long, device=param.device)
@@ -75,10 +76,13 @@ class SlotBatch:
         no slot is kept."""
         ids = torch.tensor(prompt, device=self.lengths.device)
         caches = self.model.new_caches(1, len(ids))
-        if every_position:
+        if every_position:  # the prefix's logits are needed too: computed whole
             logits = self.model(ids[None], caches=caches)[0].float()
         else:
-            logits = next_logits(self.model, ids[None], caches)[0]
+            reused = self.prefix_cache.load(prompt, caches) if self.prefix_cache is not None else 0
+            logits = next_logits(self.model, ids[None, reused:], caches)[0]
+        if self.prefix_cache is not None:
+            self.prefix_cache.store(prompt, caches)
         first = self.active
         try:
             return logits, [self.add(caches) for _ in range(copies)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from aigc.checkpoint import Checkpoint, as_checkpoint
 from aigc.errors import GenerationError
 from aigc.generate.decode import Event
 from aigc.generate.engine import DecoderEngine, Engine
+from aigc.generate.grammar import Constraints
 from aigc.generate.sampling import SamplingParams
 from aigc.models.gpt import GPT
 from aigc.tokenizer import eot_id
@@ -78,12 +80,21 @@ class TextGenerator:
             ids = ids[-room:]
         return ids
 
+    @cached_property
+    def constraints(self) -> Constraints:
+        """Grammars over this tokenizer (built on first use: reading the vocabulary takes a moment)."""
+        return Constraints(self.tokenizer, self.engine.vocab_size, self.eos_ids)
+
+    def row_options(self, params: SamplingParams) -> dict[str, Any]:
+        """What every decode-core row of ``params`` gets from this generator: text, stop ids, grammars."""
+        return {"decode": self.decode, "stop_ids": frozenset() if params.ignore_eos else self.eos_ids,
+                "constraints": self.constraints if params.grammar is not None else None}
+
     def stream(self, prompts: list[str], params: SamplingParams) -> Iterator[Event]:
         """Text increments of every prompt as they are decoded, batched; each row ends with a finish reason."""
         encoded = [self.encode_prompt(p, params) for p in prompts]
         limits = self.engine.steps_for(encoded, params)
-        stop_ids = frozenset() if params.ignore_eos else self.eos_ids
-        rows = self.engine.rows(encoded, params, limits, decode=self.decode, stop_ids=stop_ids)
+        rows = self.engine.rows(encoded, params, limits, **self.row_options(params))
         for step in self.engine.steps(encoded, params, rows=rows):
             yield from (event for event in step if event is not None)
 

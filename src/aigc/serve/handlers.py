@@ -27,6 +27,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from aigc.errors import AigcError
+from aigc.generate.grammar import GrammarError
 from aigc.generate.sampling import SamplingParams
 from aigc.serve.metrics import Metrics
 from aigc.serve.responses import (ApiError, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
@@ -257,11 +258,18 @@ def check_fields(body: SamplingFields, max_n: int) -> None:
 
 
 def sampling(body: SamplingFields, model: TextModel, max_new_tokens: int, extra_stops: list[str],
-             logprobs: bool) -> SamplingParams:
+             logprobs: bool, echo: bool = False) -> SamplingParams:
+    """The request's params, checked against what ``model`` can honour (a grammar compiled once)."""
     try:
-        return body.sampling_params(model.defaults, max_new_tokens, extra_stops, logprobs)
+        params = body.sampling_params(model.defaults, max_new_tokens, extra_stops, logprobs)
+        model.check_request(params, echo)
+    except GrammarError as err:
+        raise InvalidRequest(str(err), body.grammar()[1], "invalid_grammar") from err
+    except InvalidRequest:
+        raise
     except AigcError as err:
         raise InvalidRequest(str(err)) from err
+    return params
 
 
 def completion_logprobs(model: TextModel, tokens, logprobs, tops, offset: int) -> CompletionLogprobs:
@@ -325,8 +333,7 @@ class CompletionsHandler:
         else:
             wanted = model.new_tokens(max(map(len, prompts)), body.max_tokens, self.served.settings.max_tokens,
                                       model.defaults.max_new_tokens, "prompt")
-        params = sampling(body, model, wanted, [], want_logprobs)
-        model.check_request(params, body.echo)
+        params = sampling(body, model, wanted, [], want_logprobs, body.echo)
         generation = Generation(self.served, model, prompts, params, body.n, body.logprobs or 0,
                                 body.logprobs if body.echo and want_logprobs else None, score_only)
         generation.submit()
@@ -379,7 +386,6 @@ class ChatHandler:
         wanted = model.new_tokens(len(prompt), body.max_completion_tokens or body.max_tokens,
                                   self.served.settings.max_tokens, model.defaults.max_new_tokens, "messages")
         params = sampling(body, model, wanted, stops, body.logprobs)
-        model.check_request(params, echo=False)
         generation = Generation(self.served, model, [prompt], params, body.n,
                                 body.top_logprobs or 0 if body.logprobs else 0)
         generation.submit()

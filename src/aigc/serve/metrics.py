@@ -18,10 +18,16 @@ class Metrics:
         # a gauge (not a counter) for the name it has always had; it only grows
         self.cancelled = Gauge("aigc_cancelled_sequences", "sequences stopped because the client went away, queued "
                                "or running (ever)", ["model"], registry=registry)
+        hits = Gauge("aigc_prefix_cache_hit_rate", "share of prompt tokens whose keys and values were reused from "
+                     "an earlier prompt", ["model"], registry=registry)
+        held = Gauge("aigc_prefix_cache_bytes", "memory held by reusable prompt prefixes", ["model"], registry=registry)
         for model in models:
             running.labels(model.id).set_function(lambda m=model: m.worker.running)
             waiting.labels(model.id).set_function(lambda m=model: m.worker.queued)
             self.cancelled.labels(model.id)
+            if model.prefix_cache is not None:
+                hits.labels(model.id).set_function(lambda cache=model.prefix_cache: cache.hit_rate)
+                held.labels(model.id).set_function(lambda cache=model.prefix_cache: cache.bytes)
         self.ttft = Histogram("aigc_time_to_first_token_seconds", "request start to first token", ["model"],
                               buckets=LATENCY_BUCKETS, registry=registry)
         self.itl = Histogram("aigc_inter_token_latency_seconds", "time between tokens of one request", ["model"],

@@ -145,13 +145,12 @@ class Scheduler(QueueWorker):
     thread_name = "aigc-scheduler"
 
     def __init__(self, generator: TextGenerator, max_running: int = 32, max_waiting: int = 256,
-                 max_waiting_tokens: int = 1_000_000):
+                 max_waiting_tokens: int = 1_000_000, prefix_cache_bytes: int = 0):
         super().__init__(max_waiting)
         self.generator = generator
         self.max_running, self.max_waiting_tokens = max_running, max_waiting_tokens
-        self.batch = generator.engine.slot_batch(max_running)
+        self.batch = generator.engine.slot_batch(max_running, prefix_cache_bytes)
         self.rows: list[_Sequence] = []  # rows[slot] is the sequence in that slot
-        self._eos_ids = generator.eos_ids
         self._vocab = generator.engine.vocab_size
 
     def _check(self, request: Request) -> None:
@@ -232,8 +231,8 @@ class Scheduler(QueueWorker):
         """The decode-core rows of ``request``'s ``n`` choices, seeded ``base + index``."""
         limit = min(request.params.max_new_tokens, self.batch.capacity - len(request.prompt) + 1)
         return self.generator.engine.rows([request.prompt] * request.n, request.params, [limit] * request.n,
-                                          decode=self.generator.decode, stop_ids=self._stop_ids(request.params),
-                                          top_logprobs=request.top_logprobs)
+                                          top_logprobs=request.top_logprobs,
+                                          **self.generator.row_options(request.params))
 
     @torch.inference_mode()
     def _step(self) -> None:
@@ -248,9 +247,6 @@ class Scheduler(QueueWorker):
         for sequence, row_logits in zip(list(self.rows), logits):
             self._accept(sequence, row_logits)
         self._retire()
-
-    def _stop_ids(self, params: SamplingParams) -> frozenset[int]:
-        return frozenset() if params.ignore_eos else self._eos_ids
 
     def _accept(self, sequence: _Sequence, logits: torch.Tensor) -> None:
         """The decode core's next token for ``sequence``; a failure ends its request only."""

@@ -14,19 +14,20 @@ OpenAI's legacy API and lm-evaluation-harness send them).
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from aigc.config import GenerateConfig, MinP, NewTokens, Penalty, RepetitionPenalty, Temperature, TopK, TopP
+from aigc.errors import GenerationError
+from aigc.generate.grammar import Grammar
 from aigc.generate.sampling import SamplingParams, sampling_params
 from aigc.tasks.guidance import Guidance, GuidedGenerate
 
 IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "modalities", "prediction", "audio",
            "reasoning_effort", "web_search_options", "safety_identifier", "prompt_cache_key"}
 REJECTED = {"suffix": "suffix", "logit_bias": "logit_bias", "tools": "tool calls", "tool_choice": "tool calls",
-            "functions": "function calls", "function_call": "function calls", "response_format": "structured output",
-            "best_of": "best_of"}
+            "functions": "function calls", "function_call": "function calls", "best_of": "best_of"}
 NO_OP = (None, False, "", [], {}, "none", {"type": "text"})  # values of a REJECTED field that ask for nothing
 MAX_STOPS = 16  # stop strings per request (OpenAI takes 4; code tasks of lm-evaluation-harness send more)
 SEED_LIMIT = 2**63  # seeds are 0 <= seed < 2**63, so seed + choice index still fits torch's 64-bit seed
@@ -50,6 +51,53 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    name: str = "response"
+    json_schema: dict[str, Any] | bool = Field(True, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's ``response_format``: plain text, any JSON object, or JSON that fits a schema."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("response_format of type json_schema needs json_schema: {name, schema}")
+        return self
+
+
+class StructuredOutputs(BaseModel):
+    """The extension for what OpenAI's API has no field for, as vLLM's ``structured_outputs``: one of a JSON
+    schema, a regex, a list of choices or a Lark grammar."""
+
+    model_config = ConfigDict(extra="forbid")
+    json_: dict[str, Any] | bool | None = Field(None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> StructuredOutputs:
+        if sum(v is not None for v in (self.json_, self.regex, self.choice, self.grammar)) != 1:
+            raise ValueError("give exactly one of json, regex, choice and grammar")
+        return self
+
+    def grammar_of(self) -> Grammar:
+        if self.json_ is not None:
+            return Grammar.json_schema(self.json_)
+        if self.regex is not None:
+            return Grammar("regex", self.regex)
+        if self.choice is not None:
+            return Grammar.choice(self.choice)
+        return Grammar("lark", self.grammar)
+
+
 class SamplingFields(BaseModel):
     """Fields shared by completions and chat completions."""
 
@@ -71,6 +119,8 @@ class SamplingFields(BaseModel):
     repetition_penalty: RepetitionPenalty | None = None
     ignore_eos: bool = False
     stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list, max_length=64)
+    response_format: ResponseFormat | None = None
+    structured_outputs: StructuredOutputs | None = None
 
     @field_validator("model")
     @classmethod
@@ -90,6 +140,17 @@ class SamplingFields(BaseModel):
     def unknown_fields(self) -> list[str]:
         return sorted((self.model_extra or {}).keys())
 
+    def grammar(self) -> tuple[Grammar, str] | None:
+        """What the output must match, and the field that asked for it (None: free text)."""
+        if self.response_format is not None and self.response_format.type != "text":
+            if self.structured_outputs is not None:
+                raise GenerationError("give response_format or structured_outputs, not both")
+            schema = self.response_format.json_schema
+            return Grammar.json_schema(schema.json_schema if schema else {"type": "object"}), "response_format"
+        if self.structured_outputs is not None:
+            return self.structured_outputs.grammar_of(), "structured_outputs"
+        return None
+
     def sampling_params(self, defaults: GenerateConfig, max_new_tokens: int, extra_stops: list[str] = (),
                         logprobs: bool = False) -> SamplingParams:
         """The run's ``defaults`` overridden by every sampling field the client sent (raises GenerationError)."""
@@ -97,9 +158,10 @@ class SamplingFields(BaseModel):
         given = {name: getattr(self, name) for name in SAMPLING_FIELDS
                  if name in sent and (getattr(self, name) is not None or name in NULL_IS_A_VALUE)}
         stops = self.stop if "stop" in sent else defaults.stop
+        grammar = self.grammar()
         return sampling_params(defaults, **given, max_new_tokens=max_new_tokens, stop=(*stops, *extra_stops),
                                seed=self.seed, logprobs=logprobs, ignore_eos=self.ignore_eos, truncate_prompt=False,
-                               stop_token_ids=tuple(self.stop_token_ids))
+                               stop_token_ids=tuple(self.stop_token_ids), grammar=grammar[0] if grammar else None)
 
 
 TokenIds = list[Annotated[int, Field(ge=0)]]

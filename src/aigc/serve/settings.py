@@ -36,6 +36,9 @@ class ServeSettings(LoadSettings):
     max_tokens: int | None = Field(None, ge=1, description="cap on a request's max_tokens (none: the model's context)")
     max_n: int = Field(8, ge=1, description="cap on a request's n")
     max_body_bytes: int = Field(1_000_000, ge=1, description="larger request bodies get 413")
+    prefix_cache_mb: float = Field(256.0, ge=0, description="memory per model for the keys and values of prompt "
+                                   "prefixes, reused by later prompts that start the same (a shared system prompt, a "
+                                   "chat's earlier turns); least recently used go first; 0 = off")
     timeout_s: float = Field(600.0, gt=0, description="per-request deadline in seconds (then 504)",
                              json_schema_extra={"flag": "--timeout"})
     ping_interval_s: float = Field(5.0, gt=0, description="seconds between keep-alive comments in a quiet stream",

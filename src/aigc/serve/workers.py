@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from aigc.chat_template import ChatTemplateError
 from aigc.config import GenerateConfig
 from aigc.errors import AigcError
+from aigc.generate.prefix_cache import PrefixCache
 from aigc.generate.sampling import SamplingParams
 from aigc.generate.text import TextGenerator
 from aigc.serve.scheduler import Request, Scheduler
@@ -59,6 +60,11 @@ class ServedModel:
     def voices(self) -> list[str]:
         """The voices it speaks in (none but for speech models)."""
         return []
+
+    @property
+    def prefix_cache(self) -> PrefixCache | None:
+        """The prompt prefixes it keeps for later prompts (a GPT on the torch backend)."""
+        return None
 
 
 class TextModel(ServedModel):
@@ -129,7 +135,13 @@ class CompletionModel(TextModel):
     @classmethod
     def create(cls, model_id: str, generator: TextGenerator, defaults: GenerateConfig,
                settings: ServeSettings) -> CompletionModel:
-        return cls(model_id, generator, Scheduler(generator, settings.max_batch, settings.max_waiting), defaults)
+        worker = Scheduler(generator, settings.max_batch, settings.max_waiting,
+                           prefix_cache_bytes=int(settings.prefix_cache_mb * 2**20))
+        return cls(model_id, generator, worker, defaults)
+
+    @property
+    def prefix_cache(self) -> PrefixCache | None:
+        return self.worker.batch.prefix_cache
 
     @property
     def context(self) -> int:
@@ -155,9 +167,13 @@ class CompletionModel(TextModel):
         return wanted
 
     def check_request(self, params: SamplingParams, echo: bool) -> None:
+        """Also compile the request's grammar once (a :class:`~aigc.generate.grammar.GrammarError` names what
+        the library refuses)."""
         if echo and params.logprobs and not self.worker.batch.scores_prompts:
             raise InvalidRequest("this server's backend does not score prompts (echo with logprobs); serve the run "
                                  "with --backend torch", "echo")
+        if params.grammar is not None:
+            self.generator.constraints.check(params.grammar)
 
     def check_queue(self, requests: list[Request]) -> None:
         super().check_queue(requests)

@@ -19,6 +19,7 @@ from aigc.config import Config, GenerateConfig
 from aigc.data.collect import CollectResult
 from aigc.data.prepare import PrepareResult, prepared_settings
 from aigc.errors import TrainingError
+from aigc.generate.grammar import Grammar
 
 if TYPE_CHECKING:
     from aigc.models.gpt import InputExtras
@@ -36,6 +37,7 @@ class GenerateRequest:
     out: str | None = None
     truncate: bool = True
     lines: Iterable[str] = ()  # prompts, one per line, when there is no --prompt (stdin)
+    grammar: Grammar | None = None  # what text runs' output must match (--json-schema, --regex, --choice, --grammar)
 
 
 class Task(ABC):

@@ -79,5 +79,5 @@ class ChatTask(TextGPTTask):
         for prompt in prompts:
             text, stops = generator.chat_prompt([{"role": "user", "content": prompt}])
             params = sampling_params(settings, seed=request.seed, truncate_prompt=request.truncate,
-                                     stop=tuple(settings.stop) + tuple(stops))
+                                     stop=tuple(settings.stop) + tuple(stops), grammar=request.grammar)
             write_samples(generator, text, request, params, write, strip_space=True)

@@ -76,7 +76,9 @@ class TranslationModel(TextModel):
         for asked, field, why in [(echo, "echo", "a translation does not continue its source"),
                                   (params.stop, "stop", "a translation ends at its end of text"),
                                   (params.stop_token_ids, "stop_token_ids", "a translation ends at its end of text"),
-                                  (params.logprobs, "logprobs", "translation models do not report log-probabilities")]:
+                                  (params.logprobs, "logprobs", "translation models do not report log-probabilities"),
+                                  (params.grammar, "response_format", "translation models do not constrain their "
+                                   "output")]:
             if asked:
                 raise InvalidRequest(f"'{field}' is not supported by translation models: {why}", field,
                                      "unsupported_parameter")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,8 @@ from aigc.tasks.text.evaluation import SAMPLE_KEYS, code_rows, evaluate_document
 
 if TYPE_CHECKING:
     from aigc.serve.workers import ServedModel
+
+log = logging.getLogger(__name__)
 
 
 def parse_rate_needs(config: Config) -> str | None:
@@ -102,7 +105,7 @@ class TextTask(TextGPTTask):
                  write: Callable[[str], None]) -> None:
         """Continue ``request.prompt``, or every prompt line (``\\n`` inside a line is a newline); samples
         of one prompt are separated by a blank line, so only generated text reaches stdout."""
-        params = sampling_params(settings, seed=request.seed, truncate_prompt=request.truncate)
+        params = sampling_params(settings, seed=request.seed, truncate_prompt=request.truncate, grammar=request.grammar)
         prompts = [request.prompt] if request.prompt is not None else prompt_lines(request)
         for prompt in prompts:
             write_samples(generator, prompt, request, params, write)
@@ -115,18 +118,27 @@ def write_samples(generator: TextGenerator, text: str, request: GenerateRequest,
     decoded and the others (decoded beside it, their pieces interleaved) when it ends."""
     batch = [text] * request.n
     if not request.stream:
-        samples = (c.text.removeprefix(" ") if strip_space else c.text for c in generator.complete(batch, params))
-        write("\n\n".join(samples) + "\n")
+        completions = generator.complete(batch, params)
+        write("\n\n".join(c.text.removeprefix(" ") if strip_space else c.text for c in completions) + "\n")
+        _say_if_unfinishable([c.finish_reason for c in completions])
         return
-    samples = [""] * request.n
+    samples, reasons = [""] * request.n, []
     for event in generator.stream(batch, params):
         piece = event.text.removeprefix(" ") if strip_space and not samples[event.index] else event.text
         samples[event.index] += piece
+        reasons += [event.finish_reason] if event.finish_reason else []
         if event.index == 0:
             write(piece)
     for sample in samples[1:]:
         write("\n\n" + sample)
     write("\n")
+    _say_if_unfinishable(reasons)
+
+
+def _say_if_unfinishable(finish_reasons: list[str]) -> None:
+    if "constraint" in finish_reasons:
+        log.warning("%d of %d samples stopped where the grammar needs text no token of this model's vocabulary "
+                    "holds (finish reason: constraint)", finish_reasons.count("constraint"), len(finish_reasons))
 
 
 def prompt_lines(request: GenerateRequest):
