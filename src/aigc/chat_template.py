@@ -44,6 +44,17 @@ class ChatTemplateError(GenerationError):
 @lru_cache(maxsize=16)
 def _compile(source: str):
     """The template compiled in the same environment as ``transformers``' ``_compile_jinja_template``."""
+    import jinja2
+
+    try:
+        return _environment().from_string(source)
+    except jinja2.exceptions.TemplateSyntaxError as err:
+        raise ChatTemplateError(f"the chat template is not valid Jinja (line {err.lineno}: {err.message})") from None
+
+
+@lru_cache(maxsize=1)
+def _environment():
+    """The Jinja environment of ``transformers``' ``_compile_jinja_template``."""
     try:
         import jinja2
         import jinja2.ext
@@ -101,10 +112,7 @@ def _compile(source: str):
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
     env.globals["namespace"] = Namespace
-    try:
-        return env.from_string(source)
-    except jinja2.exceptions.TemplateSyntaxError as err:
-        raise ChatTemplateError(f"the chat template is not valid Jinja (line {err.lineno}: {err.message})") from None
+    return env
 
 
 @dataclass(frozen=True)
@@ -127,18 +135,34 @@ class ChatTemplate:
         saved = read_json(file)
         return cls(saved["template"], dict(saved.get("tokens", {})), (), ends_with_eot=False)
 
-    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        """The conversation as text to continue; :class:`ChatTemplateError` when the template refuses it."""
+    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+               tools: list[dict[str, Any]] | None = None) -> str:
+        """The conversation as text to continue; :class:`ChatTemplateError` when the template refuses it.
+        ``tools``: the functions the model may call (OpenAI's ``tools`` entries), for a template that takes them."""
         import jinja2
 
         template = _compile(self.source)
         # like apply_chat_template: keys whose value is None are dropped; the special tokens are variables
         messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
         try:
-            return template.render(messages=messages, add_generation_prompt=add_generation_prompt, tools=None,
+            return template.render(messages=messages, add_generation_prompt=add_generation_prompt, tools=tools or None,
                                    documents=None, **self.tokens)
         except jinja2.exceptions.TemplateError as err:
             raise ChatTemplateError(f"the chat template refused the conversation: {err}") from None
+
+    @property
+    def takes_tools(self) -> bool:
+        """Whether the template reads ``tools`` (Qwen2.5, Llama 3.1+, Mistral and Hermes-style templates do)."""
+        import jinja2.meta
+
+        _compile(self.source)  # a template that is not valid Jinja says so
+        return "tools" in jinja2.meta.find_undeclared_variables(_environment().parse(self.source))
+
+    @property
+    def tool_call_tags(self) -> bool:
+        """Whether the model writes a call between ``<tool_call>`` tags (Hermes and Qwen2.5 templates say so), rather
+        than as a bare JSON object (Llama 3.1's)."""
+        return "<tool_call>" in self.source
 
     def to_json(self) -> dict[str, Any]:
         return {"template": self.source, "tokens": self.tokens}

@@ -202,7 +202,9 @@ MALFORMED = [
     ("/v1/chat/completions", {"model": "code", "messages": [{"role": "wizard", "content": "x"}]}, None, 400, None),
     ("/v1/chat/completions", {"model": "code", "messages": "hello"}, None, 400, None),
     ("/v1/chat/completions", {"model": "code", "messages": [{"role": "user", "content": "x"}], "tools": [{}]}, None, 400,
-     "unsupported_parameter"),
+     None),  # a tool without its function
+    ("/v1/chat/completions", {"model": "code", "messages": [{"role": "user", "content": "x"}], "functions": [{}]}, None,
+     400, "unsupported_parameter"),
     ("/v1/images/generations", {"prompt": "a red circle", "model": "code"}, None, 400, "not_an_image_model"),
     ("/v1/completions", {"model": "code", "prompt": "x", "seed": 18446744073709551616}, None, 400, "invalid_value"),
     ("/v1/completions", None, b'{"model": "code", "prompt": "a\\ud800b"}', 400, "invalid_value"),

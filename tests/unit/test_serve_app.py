@@ -379,3 +379,11 @@ def test_a_grammar_the_vocabulary_cannot_write_ends_with_finish_reason_constrain
     body = post(client, "/v1/completions", {"model": "tiny", "prompt": "the", "max_tokens": 5,
                                             "response_format": {"type": "json_object"}})
     assert body.status_code == 200 and body.json()["choices"][0]["finish_reason"] == "constraint", body.text
+
+
+def test_tools_for_a_template_that_takes_none_are_a_400(client):
+    """aigc's own chat template has no place for functions: the model could not know them."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    response = post(client, "/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "?"}],
+                                                     "tools": [tool]})
+    assert response.status_code == 400 and response.json()["error"]["code"] == "tools_unsupported", response.text

@@ -60,9 +60,11 @@ class TextGenerator:
         return cls(model, Tokenizer.from_file(str(checkpoint.path / "tokenizer.json")),
                    checkpoint.config.model.eos_token_ids, ChatTemplate.from_checkpoint(checkpoint.path))
 
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> tuple[str, list[str]]:
-        """A conversation as the text to continue (the run's chat template) and the stop strings it implies."""
-        return self.chat.render(messages, add_generation_prompt=True), list(self.chat.stop)
+    def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                    ) -> tuple[str, list[str]]:
+        """A conversation as the text to continue (the run's chat template, offering ``tools``) and the stop strings
+        it implies."""
+        return self.chat.render(messages, add_generation_prompt=True, tools=tools), list(self.chat.stop)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)

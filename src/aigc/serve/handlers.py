@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fastapi.responses import Response
 from pydantic import BaseModel
@@ -32,12 +32,14 @@ from aigc.generate.sampling import SamplingParams
 from aigc.serve.metrics import Metrics
 from aigc.serve.responses import (ApiError, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk,
                                   ChatLogprobs, ChatMessage, Completion, CompletionChoice, CompletionChunk,
-                                  CompletionChunkChoice, CompletionLogprobs, Delta, ErrorBody, ErrorEnvelope, ImageData,
-                                  ImagesResponse, ModelCard, ModelList, TokenLogprob, TopLogprob, Usage, sse)
+                                  CompletionChunkChoice, CompletionLogprobs, Delta, ErrorBody, ErrorEnvelope,
+                                  FunctionCall, ImageData, ImagesResponse, ModelCard, ModelList, TokenLogprob,
+                                  ToolCallOut, TopLogprob, Usage, sse)
 from aigc.serve.scheduler import Busy, Event, Request
 from aigc.serve.schemas import (IGNORED, NO_OP, REJECTED, ChatRequest, CompletionRequest, ImageRequest, SamplingFields,
                                 SpeechRequest)
 from aigc.serve.settings import ServeSettings
+from aigc.serve.tools import ToolCall, ToolUse
 from aigc.serve.workers import InvalidRequest, ServedModel, TextModel
 
 log = logging.getLogger("aigc.serve")
@@ -258,13 +260,20 @@ def check_fields(body: SamplingFields, max_n: int) -> None:
 
 
 def sampling(body: SamplingFields, model: TextModel, max_new_tokens: int, extra_stops: list[str],
-             logprobs: bool, echo: bool = False) -> SamplingParams:
-    """The request's params, checked against what ``model`` can honour (a grammar compiled once)."""
+             logprobs: bool, echo: bool = False, tool_use: ToolUse | None = None) -> SamplingParams:
+    """The request's params, checked against what ``model`` can honour (a grammar compiled once); a required
+    tool call shapes the reply with its own grammar."""
+    asked = None
     try:
         params = body.sampling_params(model.defaults, max_new_tokens, extra_stops, logprobs)
+        asked = body.grammar()
+        if tool_use is not None and (calls := tool_use.grammar()) is not None:
+            if asked is not None:
+                raise InvalidRequest(f"a required tool call and {asked[1]} cannot both shape the reply", "tool_choice")
+            params, asked = replace(params, grammar=calls), (calls, "tools")
         model.check_request(params, echo)
     except GrammarError as err:
-        raise InvalidRequest(str(err), body.grammar()[1], "invalid_grammar") from err
+        raise InvalidRequest(str(err), asked[1] if asked else None, "invalid_grammar") from err
     except InvalidRequest:
         raise
     except AigcError as err:
@@ -304,6 +313,13 @@ def chat_logprobs(model: TextModel, tokens, logprobs, tops) -> ChatLogprobs:
 
     return ChatLogprobs(content=[TokenLogprob(**entry(t, lp), top_logprobs=[TopLogprob(**entry(a, b)) for a, b in top])
                                  for t, lp, top in zip(tokens, logprobs, tops)])
+
+
+def tool_calls_out(calls: list[ToolCall], indexed: bool = False) -> list[ToolCallOut] | None:
+    """Calls as a reply's ``tool_calls`` (None for none); ``indexed`` for a stream's delta."""
+    return [ToolCallOut(index=i if indexed else None, id=call.id, function=FunctionCall(name=call.name,
+                                                                                       arguments=call.arguments))
+            for i, call in enumerate(calls)] or None
 
 
 class CompletionsHandler:
@@ -372,7 +388,10 @@ class CompletionsHandler:
 
 
 class ChatHandler:
-    """POST /v1/chat/completions: the served model turns the messages into a prompt and answers ``n`` times."""
+    """POST /v1/chat/completions: the served model turns the messages into a prompt and answers ``n`` times.
+
+    With ``tools`` a reply may be calls (:mod:`aigc.serve.tools`): it is read as a whole, so a stream then holds
+    each choice's text and sends its words and calls when it ends."""
 
     def __init__(self, served: Served):
         self.served = served
@@ -381,11 +400,12 @@ class ChatHandler:
                        ) -> ChatCompletion | AsyncIterator[bytes] | None:
         model = self.served.text_model(body.model)
         check_fields(body, self.served.settings.max_n)
-        text, stops = model.chat_prompt(body.messages)
+        tool_use = ToolUse.of(body, model.chat_template)
+        text, stops = model.chat_prompt(body.messages, tool_use.template_tools if tool_use else None)
         prompt = await asyncio.to_thread(model.encode, text, "messages")
         wanted = model.new_tokens(len(prompt), body.max_completion_tokens or body.max_tokens,
                                   self.served.settings.max_tokens, model.defaults.max_new_tokens, "messages")
-        params = sampling(body, model, wanted, stops, body.logprobs)
+        params = sampling(body, model, wanted, stops, body.logprobs, tool_use=tool_use)
         generation = Generation(self.served, model, [prompt], params, body.n,
                                 body.top_logprobs or 0 if body.logprobs else 0)
         generation.submit()
@@ -394,15 +414,24 @@ class ChatHandler:
             def chunk(choice: ChatChunkChoice) -> ChatCompletionChunk:
                 return ChatCompletionChunk(**head, choices=[choice])
 
+            held = [""] * body.n  # with tools: each choice's text, read when it ends
+
             def chunks(event: Event) -> list[ChatCompletionChunk]:
                 logprobs = None
                 if body.logprobs and event.token is not None:
                     logprobs = chat_logprobs(model, [event.token], [event.logprob], [event.top_logprobs or []])
-                out = []
-                if event.text or logprobs:
+                out, finish = [], event.finish_reason
+                if tool_use is not None:
+                    held[event.index] += event.text
+                    if finish:
+                        words, calls = tool_use.parse(held[event.index])
+                        out.append(chunk(ChatChunkChoice(index=event.index, delta=Delta(
+                            content=words, tool_calls=tool_calls_out(calls, indexed=True)))))
+                        finish = "tool_calls" if calls else finish
+                elif event.text or logprobs:
                     out.append(chunk(ChatChunkChoice(index=event.index, delta=Delta(content=event.text), logprobs=logprobs)))
-                if event.finish_reason:
-                    out.append(chunk(ChatChunkChoice(index=event.index, delta=Delta(), finish_reason=event.finish_reason)))
+                if finish:
+                    out.append(chunk(ChatChunkChoice(index=event.index, delta=Delta(), finish_reason=finish)))
                 return out
 
             opening = [chunk(ChatChunkChoice(index=i, delta=Delta(role="assistant", content=""))) for i in range(body.n)]
@@ -411,10 +440,14 @@ class ChatHandler:
         results = await generation.collect(disconnected)
         if results is None:
             return None
-        return ChatCompletion(**head, usage=generation.usage(), choices=[ChatChoice(
-            index=i, message=ChatMessage(content="".join(c.text)), finish_reason=c.finish_reason,
-            logprobs=chat_logprobs(model, c.tokens, c.logprobs, c.top) if body.logprobs else None)
-            for i, c in enumerate(results)])
+        choices = []
+        for i, c in enumerate(results):
+            words, calls = tool_use.parse("".join(c.text)) if tool_use else ("".join(c.text), [])
+            choices.append(ChatChoice(
+                index=i, message=ChatMessage(content=words, tool_calls=tool_calls_out(calls)),
+                finish_reason="tool_calls" if calls else c.finish_reason,
+                logprobs=chat_logprobs(model, c.tokens, c.logprobs, c.top) if body.logprobs else None))
+        return ChatCompletion(**head, usage=generation.usage(), choices=choices)
 
 
 class ImagesHandler:
@@ -474,7 +507,7 @@ class ModelsHandler:
     @staticmethod
     def card(model: ServedModel) -> ModelCard:
         return ModelCard(id=model.id, created=model.created, kind=model.kind, context=model.context,
-                         defaults=model.defaults, voices=model.voices)
+                         defaults=model.defaults.model_dump(mode="json"), voices=model.voices)
 
     def list(self) -> ModelList:
         return ModelList(data=[self.card(m) for m in self.served.models.values()])

@@ -9,11 +9,10 @@ JSON only where it always was (``usage`` of a stream chunk that is not the last)
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SerializeAsAny
+from pydantic import BaseModel, Field
 
-from aigc.config import GenerateConfig
 
 
 def _absent_when_none(value) -> bool:
@@ -88,9 +87,24 @@ class ChatLogprobs(BaseModel):
     content: list[TokenLogprob]
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # JSON
+
+
+class ToolCallOut(BaseModel):
+    """A call in a reply; in a stream chunk, ``index`` says which call a delta belongs to."""
+
+    index: int | None = Field(None, exclude_if=_absent_when_none)
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = Field(None, exclude_if=_absent_when_none)
 
 
 class ChatChoice(BaseModel):
@@ -112,6 +126,7 @@ class ChatCompletion(BaseModel):
 class Delta(BaseModel):
     role: Literal["assistant"] | None = Field(None, exclude_if=_absent_when_none)
     content: str | None = Field(None, exclude_if=_absent_when_none)
+    tool_calls: list[ToolCallOut] | None = Field(None, exclude_if=_absent_when_none)
 
 
 class ChatChunkChoice(BaseModel):
@@ -149,7 +164,7 @@ class ModelCard(BaseModel):
     owned_by: str = "aigc"
     kind: str
     context: int
-    defaults: SerializeAsAny[GenerateConfig]  # the run's own section, its kind's settings (beams, guidance ...) too
+    defaults: dict[str, Any]  # the run's generate section: the shared settings and its kind's (beams, guidance ...)
     voices: list[str] = []
 
 

@@ -13,6 +13,7 @@ OpenAI's legacy API and lm-evaluation-harness send them).
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any, Literal
 
@@ -26,8 +27,8 @@ from aigc.tasks.guidance import Guidance, GuidedGenerate
 
 IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "modalities", "prediction", "audio",
            "reasoning_effort", "web_search_options", "safety_identifier", "prompt_cache_key"}
-REJECTED = {"suffix": "suffix", "logit_bias": "logit_bias", "tools": "tool calls", "tool_choice": "tool calls",
-            "functions": "function calls", "function_call": "function calls", "best_of": "best_of"}
+REJECTED = {"suffix": "suffix", "logit_bias": "logit_bias", "functions": "function calls (send tools)",
+            "function_call": "function calls (send tool_choice)", "best_of": "best_of"}
 NO_OP = (None, False, "", [], {}, "none", {"type": "text"})  # values of a REJECTED field that ask for nothing
 MAX_STOPS = 16  # stop strings per request (OpenAI takes 4; code tasks of lm-evaluation-harness send more)
 SEED_LIMIT = 2**63  # seeds are 0 <= seed < 2**63, so seed + choice index still fits torch's 64-bit seed
@@ -194,6 +195,44 @@ class CompletionRequest(SamplingFields):
         return list(self.prompt)
 
 
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class Tool(BaseModel):
+    """A function the model may call (OpenAI's ``tools`` entry); its parameters are a JSON schema."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class FunctionName(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class CalledFunction(BaseModel):
+    name: str
+    arguments: str  # JSON, as OpenAI sends it
+
+
+class CalledTool(BaseModel):
+    """A call an assistant made earlier in the conversation."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
     type: Literal["text"]
@@ -204,6 +243,8 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[CalledTool] | None = None  # an assistant's calls
+    tool_call_id: str | None = None  # a tool message answers this call
 
     @field_validator("content")
     @classmethod
@@ -218,9 +259,27 @@ class Message(BaseModel):
             return "".join(part.text for part in self.content)
         return self.content or ""
 
+    def for_template(self) -> dict[str, Any]:
+        """The message as chat templates read it: calls' arguments as objects (``apply_chat_template``'s form)."""
+        message: dict[str, Any] = {"role": self.role, "content": self.text, "tool_call_id": self.tool_call_id}
+        if self.tool_calls:
+            message["tool_calls"] = [{"id": call.id, "type": "function", "function": {
+                "name": call.function.name, "arguments": _json_or_text(call.function.arguments)}}
+                for call in self.tool_calls]
+        return message
+
+
+def _json_or_text(arguments: str) -> Any:
+    try:
+        return json.loads(arguments)
+    except json.JSONDecodeError:
+        return arguments
+
 
 class ChatRequest(SamplingFields):
     messages: list[Message] = Field(min_length=1)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from aigc.chat_template import ChatTemplateError
+from aigc.chat_template import ChatTemplate, ChatTemplateError
 from aigc.config import GenerateConfig
 from aigc.errors import AigcError
 from aigc.generate.prefix_cache import PrefixCache
@@ -94,9 +94,14 @@ class TextModel(ServedModel):
     def token_text(self, token: int) -> str:
         return self.generator.decode([token])
 
-    def chat_prompt(self, messages: list[Message]) -> tuple[str, list[str]]:
-        """The text to continue for a chat, and stop strings to add to the request's."""
+    def chat_prompt(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> tuple[str, list[str]]:
+        """The text to continue for a chat (offering ``tools``), and stop strings to add to the request's."""
         raise NotImplementedError
+
+    @property
+    def chat_template(self) -> ChatTemplate | None:
+        """How its chats become prompts (None: it does not continue chats, it answers the last message)."""
+        return None
 
     def new_tokens(self, prompt_tokens: int, requested: int | None, server_cap: int | None, default: int,
                    param: str = "prompt") -> int:
@@ -149,13 +154,17 @@ class CompletionModel(TextModel):
         share of its key/value memory)."""
         return min(self.generator.engine.block_size, self.worker.batch.capacity)
 
-    def chat_prompt(self, messages: list[Message]) -> tuple[str, list[str]]:
+    def chat_prompt(self, messages: list[Message], tools: list[dict[str, Any]] | None = None) -> tuple[str, list[str]]:
         """The run's chat template (an imported model's own, else aigc's plain "Role: text" lines then
         "Assistant:", stopping at a new user line; :mod:`aigc.chat_template`)."""
         try:
-            return self.generator.chat_prompt([{"role": m.role, "content": m.text} for m in messages])
+            return self.generator.chat_prompt([m.for_template() for m in messages], tools)
         except ChatTemplateError as err:
             raise InvalidRequest(str(err), "messages", "invalid_chat") from None
+
+    @property
+    def chat_template(self) -> ChatTemplate:
+        return self.generator.chat
 
     def new_tokens(self, prompt_tokens: int, requested: int | None, server_cap: int | None, default: int,
                    param: str = "prompt") -> int:

@@ -66,7 +66,7 @@ class TranslationModel(TextModel):
                settings: ServeSettings) -> TranslationModel:
         return cls(model_id, generator, TranslationWorker(generator, defaults, settings.max_waiting), defaults)
 
-    def chat_prompt(self, messages: list[Message]) -> tuple[str, list[str]]:
+    def chat_prompt(self, messages: list[Message], tools: list[dict] | None = None) -> tuple[str, list[str]]:
         """A translation model translates the last user message."""
         return next((m.text for m in reversed(messages) if m.role == "user"), ""), []
 
