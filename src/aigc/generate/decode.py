@@ -111,10 +111,10 @@ class Row:
         params = self.params
         shaped = apply_penalties(logits[None], self.seen, self.generated, params)
         if self.matcher is not None:
-            allowed = self.matcher.allowed().to(shaped.device)
-            if not allowed.any():
+            blocked = self.matcher.blocked()
+            if blocked is None:
                 return self._cannot_continue()
-            shaped = shaped.masked_fill(~allowed, float("-inf"))
+            shaped = shaped.masked_fill(blocked.to(shaped.device), float("-inf"))
         token = int(choose(shaped, params, [self.generator]))
         if self.matcher is not None and token not in self.stop_ids and not self.matcher.take(token):
             return self._cannot_continue()

@@ -72,10 +72,14 @@ class GrammarMatcher:
     def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int):
         self.matcher, self.vocab_size = matcher, vocab_size
 
-    def allowed(self) -> torch.Tensor:
-        """Which of the model's ``vocab_size`` tokens may come next, bool (V,)."""
+    def blocked(self) -> torch.Tensor | None:
+        """Which of the model's ``vocab_size`` tokens may not come next, bool (V,); None when none may (the
+        vocabulary cannot continue the grammar). Made in numpy: a few small torch operations would cost more
+        than llguidance's mask itself."""
         bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
-        return torch.from_numpy(np.unpackbits(bits, bitorder="little")[: self.vocab_size].astype(bool))
+        if not bits.any():
+            return None
+        return torch.from_numpy(np.unpackbits(bits, bitorder="little")[: self.vocab_size] == 0)
 
     def take(self, token: int) -> bool:
         """Move past ``token``; False when the grammar cannot take it (no token of the vocabulary could: the
