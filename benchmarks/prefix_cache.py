@@ -31,7 +31,7 @@ from aigc.tokenizer import train_bpe
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 QWEN_05B = dict(n_layer=24, n_head=14, n_kv_head=2, n_embd=896, mlp_hidden=4864, block_size=2048, norm="rmsnorm",
-                mlp="swiglu", position="rope", bias=False, attention_bias=True)
+                mlp="swiglu", position="rope", bias=False, qkv_bias=True)
 SMALL = dict(n_layer=4, n_head=4, n_embd=192, block_size=2048, norm="rmsnorm", mlp="swiglu", position="rope", bias=False)
 SYSTEM_TOKENS, REQUESTS = 1000, 8
 
