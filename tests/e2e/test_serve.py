@@ -481,6 +481,13 @@ def test_playground_streams_in_a_headless_browser(server):
         page.fill("#schema", "{not json")
         page.click("#send")
         expect(page.locator("#error")).to_contain_text("the JSON schema is not JSON")
+        page.fill("#schema", "")
+        page.click("#tab-chat")  # a tools box: this run's own template cannot show tools, and the page says so
+        page.click("#tools-row summary")
+        page.fill("#tools", '[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]')
+        page.fill("#prompt", "call f")
+        page.click("#send")
+        expect(page.locator("#error")).to_contain_text("does not take tools")
         browser.close()
 
 
