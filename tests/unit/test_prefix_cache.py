@@ -82,3 +82,46 @@ def test_greedy_outputs_are_the_same_with_the_cache_across_evictions(generator):
             assert cache.bytes <= budget and cache.hit_rate > 0.3, (name, cache.bytes, cache.hit_rate)
             assert (cache.evicted > 0) == (name == "small"), cache.evicted
     assert runs["small"] == runs["none"] and runs["large"] == runs["none"]
+
+
+def test_a_prompt_prefilled_in_chunks_gives_the_logits_of_one_pass(generator):
+    ids = generator.tokenizer.encode(SYSTEM + "what is two plus two?").ids
+    chunked, whole = SlotBatch(generator.model, 1), SlotBatch(generator.model, 1)
+    with torch.inference_mode():
+        prefill = chunked.start(ids)
+        spent = [chunked.run(prefill, 37) for _ in range(len(ids) // 37 + 1)]
+        logits, _ = chunked.place(prefill, 1)
+        expected, _ = whole.prefill(ids, 1)
+    assert [s[1] for s in spent] == [False] * (len(ids) // 37) + [True] and sum(s[0] for s in spent) == len(ids)
+    assert torch.allclose(logits, expected, atol=1e-5)
+
+
+def test_running_streams_keep_decoding_while_a_long_prompt_is_prefilled_in_chunks(generator):
+    """Counted in decoding steps, not time: between a long prompt's arrival and its first token, a running stream
+    gets a token per chunk of the prompt (with chunks as long as the prompt it would get none or one)."""
+    long_prompt = generator.tokenizer.encode(SYSTEM * 2).ids  # ~350 tokens
+    for chunk, at_least in [(32, len(long_prompt) // 32 - 1), (4096, 0)]:
+        scheduler = Scheduler(generator, max_running=4, prefill_chunk=chunk)
+        order, started, done = [], threading.Event(), threading.Event()
+
+        def running(event, order=order, started=started):
+            order.append("running")
+            started.set()
+
+        def arriving(event, order=order, done=done):
+            order.append("long")
+            done.set()
+
+        scheduler.start()
+        try:
+            params = SamplingParams(max_new_tokens=400, temperature=0, ignore_eos=True)
+            stream = Request(generator.tokenizer.encode("hi").ids, params, running)
+            scheduler.submit(stream)
+            assert started.wait(30)
+            scheduler.submit(Request(long_prompt, SamplingParams(max_new_tokens=1, temperature=0), arriving))
+            assert done.wait(30)
+            stream.cancelled = True
+        finally:
+            scheduler.stop()
+        between = order[order.index("running") + 1 : order.index("long")].count("running")
+        assert between >= at_least and (chunk < len(long_prompt) or between <= 2), (chunk, between)

@@ -22,13 +22,13 @@ def test_every_flag_keeps_its_spelling():
     settings = settings_from("--host", "0.0.0.0", "--port", "9000", "--api-key", "a", "--api-key", "b",
                              "--api-key-file", "keys.txt", "--cors-origin", "http://x", "--cors-origin", "http://y",
                              "--max-batch", "4", "--max-waiting", "9", "--max-tokens", "64", "--max-n", "2",
-                             "--max-body-bytes", "500", "--prefix-cache-mb", "64", "--timeout", "7.5",
+                             "--max-body-bytes", "500", "--prefix-cache-mb", "64", "--prefill-chunk", "128", "--timeout", "7.5",
                              "--ping-interval", "0.5",
                              "--drain-timeout", "3", "--device", "cuda", "--quantize", "int8", "--backend", "llamacpp")
     assert settings.model_dump() == {
         "host": "0.0.0.0", "port": 9000, "api_keys": ["a", "b"], "api_key_file": settings.api_key_file,
         "cors_origins": ["http://x", "http://y"], "max_batch": 4, "max_waiting": 9, "max_tokens": 64, "max_n": 2,
-        "max_body_bytes": 500, "prefix_cache_mb": 64.0, "timeout_s": 7.5, "ping_interval_s": 0.5, "drain_timeout_s": 3.0, "device": "cuda",
+        "max_body_bytes": 500, "prefix_cache_mb": 64.0, "prefill_chunk": 128, "timeout_s": 7.5, "ping_interval_s": 0.5, "drain_timeout_s": 3.0, "device": "cuda",
         "quantize": "int8", "backend": "llamacpp"}
     assert str(settings.api_key_file) == "keys.txt"
     assert settings_from("--max-tokens", "none").max_tokens is None

@@ -66,6 +66,16 @@ class ContinuousBatch(Protocol):
         """Run ``prompt`` (L tokens) into ``copies`` free slots: the logits after it (V,), or with ``every_position``
         after each of its tokens (L, V); and the slots. Nothing kept on failure."""
 
+    def start(self, prompt: list[int], every_position: bool = False) -> object:
+        """The same prefill, to run a chunk at a time between decoding steps: what :meth:`run` advances."""
+
+    def run(self, prefill: object, tokens: int) -> tuple[int, bool]:
+        """Compute up to ``tokens`` more positions of ``prefill``: how many it computed, and whether its prompt is
+        done."""
+
+    def place(self, prefill: object, copies: int) -> tuple[torch.Tensor, list[int]]:
+        """Load a done prefill into ``copies`` free slots: :meth:`prefill`'s logits and slots."""
+
     def step(self, tokens: list[int]) -> torch.Tensor:
         """One token per live row -> the logits after it, (B, V)."""
 

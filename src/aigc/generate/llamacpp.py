@@ -209,12 +209,24 @@ class LlamaSlotBatch:
         log.info("llama.cpp holds %d sequences of %d positions (%.1f GiB of keys and values)", slots, self.capacity,
                  slots * self.capacity * model.kv_bytes_per_token / 2**30)
 
+    def start(self, prompt: list[int], every_position: bool = False) -> list[int]:
+        """The prefill of ``prompt``: llama.cpp decodes a whole prompt in one call (it splits it itself), so
+        :meth:`run` has nothing to do and :meth:`place` decodes it. Not ``every_position``: see ``scores_prompts``."""
+        if every_position:
+            raise GenerationError("prompt log-probabilities (echo with logprobs) need the torch backend")
+        return prompt
+
+    def run(self, prefill: list[int], tokens: int) -> tuple[int, bool]:
+        return 0, True
+
+    def place(self, prefill: list[int], copies: int) -> tuple[torch.Tensor, list[int]]:
+        return self.prefill(prefill, copies)
+
     def prefill(self, prompt: list[int], copies: int, every_position: bool = False) -> tuple[torch.Tensor, list[int]]:
         """Decode ``prompt`` into the next free slot and copy it into ``copies - 1`` more; the logits after it (V,)
         and the slots. All or nothing: after a failure no slot is kept. Not ``every_position``: see
         ``scores_prompts``."""
-        if every_position:
-            raise GenerationError("prompt log-probabilities (echo with logprobs) need the torch backend")
+        self.start(prompt, every_position)
         if len(prompt) >= self.capacity:
             raise GenerationError(f"the prompt has {len(prompt)} tokens; this server holds {self.capacity} per "
                                   "sequence (a smaller --max-batch gives each sequence more)")

@@ -14,6 +14,8 @@ D = head size, B = active rows, S = the longest active row after this step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from aigc.generate.decode import next_logits
@@ -49,6 +51,22 @@ class SlotCache:
         return self.keys[:B, :, :end], self.values[:B, :, :end]
 
 
+@dataclass
+class Prefill:
+    """A prompt being prefilled alone: its per-layer caches (batch 1), how many positions are done, and the
+    logits kept (the last chunk's last position, or with ``every_position`` each chunk's every position)."""
+
+    prompt: list[int]
+    caches: list[KVCache]
+    every_position: bool = False
+    done: int = 0
+    logits: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.done == len(self.prompt)
+
+
 class SlotBatch:
     """The rows of a continuous batch across all layers: prefill a sequence into slots, step, move, free."""
 
@@ -73,19 +91,40 @@ class SlotBatch:
     def prefill(self, prompt: list[int], copies: int, every_position: bool = False) -> tuple[torch.Tensor, list[int]]:
         """Run ``prompt`` alone and load its keys/values into ``copies`` free slots: the logits after it (V,), or
         with ``every_position`` after each of its L tokens (L, V); and the slots. All or nothing: after a failure
-        no slot is kept."""
-        ids = torch.tensor(prompt, device=self.lengths.device)
-        caches = self.model.new_caches(1, len(ids))
-        if every_position:  # the prefix's logits are needed too: computed whole
-            logits = self.model(ids[None], caches=caches)[0].float()
+        no slot is kept. (:meth:`start`, :meth:`run` and :meth:`place` do the same a chunk at a time.)"""
+        prefill = self.start(prompt, every_position)
+        self.run(prefill, len(prompt))
+        return self.place(prefill, copies)
+
+    def start(self, prompt: list[int], every_position: bool = False) -> Prefill:
+        """A prefill of ``prompt`` to run chunk by chunk, from the longest prefix the prefix cache holds (none when
+        ``every_position``: every position's logits are needed)."""
+        prefill = Prefill(prompt, self.model.new_caches(1, len(prompt)), every_position)
+        if self.prefix_cache is not None and not every_position:
+            prefill.done = self.prefix_cache.load(prompt, prefill.caches)
+        return prefill
+
+    def run(self, prefill: Prefill, tokens: int) -> tuple[int, bool]:
+        """Compute the next ``tokens`` positions of ``prefill``'s prompt at most: how many it computed, and whether
+        the whole prompt is done."""
+        start = prefill.done
+        end = min(start + tokens, len(prefill.prompt))
+        ids = torch.tensor(prefill.prompt[prefill.done : end], device=self.lengths.device)[None]
+        if prefill.every_position:
+            prefill.logits.append(self.model(ids, caches=prefill.caches)[0].float())
         else:
-            reused = self.prefix_cache.load(prompt, caches) if self.prefix_cache is not None else 0
-            logits = next_logits(self.model, ids[None, reused:], caches)[0]
-        if self.prefix_cache is not None:
-            self.prefix_cache.store(prompt, caches)
+            prefill.logits = [next_logits(self.model, ids, prefill.caches)[0]]
+        prefill.done = end
+        if prefill.finished and self.prefix_cache is not None:
+            self.prefix_cache.store(prefill.prompt, prefill.caches)
+        return end - start, prefill.finished
+
+    def place(self, prefill: Prefill, copies: int) -> tuple[torch.Tensor, list[int]]:
+        """Load a finished prefill into ``copies`` free slots: its logits (V,) or (L, V), and the slots."""
+        logits = torch.cat(prefill.logits) if prefill.every_position else prefill.logits[0]
         first = self.active
         try:
-            return logits, [self.add(caches) for _ in range(copies)]
+            return logits, [self.add(prefill.caches) for _ in range(copies)]
         except BaseException:
             self.active = first
             raise

@@ -79,6 +79,15 @@ class _Sequence:
     slot: int
 
 
+@dataclass
+class _Prefilling:
+    """An admitted request whose prompt is being prefilled, a chunk per turn: its rows wait for their slots."""
+
+    request: Request
+    rows: list[Row]
+    prefill: object  # the batch's own (ContinuousBatch.start)
+
+
 class QueueWorker:
     """A thread that serves a bounded queue of requests: submit, cancel, start, stop, and the counters.
 
@@ -145,12 +154,16 @@ class Scheduler(QueueWorker):
     thread_name = "aigc-scheduler"
 
     def __init__(self, generator: TextGenerator, max_running: int = 32, max_waiting: int = 256,
-                 max_waiting_tokens: int = 1_000_000, prefix_cache_bytes: int = 0):
+                 max_waiting_tokens: int = 1_000_000, prefix_cache_bytes: int = 0, prefill_chunk: int = 512):
+        """``prefill_chunk``: prompt tokens prefilled per turn, between two decoding steps of the running rows, so
+        a long prompt does not stall the streams already running."""
         super().__init__(max_waiting)
         self.generator = generator
         self.max_running, self.max_waiting_tokens = max_running, max_waiting_tokens
+        self.prefill_chunk = prefill_chunk
         self.batch = generator.engine.slot_batch(max_running, prefix_cache_bytes)
         self.rows: list[_Sequence] = []  # rows[slot] is the sequence in that slot
+        self.prefilling: deque[_Prefilling] = deque()  # admitted, first come first prefilled
         self._vocab = generator.engine.vocab_size
 
     def _check(self, request: Request) -> None:
@@ -162,36 +175,45 @@ class Scheduler(QueueWorker):
 
     @property
     def running(self) -> int:
-        return len({id(s.request) for s in self.rows})
+        return len({id(s.request) for s in self.rows} | {id(p.request) for p in self.prefilling})
 
     # ---- the scheduler thread ----
 
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not self._stopping and not self.waiting and not self.rows:
+                while not self._stopping and not self.waiting and not self.rows and not self.prefilling:
                     self._lock.wait()
                 if self._stopping:
                     break
                 admitted = self._admit()
             try:
                 for request in admitted:
-                    self._prefill(request)
+                    self._start(request)
+                self._prefill_a_chunk()
                 self._drop_cancelled_and_expired()
                 if self.rows:
                     self._step()
             except Exception as err:  # a bug here must reach every client, not kill the thread silently
                 log.exception("the scheduler failed")
-                for sequence in self.rows:
-                    if not sequence.row.done:
-                        sequence.request.sink(Event(sequence.row.index, error=f"generation failed: {err}"))
-                self.rows.clear()
+                self._end_all(f"generation failed: {err}")
                 self.batch.reset()
+        self._end_all("the server stopped")
+
+    def _end_all(self, error: str) -> None:
+        """End every open row, running or still prefilling, with ``error``."""
         for sequence in self.rows:
-            sequence.request.sink(Event(sequence.row.index, error="the server stopped"))
+            if not sequence.row.done:
+                sequence.request.sink(Event(sequence.row.index, error=error))
+        for waiting in self.prefilling:
+            for index in range(waiting.request.n):
+                waiting.request.sink(Event(index, error=error))
+        self.rows.clear()
+        self.prefilling.clear()
 
     def _admit(self) -> list[Request]:
-        admitted, free = [], self.max_running - self.batch.active
+        prefilling = sum(len(p.rows) for p in self.prefilling)
+        admitted, free = [], self.max_running - self.batch.active - prefilling
         while self.waiting and (self.waiting[0].cancelled or self.waiting[0].n <= free):
             request = self.waiting.popleft()
             if request.cancelled:
@@ -202,19 +224,41 @@ class Scheduler(QueueWorker):
         return admitted
 
     @torch.inference_mode()
-    def _prefill(self, request: Request) -> None:
-        """Run the prompt alone into ``n`` slots and choose each row's first token.
-
-        A failure here (a bad request that passed validation) ends this request only, and keeps no slot.
-        """
-        scored = request.prompt_logprobs is not None
+    def _start(self, request: Request) -> None:
+        """Make ``request``'s rows and start its prefill; a failure (a bad request that passed validation) ends this
+        request only."""
         try:
             rows = [] if request.score_only else self._rows(request)
-            logits, slots = self.batch.prefill(request.prompt, len(rows), every_position=scored)  # (V,) or (L, V)
+            prefill = self.batch.start(request.prompt, every_position=request.prompt_logprobs is not None)
         except Exception as err:  # noqa: BLE001 - reported to the request's client
             self._fail(request, err, range(request.n))
             return
-        if scored:
+        self.prefilling.append(_Prefilling(request, rows, prefill))
+
+    @torch.inference_mode()
+    def _prefill_a_chunk(self) -> None:
+        """Prefill up to ``prefill_chunk`` prompt tokens, oldest request first; each request whose prompt is done
+        takes its slots and its rows their first tokens. A failure ends that request only, and keeps no slot."""
+        budget = self.prefill_chunk
+        while budget > 0 and self.prefilling:
+            waiting = self.prefilling[0]
+            try:
+                computed, finished = self.batch.run(waiting.prefill, budget)
+                if finished:
+                    logits, slots = self.batch.place(waiting.prefill, len(waiting.rows))  # (V,) or (L, V)
+            except Exception as err:  # noqa: BLE001 - reported to the request's client
+                self.prefilling.popleft()
+                self._fail(waiting.request, err, range(waiting.request.n))
+                continue
+            budget -= computed
+            if not finished:
+                return
+            self.prefilling.popleft()
+            self._begin(waiting.request, waiting.rows, logits, slots)
+
+    def _begin(self, request: Request, rows: list[Row], logits: torch.Tensor, slots: list[int]) -> None:
+        """A prefilled request: its prompt scores, then its rows in their slots with their first tokens."""
+        if request.prompt_logprobs is not None:
             request.prompt_scores = prompt_logprobs(request.prompt, logits, request.prompt_logprobs)
             logits = logits[-1]
         if request.score_only:
@@ -272,15 +316,25 @@ class Scheduler(QueueWorker):
     def _drop_cancelled_and_expired(self) -> None:
         now = time.monotonic()
         for sequence in self.rows:
-            request, row = sequence.request, sequence.row
-            if not row.done and (request.cancelled or request.expired(now)):
-                if request.cancelled:
-                    self.cancelled += 1
-                else:
-                    request.sink(Event(row.index, error=f"the request passed its deadline of {request.timeout_s:g} s",
-                                       finish_reason="length", timed_out=True))
-                row.done = True
+            if not sequence.row.done and self._gone(sequence.request, sequence.row.index, now):
+                sequence.row.done = True
+        for waiting in list(self.prefilling):
+            gone = [self._gone(waiting.request, index, now) for index in range(waiting.request.n)]  # each told
+            if gone[0]:
+                self.prefilling.remove(waiting)
         self._retire()
+
+    def _gone(self, request: Request, index: int, now: float) -> bool:
+        """Whether choice ``index`` of ``request`` ends here: its client went away (counted), or it passed its
+        deadline (told so)."""
+        if request.cancelled:
+            self.cancelled += 1
+        elif request.expired(now):
+            request.sink(Event(index, error=f"the request passed its deadline of {request.timeout_s:g} s",
+                               finish_reason="length", timed_out=True))
+        else:
+            return False
+        return True
 
     def _retire(self) -> None:
         """Free the slots of finished rows (highest slot first, so each move takes a row that stays)."""

@@ -39,6 +39,8 @@ class ServeSettings(LoadSettings):
     prefix_cache_mb: float = Field(256.0, ge=0, description="memory per model for the keys and values of prompt "
                                    "prefixes, reused by later prompts that start the same (a shared system prompt, a "
                                    "chat's earlier turns); least recently used go first; 0 = off")
+    prefill_chunk: int = Field(512, ge=1, description="prompt tokens prefilled between two decoding steps: a long "
+                               "prompt is prefilled in chunks, so the streams already running keep their pace")
     timeout_s: float = Field(600.0, gt=0, description="per-request deadline in seconds (then 504)",
                              json_schema_extra={"flag": "--timeout"})
     ping_interval_s: float = Field(5.0, gt=0, description="seconds between keep-alive comments in a quiet stream",

@@ -141,7 +141,7 @@ class CompletionModel(TextModel):
     def create(cls, model_id: str, generator: TextGenerator, defaults: GenerateConfig,
                settings: ServeSettings) -> CompletionModel:
         worker = Scheduler(generator, settings.max_batch, settings.max_waiting,
-                           prefix_cache_bytes=int(settings.prefix_cache_mb * 2**20))
+                           prefix_cache_bytes=int(settings.prefix_cache_mb * 2**20), prefill_chunk=settings.prefill_chunk)
         return cls(model_id, generator, worker, defaults)
 
     @property
