@@ -10,6 +10,7 @@ import asyncio
 import json
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -24,11 +25,12 @@ from aigc.generate.sampling import SamplingParams
 from aigc.generate.text import TextGenerator
 from aigc.models import GPT
 from aigc.serve.app import create_app
+from aigc.serve.handlers import drawn
 from aigc.serve.scheduler import Busy, Scheduler
 from aigc.serve.schemas import ChatRequest, CompletionRequest, ImageRequest
 from aigc.serve.settings import ServeSettings
 from aigc.serve.workers import CompletionModel, InvalidRequest
-from aigc.tasks.images.served import ImageModel, ImageWorker
+from aigc.tasks.images.served import ImageJob, ImageModel, ImageWorker
 from aigc.tokenizer import train_bpe, train_char
 
 CORPUS = ["the quick brown fox jumps over the lazy dog\n", "hello world, hello there\n"] * 20
@@ -216,23 +218,27 @@ class SlowImages:
         return [[np.zeros((self.side, self.side, 3), np.uint8)] * n for _ in prompts]
 
 
+def _job(prompt: str, finished=lambda job: None) -> ImageJob:
+    return ImageJob(prompt, 1, SamplingParams(), 1.0, finished)
+
+
 def test_the_image_queue_is_bounded():
     images = SlowImages()
     worker = ImageWorker(images, max_waiting=1)
-    first = threading.Thread(target=worker.draw, args=("a", 1, SamplingParams(), 1.0))
-    first.start()
-    assert images.started.wait(timeout=30)
-    second = threading.Thread(target=worker.draw, args=("b", 1, SamplingParams(), 1.0))
-    second.start()
-    while worker.queued < 1:
-        second.join(timeout=0.01)
-    with pytest.raises(Busy) as refused:
-        worker.draw("c", 1, SamplingParams(), 1.0)
-    assert not refused.value.draining
-    images.release.set()
-    first.join(timeout=30)
-    second.join(timeout=30)
-    assert (worker.running, worker.queued) == (0, 0)
+    worker.start()
+    try:
+        drawn = threading.Event()
+        worker.submit(_job("a"))
+        assert images.started.wait(timeout=30)
+        worker.submit(_job("b", lambda job: drawn.set()))
+        with pytest.raises(Busy) as refused:
+            worker.submit(_job("c"))
+        assert not refused.value.draining
+        images.release.set()
+        assert drawn.wait(timeout=30)
+        assert (worker.running, worker.queued) == (0, 0)
+    finally:
+        worker.stop()
 
 
 def test_a_full_image_queue_answers_429():
@@ -243,6 +249,47 @@ def test_a_full_image_queue_answers_429():
         response = post(client, "/v1/images/generations", {"prompt": "a"})
     assert response.status_code == 429 and response.json()["error"]["code"] == "queue_full"
     assert response.headers["retry-after"]
+
+
+def test_image_requests_hold_no_server_thread_time_out_are_cancelled_and_counted(generator):
+    """Ten image requests wait for a drawing that does not end: a text request still answers (the server's
+    threads are free), they get 504 past --timeout and the nine still queued are never drawn, nor is one whose
+    client went away; /metrics counts them all by how they ended."""
+    images = SlowImages()
+    pictures = ImageModel("pics", images, ImageWorker(images, max_waiting=32), IMAGES_GENERATE())
+    text = CompletionModel("tiny", generator, Scheduler(generator, max_running=4), DEFAULTS)
+    app = create_app([text, pictures], ServeSettings(timeout_s=1.0))
+    for model in (text, pictures):
+        model.worker.start()
+    try:
+        with TestClient(app) as client, ThreadPoolExecutor(12) as pool:
+            waiting = [pool.submit(post, client, "/v1/images/generations", {"prompt": str(i), "model": "pics"})
+                       for i in range(10)]
+            assert images.started.wait(timeout=30)
+            answer = post(client, "/v1/completions", {"model": "tiny", "prompt": "the", "max_tokens": 3})
+            assert answer.status_code == 200, answer.text
+            assert [w.result(timeout=30).status_code for w in waiting] == [504] * 10  # past the 1 s deadline
+
+            async def gone() -> bool:
+                return True
+
+            served = app.state.handlers.served
+            left = asyncio.run(drawn(served, pictures, lambda done: pictures.submit("x", 1, SamplingParams(), 1.0,
+                                                                                   done), gone))
+            assert left is None
+            images.release.set()
+            assert post(client, "/v1/images/generations", {"prompt": "y", "model": "pics"}).status_code == 200
+            deadline = time.monotonic() + 30
+            while pictures.worker.queued and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert pictures.worker.cancelled == 10  # the nine timed out and the one whose client left: not drawn
+            metrics = client.get("/metrics").text
+        assert 'aigc_finished_sequences_total{model="pics",reason="timeout"} 10.0' in metrics
+        assert 'aigc_finished_sequences_total{model="pics",reason="cancelled"} 1.0' in metrics
+        assert 'aigc_finished_sequences_total{model="pics",reason="stop"} 1.0' in metrics
+    finally:
+        for model in (text, pictures):
+            model.worker.stop()
 
 
 def test_image_sizes_belong_to_the_image_model():

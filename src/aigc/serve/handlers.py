@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 
@@ -450,13 +451,45 @@ class ChatHandler:
         return ChatCompletion(**head, usage=generation.usage(), choices=choices)
 
 
+async def drawn(served: Served, model: ServedModel, submit: Callable[[Callable[[Any], None]], Any],
+                disconnected: Disconnected) -> Any:
+    """Queue a job on a model's own worker (images, speech) and wait for it without holding a thread: the job,
+    or None when the client went away first. As text requests are: counted in the metrics, refused while
+    draining (at ``submit``), cancelled when the client goes away (a queued job is then never drawn), ended with
+    a 504 past ``--timeout``, and a failed job is a 500 of its own."""
+    loop, started = asyncio.get_running_loop(), time.monotonic()
+    done: asyncio.Future = loop.create_future()
+    job = submit(lambda job: loop.call_soon_threadsafe(lambda: done.done() or done.set_result(job)))
+    served.metrics.started(model.id, 0)
+    reason = "cancelled"
+    try:
+        while not done.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(done), DISCONNECT_POLL_S)
+            except asyncio.TimeoutError:
+                if await disconnected():
+                    return None
+                if time.monotonic() - started > served.settings.timeout_s:
+                    reason = "timeout"
+                    raise ApiError(504, f"the request passed its deadline of {served.settings.timeout_s:g} s",
+                                   "timeout") from None
+        reason = "error" if job.error is not None else "stop"
+    finally:
+        job.cancelled = True  # a job still queued is skipped; one drawing finishes, unread
+        served.metrics.finished(model.id, reason)
+        served.metrics.completed(model.id, time.monotonic() - started, 0)
+    if job.error is not None:
+        raise ApiError(500, job.error, "server_error")
+    return job
+
+
 class ImagesHandler:
     """POST /v1/images/generations: ``n`` images of the prompt, as base64 PNG, at the size asked."""
 
     def __init__(self, served: Served):
         self.served = served
 
-    async def __call__(self, body: ImageRequest) -> ImagesResponse:
+    async def __call__(self, body: ImageRequest, disconnected: Disconnected) -> ImagesResponse | None:
         model = self.served.model_of(body.model, "images", "image", "not_an_image_model")
         if body.n > self.served.settings.max_n:
             raise InvalidRequest(f"n={body.n} is above this server's limit of {self.served.settings.max_n}", "n")
@@ -467,7 +500,11 @@ class ImagesHandler:
             params, guidance = body.sampling_params(model.defaults)
         except AigcError as err:
             raise InvalidRequest(str(err)) from err
-        pngs = await asyncio.to_thread(model.pngs, body.prompt, body.n, params, guidance, scale)
+        job = await drawn(self.served, model, lambda finished: model.submit(body.prompt, body.n, params, guidance,
+                                                                              finished), disconnected)
+        if job is None:
+            return None
+        pngs = await asyncio.to_thread(model.pngs, job.images, scale)
         return ImagesResponse(created=int(time.time()), data=[ImageData(b64_json=png) for png in pngs])
 
 
@@ -477,23 +514,17 @@ class SpeechHandler:
     def __init__(self, served: Served):
         self.served = served
 
-    async def __call__(self, body: SpeechRequest) -> Response:
+    async def __call__(self, body: SpeechRequest, disconnected: Disconnected) -> Response | None:
         model = self.served.model_of(body.model, "speech", "speech", "not_a_speech_model")
         utterance = model.utterance(body.input, body.voice, body.speed)  # too long, for instance: 400 before queueing
         try:
             params, guidance = body.sampling_params(model.defaults)
         except AigcError as err:
             raise InvalidRequest(str(err), "input") from err
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future = loop.create_future()
-        job = model.submit(utterance, params, guidance,
-                           lambda job: loop.call_soon_threadsafe(lambda: done.done() or done.set_result(job)))
-        try:
-            await done
-        finally:
-            job.cancelled = True  # a client that went away frees its place in the queue
-        if job.error is not None:
-            raise ApiError(500, job.error, "server_error")
+        job = await drawn(self.served, model, lambda finished: model.submit(utterance, params, guidance, finished),
+                          disconnected)
+        if job is None:
+            return None
         audio, media_type = await asyncio.to_thread(model.encode, job.wave, body.response_format)
         return Response(audio, media_type=media_type)
 

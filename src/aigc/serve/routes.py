@@ -121,10 +121,10 @@ async def chat_completions(body: ChatRequest, request: HttpRequest):
 
 @api.post("/v1/images/generations", response_model=ImagesResponse)
 async def images(body: ImageRequest, request: HttpRequest):
-    return answer(await handlers(request).images(body))
+    return answer(await handlers(request).images(body, request.is_disconnected))
 
 
 @api.post("/v1/audio/speech", response_class=Response,
           responses={200: {"content": {"audio/wav": {}, "audio/pcm": {}}, "description": "the audio"}})
 async def speech(body: SpeechRequest, request: HttpRequest):
-    return answer(await handlers(request).speech(body))
+    return answer(await handlers(request).speech(body, request.is_disconnected))

@@ -1,56 +1,73 @@
-"""An image run behind ``aigc serve``: ``/v1/images/generations`` draws on the server's thread pool, one drawing
-at a time, and answers PNGs at the size asked (the model's own, upscaled)."""
+"""An image run behind ``aigc serve``: ``/v1/images/generations`` requests queue for one thread that draws them
+in order, and are answered as PNGs at the size asked (the model's own, upscaled)."""
 
 from __future__ import annotations
 
 import base64
 import io
 import re
-import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from aigc.config import GenerateConfig
 from aigc.generate.sampling import SamplingParams
-from aigc.serve.scheduler import Busy
+from aigc.serve.scheduler import QueueWorker
 from aigc.serve.settings import ServeSettings
 from aigc.serve.workers import InvalidRequest, ServedModel
 from aigc.tasks.images.generator import ImageGenerator
 from aigc.tasks.images.pixels import upscale
 
 
-class ImageWorker:
-    """Image runs: one drawing at a time (a lock), at most ``max_waiting`` queued behind it, with the counters
-    the metrics read. Drawings run on the server's thread pool, so a queued one holds a pool thread."""
+@dataclass
+class ImageJob:
+    """One ``/v1/images/generations`` request for the :class:`ImageWorker`; ``finished`` is called on the worker's
+    thread once ``images`` (or ``error``) is set. A job cancelled while queued (its client went away, or it passed
+    its deadline) is never drawn."""
+
+    prompt: str
+    n: int
+    params: SamplingParams
+    guidance: float
+    finished: Callable[[ImageJob], None]
+    images: list[np.ndarray] | None = None  # each (H, W, 3) uint8
+    error: str | None = None
+    cancelled: bool = False
+
+
+class ImageWorker(QueueWorker):
+    """Image runs on one thread of their own, one drawing at a time, in order: a queued request holds no thread of
+    the server's, so text requests on other models never wait for image ones."""
+
+    thread_name = "aigc-images"
 
     def __init__(self, generator: ImageGenerator, max_waiting: int = 256):
-        self.generator, self.max_waiting = generator, max_waiting
-        self.draining, self.running, self.queued, self.cancelled = False, 0, 0, 0
-        self._lock, self._count = threading.Lock(), threading.Lock()
+        super().__init__(max_waiting)
+        self.generator, self.active = generator, 0
 
-    def start(self) -> None:
-        """Nothing runs in the background: requests draw on the server's thread pool."""
+    @property
+    def running(self) -> int:
+        return self.active
 
-    def stop(self) -> None:
-        """Nothing to stop."""
-
-    def draw(self, prompt: str, n: int, params, guidance: float) -> list:
-        with self._count:
-            if self.draining:
-                raise Busy("the server is shutting down; retry on another replica", draining=True, retry_after=5)
-            if self.queued >= self.max_waiting:
-                raise Busy(f"the queue is full ({self.queued} requests waiting); retry later")
-            self.queued += 1
-        with self._lock:
-            with self._count:
-                self.queued -= 1
-                self.running += 1
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                if not self._wait_for_work():
+                    return
+                job = self.waiting.popleft()
+                if job.cancelled:
+                    self.cancelled += 1
+                    continue
+                self.active = 1
             try:
-                return self.generator.generate([prompt], n, params, guidance)[0]
+                job.images = self.generator.generate([job.prompt], job.n, job.params, job.guidance)[0]
+            except Exception as err:  # a failed drawing fails its own job, never the worker
+                job.error = f"image generation failed: {err}"
             finally:
-                with self._count:
-                    self.running -= 1
+                self.active = 0
+            job.finished(job)
 
 
 class ImageModel(ServedModel):
@@ -76,9 +93,18 @@ class ImageModel(ServedModel):
                                  f"{self.LARGEST}, e.g. '{native}x{native}' or '{native * 8}x{native * 8}'", "size")
         return width // native
 
-    def pngs(self, prompt: str, n: int, params: SamplingParams, guidance: float, scale: int) -> list[str]:
-        """``n`` drawings of ``prompt``, each upscaled ``scale`` times, as base64 PNG files (blocks while queued)."""
-        return [png_base64(upscale(image, scale)) for image in self.worker.draw(prompt, n, params, guidance)]
+    def submit(self, prompt: str, n: int, params: SamplingParams, guidance: float,
+               finished: Callable[[ImageJob], None]) -> ImageJob:
+        """Queue ``n`` drawings of ``prompt`` (raises :class:`~aigc.serve.scheduler.Busy` when the queue is full or
+        the server is draining); ``finished`` is called on the worker's thread once they are drawn."""
+        job = ImageJob(prompt, n, params, guidance, finished)
+        self.worker.submit(job)
+        return job
+
+    @staticmethod
+    def pngs(images: list[np.ndarray], scale: int) -> list[str]:
+        """Drawings, each upscaled ``scale`` times, as base64 PNG files."""
+        return [png_base64(upscale(image, scale)) for image in images]
 
 
 def png_base64(image: np.ndarray) -> str:

@@ -77,8 +77,7 @@ class TranslationModel(TextModel):
                                   (params.stop, "stop", "a translation ends at its end of text"),
                                   (params.stop_token_ids, "stop_token_ids", "a translation ends at its end of text"),
                                   (params.logprobs, "logprobs", "translation models do not report log-probabilities"),
-                                  (params.grammar, "response_format", "translation models do not constrain their "
-                                   "output")]:
+                                  (params.grammar, "response_format", "translations are not constrained")]:
             if asked:
                 raise InvalidRequest(f"'{field}' is not supported by translation models: {why}", field,
                                      "unsupported_parameter")

@@ -69,7 +69,9 @@ class SpeechWorker(QueueWorker):
             with self._lock:
                 if not self._wait_for_work():
                     return
-                batch = [job for job in self._batch() if not job.cancelled]
+                taken = self._batch()
+                batch = [job for job in taken if not job.cancelled]  # its client went away or its deadline passed
+                self.cancelled += len(taken) - len(batch)
                 self.active = len(batch)
             try:
                 if batch:
