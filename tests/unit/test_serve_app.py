@@ -241,6 +241,28 @@ def test_the_image_queue_is_bounded():
         worker.stop()
 
 
+def test_a_draining_image_worker_draws_what_it_accepted_and_refuses_the_rest():
+    images = SlowImages()
+    worker = ImageWorker(images, max_waiting=8)
+    worker.start()
+    try:
+        finished = []
+        for prompt in "abc":
+            worker.submit(_job(prompt, finished.append))
+        assert images.started.wait(timeout=30)
+        worker.draining = True  # the server got SIGTERM
+        with pytest.raises(Busy) as refused:
+            worker.submit(_job("d"))
+        assert refused.value.draining
+        images.release.set()
+        deadline = time.monotonic() + 30
+        while len(finished) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(job.prompt for job in finished) == ["a", "b", "c"] and all(job.images for job in finished)
+    finally:
+        worker.stop()
+
+
 def test_a_full_image_queue_answers_429():
     images = SlowImages()
     model = ImageModel("pics", images, ImageWorker(images, max_waiting=0), IMAGES_GENERATE())
