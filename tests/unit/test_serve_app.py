@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, Field
 
 from aigc.config import GenerateConfig, ModelConfig, section_class
@@ -456,3 +458,31 @@ def test_tools_for_a_template_that_takes_none_are_a_400(client):
     response = post(client, "/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "?"}],
                                                      "tools": [tool]})
     assert response.status_code == 400 and response.json()["error"]["code"] == "tools_unsupported", response.text
+
+
+SCHEMAS = st.recursive(
+    st.sampled_from([{"type": "string"}, {"type": "integer", "minimum": 5, "maximum": 1}, {"type": "strin"},
+                     {"enum": []}, {"type": "number"}, {"pattern": "(("}, {"$ref": "#/nope"}, {"type": "null"}]),
+    lambda inner: st.builds(lambda props, extra: {"type": "object", "properties": props,
+                                                  "required": list(props), "additionalProperties": extra},
+                            st.dictionaries(st.sampled_from("abc"), inner, max_size=2), st.booleans()),
+    max_leaves=4)
+CONSTRAINTS = st.one_of(
+    st.builds(lambda s: {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": s}}},
+              SCHEMAS),
+    st.builds(lambda r: {"structured_outputs": {"regex": r}}, st.text("ab()[]*+?|{}0-9,.^$\\", max_size=8)),
+    st.builds(lambda c: {"structured_outputs": {"choice": c}}, st.lists(st.text("ab \\\"", max_size=3), max_size=3)),
+    st.builds(lambda g: {"structured_outputs": {"grammar": g}}, st.text("start:\"ab|()\n /", max_size=12)),
+)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(constraint=CONSTRAINTS)
+def test_any_constrained_request_is_answered_or_refused_and_never_harms_its_batch(bytes_served, constraint):
+    free = {"model": "tiny", "prompt": "hello", "max_tokens": 12, "temperature": 1.0, "seed": 7, "ignore_eos": True}
+    alone = post(bytes_served, "/v1/completions", free).json()["choices"][0]["text"]
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda body: post(bytes_served, "/v1/completions", body),
+                                [free, {**free, "seed": 8, **constraint}, free]))
+    assert answers[1].status_code in (200, 400), answers[1].text
+    assert answers[0].json()["choices"][0]["text"] == answers[2].json()["choices"][0]["text"] == alone
