@@ -8,6 +8,7 @@ import io
 import json
 import re
 import shutil
+import time
 
 import httpx
 import openai
@@ -152,3 +153,31 @@ def test_the_playground_speech_tab_plays_a_clip(speech_server):
         page.click("#send")
         expect(page.locator("#error")).to_contain_text("input is empty", timeout=10_000)
         browser.close()
+
+
+def test_a_text_model_beside_a_busy_speech_model_is_not_kept_waiting(speech_run, tiny_runs):
+    """Sixteen speech requests queue on the speech model's own thread; a text completion sent after them on the
+    same server is answered before the last of them (counted in answers, not time)."""
+    server = Server([speech_run[0], tiny_runs["text"]])
+    finished: list[str] = []
+    try:
+        with concurrent.futures.ThreadPoolExecutor(17) as pool, httpx.Client(timeout=300) as http:
+            def say(word: str) -> None:
+                answer = http.post(f"{server.url}/v1/audio/speech", json={"input": word, "voice": "m1",
+                                                                           "model": "speech"})
+                assert answer.status_code == 200, answer.text
+                finished.append("speech")
+
+            spoken = [pool.submit(say, word) for word in ["yes", "no", "up", "down"] * 4]
+            while (server.metric("aigc_requests_waiting", model="speech")
+                   + server.metric("aigc_requests_running", model="speech")) < 2:
+                time.sleep(0.05)
+            text = http.post(f"{server.url}/v1/completions", json={"model": "run", "prompt": "ROMEO:", "max_tokens": 3})
+            assert text.status_code == 200, text.text
+            finished.append("text")
+            for future in spoken:
+                future.result()
+        assert server.metric("aigc_finished_sequences_total", model="speech", reason="stop") == 16  # counted
+    finally:
+        server.stop()
+    assert finished.index("text") < len(finished) - 1, finished
