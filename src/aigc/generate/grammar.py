@@ -15,6 +15,8 @@ refuses) and gives each decode-core row its own :class:`GrammarMatcher`.
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,6 +28,7 @@ from tokenizers import Tokenizer, models
 from aigc.errors import GenerationError
 
 GrammarKind = Literal["json_schema", "regex", "choice", "lark"]
+COMPILED_KEPT = 64  # grammars kept compiled per tokenizer
 
 
 class GrammarError(GenerationError):
@@ -100,20 +103,33 @@ class Constraints:
         self.vocab_size = vocab_size
         self.tokenizer = llguidance.LLTokenizer(_llguidance_tokenizer(tokenizer, eos_ids), n_vocab=vocab_size,
                                                 eos_token=sorted(eos_ids))
+        self._compiled: OrderedDict[Grammar, llguidance.LLMatcher] = OrderedDict()  # the last COMPILED_KEPT used
+        self._lock = threading.Lock()  # handlers check grammars on worker threads, the scheduler copies them
 
-    def _compiled(self, grammar: Grammar) -> llguidance.LLMatcher:
+    def _compile(self, grammar: Grammar) -> llguidance.LLMatcher:
+        """A matcher of ``grammar`` at its start, compiled once and kept (rows copy it: a copy costs nothing, a
+        large schema's compile a noticeable time on the thread that decodes every row)."""
+        with self._lock:
+            matcher = self._compiled.get(grammar)
+            if matcher is not None:
+                self._compiled.move_to_end(grammar)
+                return matcher
         matcher = llguidance.LLMatcher(self.tokenizer, grammar.llguidance(), log_level=0)
         if matcher.is_error():
             raise GrammarError(f"the {grammar.kind.replace('_', ' ')} cannot be used: {matcher.get_error()}")
+        with self._lock:
+            self._compiled[grammar] = matcher
+            while len(self._compiled) > COMPILED_KEPT:
+                self._compiled.popitem(last=False)
         return matcher
 
     def check(self, grammar: Grammar) -> None:
         """Raise :class:`GrammarError` for a grammar the library refuses (before any row starts)."""
-        self._compiled(grammar)
+        self._compile(grammar)
 
     def matcher(self, grammar: Grammar) -> GrammarMatcher:
         """A fresh matcher of ``grammar`` for one row."""
-        return GrammarMatcher(self._compiled(grammar), self.vocab_size)
+        return GrammarMatcher(self._compile(grammar).deep_copy(), self.vocab_size)
 
 
 class _TokenBytes:

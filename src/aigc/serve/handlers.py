@@ -350,7 +350,8 @@ class CompletionsHandler:
         else:
             wanted = model.new_tokens(max(map(len, prompts)), body.max_tokens, self.served.settings.max_tokens,
                                       model.defaults.max_new_tokens, "prompt")
-        params = sampling(body, model, wanted, [], want_logprobs, body.echo)
+        # off the event loop: a grammar's first use reads the vocabulary, and a large schema takes a while to compile
+        params = await asyncio.to_thread(sampling, body, model, wanted, [], want_logprobs, body.echo)
         generation = Generation(self.served, model, prompts, params, body.n, body.logprobs or 0,
                                 body.logprobs if body.echo and want_logprobs else None, score_only)
         generation.submit()
@@ -406,7 +407,7 @@ class ChatHandler:
         prompt = await asyncio.to_thread(model.encode, text, "messages")
         wanted = model.new_tokens(len(prompt), body.max_completion_tokens or body.max_tokens,
                                   self.served.settings.max_tokens, model.defaults.max_new_tokens, "messages")
-        params = sampling(body, model, wanted, stops, body.logprobs, tool_use=tool_use)
+        params = await asyncio.to_thread(sampling, body, model, wanted, stops, body.logprobs, tool_use=tool_use)
         generation = Generation(self.served, model, [prompt], params, body.n,
                                 body.top_logprobs or 0 if body.logprobs else 0)
         generation.submit()
