@@ -1,7 +1,7 @@
 """Prepare streams: its peak memory grows with the corpus only by what dedup keeps per document, so a 200 MB
 corpus prepares under 1 GB. Two corpora (16 and 64 MB) measure the growth per MB, each in a child process that
-reports its own peak (other children of the test process cannot blur the figure); ``benchmarks/prepare.py``
-prints the peak of a 100 MB corpus prepared whole."""
+reports the peak of its own memory (``VmHWM``: neither the test process nor its other children count);
+``benchmarks/prepare.py`` prints the peak of a 100 MB corpus prepared whole."""
 
 import random
 import subprocess
@@ -29,8 +29,11 @@ def _corpus(path, megabytes: int) -> None:
 def _peak_mib(corpus, run) -> float:
     args = ["prepare", "text", f"data.paths=[{corpus}]", "data.document=line", "tokenizer.kind=bpe",
             "tokenizer.train_max_mb=4", f"run.dir={run}"]
-    script = (f"import resource, sys; from aigc.cli import main; code = main({args!r}); "
-              "print('PEAK_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)")
+    # VmHWM, the peak of this process's own memory map: getrusage's ru_maxrss would carry over the test process's
+    # resident size from the fork (Linux keeps it across exec), a gigabyte late in the suite.
+    script = (f"import re, sys; from aigc.cli import main; code = main({args!r}); "
+              "status = open('/proc/self/status').read(); "
+              "print('PEAK_KIB', re.search(r'VmHWM:\\s+(\\d+)', status).group(1), file=sys.stderr); sys.exit(code)")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0 and "train:" in done.stdout, done.stderr
     return int(done.stderr.rsplit("PEAK_KIB", 1)[1].split()[0]) / 1024
