@@ -1,8 +1,9 @@
 """Continuous batching for the decoder-only GPT: requests join and leave the running batch between steps.
 
-One background thread owns the model. Each turn it admits waiting requests into free slots (prefill
-of each prompt, alone, into the engine's slot batch: :class:`~aigc.generate.slots.SlotBatch`, or
-llama.cpp's), then runs one decoding step for every running sequence at once. A sequence leaves as soon
+One background thread owns the model. Each turn it admits waiting requests, prefills at most
+``prefill_chunk`` prompt tokens of them (each prompt alone, oldest first, in the engine's slot batch:
+:class:`~aigc.generate.slots.SlotBatch`, or llama.cpp's, which takes a whole prompt at once); a request
+whose prompt is done takes its free slots; then it runs one decoding step for every running sequence at once. A sequence leaves as soon
 as it stops (stop id, stop string, token limit, full context), is cancelled (the client went away) or
 passes its deadline, and its slot is free for the next request in the same turn.
 
