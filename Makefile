@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed-stamp
 # The CPU build of torch; pip takes it from the local wheel cache on these machines.
 TORCH  := torch==2.13.0
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test test-gpu bench clean
 
 # Debian and Ubuntu ship venv's pip bootstrap (ensurepip) in a package of its own: say so before venv fails obscurely.
 $(PYTHON):
@@ -28,8 +28,13 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/aigc run
 
+# The CPU suite hides any GPU, so it runs as written on a GPU machine; tests/gpu is skipped there (allow-listed).
 test: $(STAMP)
-	$(PYTHON) -m pytest -q
+	CUDA_VISIBLE_DEVICES= $(PYTHON) -m pytest -q
+
+# The CUDA paths (bf16, compile, pinned copies, the CUDA RNG, generate/serve on a GPU, NCCL with two GPUs).
+test-gpu: $(STAMP)
+	$(PYTHON) -m pytest -q tests/gpu
 
 bench: $(STAMP)
 	$(PYTHON) benchmarks/prepare.py

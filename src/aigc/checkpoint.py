@@ -8,6 +8,8 @@
         tokenizer.json      the tokenizer the model was trained with
         chat.json           the chat template, when the run has one (imported, or fine-tuned from such a model)
         train_state.pt      optimizer, step, RNG states, elapsed time; tensors and plain types only
+        shards/             a train.parallel=fsdp run's weights and optimizer state, in torch.distributed.checkpoint
+                            format, one file per process (its train_state.pt then holds no optimizer)
         meta.json           format and code version, data manifest and tokenizer hashes, file hashes
     checkpoints/latest -> step_000500      checkpoints/best -> step_000400
 
@@ -49,6 +51,7 @@ from aigc.tokenizer import TARGET_TOKENIZER
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
+SHARDS = "shards"  # in a sharded (train.parallel=fsdp) run's checkpoint: its training state, one file per process
 GGUF_CACHE = ".gguf"  # in checkpoints/: each checkpoint's GGUF exports for --backend llamacpp, named <step>-<hash>-<type>
 
 
@@ -152,6 +155,11 @@ def step_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
+def staging_folder(run_dir: Path, step: int) -> Path:
+    """The hidden folder the checkpoint of ``step`` is built in before it is renamed into place."""
+    return run_dir / CHECKPOINTS / f".tmp-{step_name(step)}"
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -159,17 +167,21 @@ def save_checkpoint(
     model_state: dict[str, torch.Tensor],
     train_state: dict[str, Any],
     hashes: dict[str, str],
+    staged: list[str] | None = None,
 ) -> Path:
     """Write ``<run>/checkpoints/step_NNNNNN`` atomically and point ``latest`` at it; return its path.
 
     ``model_state``: the trained tensors (:func:`trained_state`); a LoRA run's also get PEFT's adapter config.
+    ``staged``: files the run's processes already wrote into :func:`staging_folder` (a sharded run's training
+    state, :mod:`aigc.training.parallel`), paths relative to it; they are hashed and moved in with the rest.
     """
     root = run_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_name(step)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = staging_folder(run_dir, step)
+    if not staged:
+        shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(exist_ok=True)
     weights = dict(model_state)
     if config.model.tie_embeddings:
         weights.pop("lm_head.weight", None)  # same storage as wte.weight; safetensors stores a tensor once
@@ -196,9 +208,10 @@ def save_checkpoint(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **hashes,
         "files": {name: file_hash(tmp / name) for name in files},
+        "training_files": {name: file_hash(tmp / name) for name in staged or []},
     }
     write_json(tmp / "meta.json", meta)
-    for name in (*files, "meta.json"):
+    for name in (*files, *(staged or []), "meta.json"):
         with (tmp / name).open("rb") as handle:
             os.fsync(handle.fileno())
     if final.exists():
@@ -241,8 +254,12 @@ def _matches(file: Path, expected: str) -> bool:
     return True
 
 
-def load_checkpoint(path: Path) -> Checkpoint:
-    """Load and verify a checkpoint: every file present and matching the hash in ``meta.json``."""
+def load_checkpoint(path: Path, training: bool = False) -> Checkpoint:
+    """Load and verify a checkpoint: every file present and matching the hash in ``meta.json``.
+
+    ``training``: verify the files only a resumed run reads too (a sharded run's ``shards/``, 3x the weights'
+    size), which loading the model to use it never reads.
+    """
     folder = resolve(path)
     try:
         meta = read_json(folder / "meta.json")
@@ -250,7 +267,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(f"{folder / 'meta.json'} is not valid JSON; the checkpoint is corrupt, use an earlier one") from None
     if meta.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{folder} has checkpoint format {meta.get('format')}; this aigc reads format {FORMAT_VERSION}")
-    for name, expected in meta.get("files", {}).items():
+    for name, expected in {**meta.get("files", {}), **(meta.get("training_files", {}) if training else {})}.items():
         file = folder / name
         if not file.is_file():
             raise CheckpointError(f"{file} is missing; the checkpoint is incomplete, use an earlier one or retrain")
@@ -277,11 +294,12 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.glob("step_*") if p.is_dir()) if root.is_dir() else []
 
 
-def latest_valid(run_dir: Path, warn=print) -> Checkpoint | None:
-    """The newest checkpoint of a run that verifies; corrupt newer ones are reported through ``warn`` and skipped."""
+def latest_valid(run_dir: Path, warn=print, training: bool = False) -> Checkpoint | None:
+    """The newest checkpoint of a run that verifies (with the files a resumed run reads, when ``training``); corrupt
+    newer ones are reported through ``warn`` and skipped."""
     for folder in reversed(checkpoints(run_dir)):
         try:
-            return load_checkpoint(folder)
+            return load_checkpoint(folder, training)
         except CheckpointError as err:
             warn(f"skipping {folder.name}: {err}")
     return None

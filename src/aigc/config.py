@@ -192,12 +192,22 @@ class TrainConfig(Section):
     compile: bool = Field(False, description="torch.compile the model")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; default all cores")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: ddp keeps a whole copy of the model on every process; fsdp shards the "
+        "weights, gradients and optimizer state between them (checkpoints then hold sharded training state)"
+    )
+    cpu_offload: bool = Field(False, description="fsdp on GPUs: keep the sharded weights and optimizer state in CPU "
+                              "memory between uses")
+    activation_checkpointing: bool = Field(False, description="recompute each block's activations in the backward "
+                                           "pass instead of keeping them (less memory, about a third more compute)")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="low-rank adapters instead of full fine-tuning")
 
     @model_validator(mode="after")
-    def _time_schedule_needs_budget(self) -> TrainConfig:
+    def _settings_agree(self) -> TrainConfig:
         if self.schedule == "time" and self.max_minutes is None:
             raise ValueError("train.schedule=time needs train.max_minutes")
+        if self.cpu_offload and self.parallel != "fsdp":
+            raise ValueError("train.cpu_offload moves fsdp's shards to CPU memory; set train.parallel=fsdp with it")
         return self
 
 

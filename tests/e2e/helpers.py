@@ -66,6 +66,19 @@ def aigc_process(*args, input_text: str | None = None, cwd: Path | None = None,
                           input=input_text, cwd=cwd, timeout=timeout)
 
 
+def torchrun(*args, launch: tuple[str, ...] = ("--standalone", "--nproc_per_node", "2"), script: Path | None = None,
+             check: bool = True, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``aigc ARGS`` (or ``script ARGS``) on CPU processes under torchrun, two on one machine by default, each with
+    one thread (two cores), with ``env`` added to the environment; ``check``: the run must succeed."""
+    program = [str(script)] if script else ["-m", "aigc"]
+    done = subprocess.run([str(Path(sys.executable).with_name("torchrun")), *launch, *program, *map(str, args)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+                          timeout=timeout)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -27,7 +27,7 @@ from aigc.serve.server import load_models
 from aigc.tasks import load_generator
 from aigc.training.loop import train
 from tests.conftest import fixture
-from tests.e2e.helpers import Server, aigc
+from tests.e2e.helpers import Server, aigc, torchrun
 
 TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=48", "model.block_size=256", "train.seq_len=96",
         "train.batch_size=8",
@@ -222,21 +222,24 @@ def test_two_adapters_on_one_base_are_served_each_under_its_own_name(base, tmp_p
 
 @pytest.mark.slow
 def test_lora_under_torchrun_matches_one_process(base, tmp_path):
-    """Two processes (DDP over the adapters alone) agree with one to float rounding, as pretraining does."""
+    """Two processes agree with one to float rounding, as pretraining does: with DDP over the adapters alone, and
+    with FSDP sharding the frozen base and the adapters (the checkpoint keeps the adapters whole, in PEFT's file)."""
     corpus = tmp_path / "c.txt"
     corpus.write_text(fixture("tinyshakespeare_head.txt").read_text(encoding="utf-8")[40_000:70_000], encoding="utf-8")
     common = ["train.max_steps=6", "train.grad_accum=2", "train.lora.dropout=0", "train.threads=1"]
     assert aigc(*_lora_args(base, corpus, tmp_path / "one", *common)).returncode == 0
-    args = _lora_args(base, corpus, tmp_path / "two", *common)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "aigc", *args],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    losses = [[json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-               if "loss" in json.loads(line)] for name in ("one", "two")]
-    assert len(losses[0]) == 6 and losses[0] == pytest.approx(losses[1], rel=1e-5)
-    one, two = (load_file(str(tmp_path / n / "checkpoints" / "latest" / "adapter_model.safetensors")) for n in ("one", "two"))
-    for key, value in one.items():
-        assert np.allclose(value, two[key], atol=1e-5), key
+    for parallel in ("ddp", "fsdp"):
+        torchrun(*_lora_args(base, corpus, tmp_path / parallel, *common, f"train.parallel={parallel}"))
+    losses = {name: [json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                     if "loss" in json.loads(line)] for name in ("one", "ddp", "fsdp")}
+    assert len(losses["one"]) == 6
+    adapters = {n: load_file(str(tmp_path / n / "checkpoints" / "latest" / "adapter_model.safetensors"))
+                for n in ("one", "ddp", "fsdp")}
+    for parallel in ("ddp", "fsdp"):
+        assert losses[parallel] == pytest.approx(losses["one"], rel=1e-5), parallel
+        assert adapters[parallel].keys() == adapters["one"].keys()
+        for key, value in adapters["one"].items():
+            assert np.allclose(value, adapters[parallel][key], atol=1e-5), (parallel, key)
 
 
 def test_sft_on_a_hugging_face_folder_uses_its_template(tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -25,6 +24,7 @@ from aigc.models import GPT
 from aigc.training import loop
 from aigc.training.loop import train
 from tests.conftest import fixture
+from tests.e2e.helpers import torchrun
 
 TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "train.batch_size=8",
         "train.lr=3e-3", "train.warmup_steps=5", "train.eval_every=8", "train.eval_batches=2", "train.log_every=1",
@@ -260,11 +260,7 @@ def test_block_size_beyond_data_is_refused(tmp_path):
 
 def _torchrun(config, corpus: Path, *extra: str) -> None:
     """``aigc train`` on two CPU processes under torchrun."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    args = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "aigc", "train", "text",
-            f"run.dir={config.run_dir}", f"data.paths=[{corpus}]", *TINY, *extra]
-    done = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun("train", "text", f"run.dir={config.run_dir}", f"data.paths=[{corpus}]", *TINY, *extra)
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import signal
 import subprocess
@@ -27,7 +26,7 @@ from aigc.config import load_config
 from aigc.generate.sampling import SamplingParams
 from aigc.generate.text import TextGenerator
 from aigc.training.loop import train
-from tests.e2e.helpers import aigc
+from tests.e2e.helpers import aigc, torchrun
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TINY = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32", "model.dropout=0.0",
@@ -69,16 +68,6 @@ def _losses(run_dir: Path, key: str = "loss") -> dict[int, float]:
 
 def _weights(run_dir: Path) -> dict[str, np.ndarray]:
     return load_numpy(str(run_dir / "checkpoints" / "latest" / "model.safetensors"))
-
-
-def _torchrun(recipe: str, args: list[str], *extra: str) -> subprocess.CompletedProcess:
-    """``aigc train`` on two CPU processes under torchrun, one thread each."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "aigc", "train", recipe, *args,
-                           *extra], capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +199,7 @@ def test_resume_on_two_processes_continues_a_one_process_run(tmp_path, corpus):
     shutil.rmtree(resumed_dir / "checkpoints" / "step_000008")
     point(resumed_dir / "checkpoints", "latest", "step_000004")
     point(resumed_dir / "checkpoints", "best", "step_000004")
-    done = _torchrun("text", [f"run.dir={resumed_dir}", f"data.paths=[{corpus}]", *TINY, *common], "--resume")
+    done = torchrun("train", "text", f"run.dir={resumed_dir}", f"data.paths=[{corpus}]", *TINY, *common, "--resume")
     assert "(step 4)" in done.stderr and "no saved RNG state" in done.stderr  # rank 1 had no state of its own
     expected, got = _losses(straight.run_dir), _losses(resumed_dir)
     assert sorted(got) == list(range(1, 9))
@@ -246,9 +235,10 @@ def pairs_file(tmp_path_factory) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe, settings", [
     ("translate", TINY_PAIRS),
+    ("translate", [*TINY_PAIRS, "train.parallel=fsdp"]),  # the encoder-decoder sharded block by block
     ("digits", [*TINY_DIGITS, "train.condition_dropout=0"]),
     ("digits", TINY_DIGITS),  # the recipe's own condition_dropout (0.1): captions dropped per micro-batch
-], ids=["pairs", "images", "images-condition-dropout"])
+], ids=["pairs", "pairs-fsdp", "images", "images-condition-dropout"])
 def test_two_processes_match_one_with_the_pair_and_image_samplers(tmp_path, pairs_file, recipe, settings):
     """The same global batch (2 micro-batches of 8) on 1 process and on 2: the same losses to rounding.
 
@@ -261,7 +251,7 @@ def test_two_processes_match_one_with_the_pair_and_image_samplers(tmp_path, pair
     two_dir.mkdir()
     shutil.copytree(one.run_dir / "data", two_dir / "data")
     shutil.copy(one.run_dir / "tokenizer.json", two_dir / "tokenizer.json")
-    done = _torchrun(recipe, [f"run.dir={two_dir}", *paths, *settings, *SAMPLER_STEPS])
+    done = torchrun("train", recipe, f"run.dir={two_dir}", *paths, *settings, *SAMPLER_STEPS)
     assert "2 process(es)" in done.stderr and "collected" not in done.stderr  # trained on the copied data
     for key in ("loss", "val_loss"):
         expected, got = _losses(one.run_dir, key), _losses(two_dir, key)

@@ -154,13 +154,18 @@ def adapted_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
     return [(path, m) for path, m in model.named_modules() if isinstance(m, LoRALinear)]
 
 
-def peft_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapters under PEFT's ``adapter_model.safetensors`` names (float32, contiguous, on the CPU)."""
+def peft_state(model: nn.Module, weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The adapters under PEFT's ``adapter_model.safetensors`` names (float32, contiguous, on the CPU).
+
+    ``weights``: the model's state dict to read them from (a sharded model's, gathered whole); default its own.
+    """
+    weights = model.state_dict() if weights is None else weights
     state = {}
-    for _, layer in adapted_layers(model):
-        for s, a, b in zip(layer.slices, layer.lora_A, layer.lora_B):
-            state[f"{PEFT_PREFIX}{s.module}.lora_A.weight"] = a.detach().float().contiguous().cpu()
-            state[f"{PEFT_PREFIX}{s.module}.lora_B.weight"] = b.detach().float().contiguous().cpu()
+    for path, layer in adapted_layers(model):
+        for i, s in enumerate(layer.slices):
+            for matrix in ("lora_A", "lora_B"):
+                tensor = weights[f"{path}.{matrix}.{i}"]
+                state[f"{PEFT_PREFIX}{s.module}.{matrix}.weight"] = tensor.detach().float().contiguous().cpu()
     return state
 
 

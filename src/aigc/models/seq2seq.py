@@ -33,12 +33,19 @@ class EncoderBlock(nn.Module):
 
 
 class DecoderBlock(nn.Module):
+    # Methods besides forward that use the block's weights: sharded training gathers them for these calls too.
+    extra_forward_methods = ("memory",)
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.norm1, self.attn = make_norm(config), SelfAttention(config, causal=True)
         self.norm2, self.cross = make_norm(config), CrossAttention(config)
         self.norm3, self.mlp = make_norm(config), MLP(config)
         self.dropout = nn.Dropout(config.dropout)
+
+    def memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's output (B, S, C) -> this block's cross-attention keys and values, computed once per source."""
+        return self.cross.memory(memory)
 
     def forward(self, x, rope, memory_kv, memory_mask, cache: KVCache | None = None) -> torch.Tensor:
         x = x + self.dropout(self.attn(self.norm1(x), rope, cache))
@@ -90,7 +97,7 @@ class Seq2Seq(nn.Module):
         for block in self.encoder:
             x = block(x, rope, mask)
         memory = self.encoder_norm(x)  # (B, S, C)
-        return [block.cross.memory(memory) for block in self.decoder], mask
+        return [block.memory(memory) for block in self.decoder], mask
 
     def decode(self, tgt: torch.Tensor, memory_kv: list, memory_mask: torch.Tensor,
                caches: list[KVCache] | None = None, last_only: bool = False) -> torch.Tensor:

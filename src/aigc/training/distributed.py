@@ -43,9 +43,17 @@ class Distributed:
         dist.gather_object(value, gathered, dst=0)
         return gathered
 
-    def any(self, flag: bool) -> bool:
-        """True on every process if ``flag`` is true on any (e.g. a stop request seen by one rank)."""
-        return self.all_sum(float(flag))[0] > 0
+    def agree(self, elapsed: float, stop: bool) -> tuple[float, bool]:
+        """The run's clock and stop request as every process must see them, in one collective: rank 0's
+        ``elapsed`` seconds (so a time budget ends every process at the same step, and the learning rate's time
+        fraction is the same everywhere) and whether any process was asked to stop (Ctrl-C, SIGTERM)."""
+        clock, stops = self.all_sum(elapsed if self.is_main else 0.0, float(stop))
+        return clock, stops > 0
+
+    def barrier(self) -> None:
+        """Wait until every process reaches this point (nothing with one process)."""
+        if self.world > 1:
+            dist.barrier()
 
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():

@@ -55,9 +55,10 @@ def start_from_init(model: nn.Module, config: Config, resuming: bool, log) -> No
     log(f"LoRA rank {config.train.lora.rank} on {', '.join(targets)} of {config.model.init}, the base frozen")
 
 
-def trained_state(model: nn.Module, config: Config) -> dict[str, torch.Tensor]:
-    """What a checkpoint stores: every weight, or a LoRA run's adapters under PEFT's names."""
-    return peft_state(model) if config.train.lora.enabled else model.state_dict()
+def trained_state(model: nn.Module, config: Config, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What a checkpoint stores of the model's ``weights`` (its whole state dict): every weight, or a LoRA run's
+    adapters under PEFT's names."""
+    return peft_state(model, weights) if config.train.lora.enabled else weights
 
 
 def restore_trained_state(model: nn.Module, checkpoint: Checkpoint) -> None:

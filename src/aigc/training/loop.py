@@ -16,8 +16,8 @@ reproduces the uninterrupted one bit for bit.
 
 from __future__ import annotations
 
-import contextlib
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -27,10 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from aigc.checkpoint import Checkpoint, latest_valid, point, prune, save_checkpoint
+from aigc.checkpoint import SHARDS, Checkpoint, latest_valid, point, prune, save_checkpoint, staging_folder
 from aigc.config import Config
 from aigc.data.shards import read_manifest
 from aigc.errors import TrainingError
@@ -38,7 +37,7 @@ from aigc.files import file_hash
 from aigc.models import build_model
 from aigc.pretrained.init import resolve_init
 from aigc.tasks import task_for
-from aigc.training import distributed, finetune, rng
+from aigc.training import distributed, finetune, memory, parallel, rng
 from aigc.training.chunked_loss import frozen_head_cross_entropy
 from aigc.training.metrics_log import METRICS, MetricsLog
 from aigc.training.optim import build_optimizer, learning_rate
@@ -136,13 +135,17 @@ def _train(config: Config, resume: bool, log: Callable[[str], None], env: distri
     finetune.check_tokenizer(config, manifest)
     task = task_for(config)
     config = task.model_config(config, manifest)
+    needed = memory.estimate(config, task.model_extras(), env.world)
+    if env.world > 1 and env.is_main:
+        log(needed.describe())
+    memory.check_fits(needed, memory.free_memory(env.device))
     samplers = task.samplers(config, manifest, env.rank, env.world)
     if samplers[1] is None:
         log("the val split is too small for one evaluation batch: no evaluation")
     torch.manual_seed(config.seed)  # the same initial weights on every process
     model = build_model(config.model, task.model_extras())
     task.init_model(model, manifest)
-    checkpoint = latest_valid(config.run_dir, warn=log) if resume else None
+    checkpoint = latest_valid(config.run_dir, warn=log, training=True) if resume else None
     if resume and checkpoint is None:
         log(f"no checkpoint in {config.run_dir / 'checkpoints'} yet: starting from step 0")
     finetune.start_from_init(model, config, checkpoint is not None, log if env.is_main else lambda _: None)
@@ -151,11 +154,11 @@ def _train(config: Config, resume: bool, log: Callable[[str], None], env: distri
     interrupted = False
     with StopRequest() as stop, run.bar:
         while run.step < tc.max_steps:
-            elapsed = run.elapsed()
+            elapsed, stop_requested = env.agree(run.elapsed(), stop.requested)  # rank 0's clock decides for all
             if elapsed >= run.budget_s:
                 log(f"time budget of {tc.max_minutes} min reached at step {run.step}")
                 break
-            if env.any(stop.requested):
+            if stop_requested:
                 interrupted = True
                 break
             run.train_step(elapsed)
@@ -173,9 +176,9 @@ def _train(config: Config, resume: bool, log: Callable[[str], None], env: distri
 class Trainer:
     """A run in progress: model, optimizer, samplers and the counters a checkpoint carries.
 
-    Every process holds one. Collectives (loss sums, DDP's gradient reduction, the RNG gather in
-    :meth:`save`) are reached by every process in the same order, since each decision below depends only
-    on values all processes share (step numbers and all-reduced losses).
+    Every process holds one. Collectives (loss sums, the gradient reduction, the RNG gather in :meth:`save`)
+    are reached by every process in the same order, since each decision below depends only on values all
+    processes share (step numbers, all-reduced losses, rank 0's clock).
     """
 
     def __init__(self, config: Config, env: distributed.Distributed, model: nn.Module, samplers: tuple,
@@ -186,6 +189,7 @@ class Trainer:
         self.on_evaluation = on_evaluation
         self.model = model
         self.train_data, self.val_data = samplers
+        self.parallel = parallel.for_training(model, env, self.tc)  # before the optimizer: sharding swaps the weights
         self.optimizer = build_optimizer(model, self.tc, env.device)
         self.step = self.start_step = 0
         self.tokens = self.start_tokens = 0  # target tokens seen by all processes: now, and when this process began
@@ -208,9 +212,7 @@ class Trainer:
                 f"{env.world} process(es) on {env.device}")
         head = getattr(model, "lm_head", None)
         self.frozen_head = head is not None and not head.weight.requires_grad
-        self.ddp = DistributedDataParallel(model) if env.world > 1 else None
-        forward = self.ddp or model
-        self.forward = torch.compile(forward) if tc.compile else forward
+        self.forward = torch.compile(self.parallel.forward) if tc.compile else self.parallel.forward
         self.autocast = torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
         self.budget_s = tc.max_minutes * 60 if tc.max_minutes else math.inf
         self.started = time.perf_counter()
@@ -225,9 +227,15 @@ class Trainer:
             torch.manual_seed(self.config.seed + self.env.rank)  # dropout masks differ between processes
             return
         _check_resumable(self.config, checkpoint.config, checkpoint.path)
-        finetune.restore_trained_state(self.model, checkpoint)
         state = checkpoint.train_state()
-        self.optimizer.load_state_dict(state["optimizer"])
+        if (checkpoint.path / SHARDS).is_dir():
+            self.parallel.load_shards(self.optimizer, checkpoint.path / SHARDS)
+        elif self.parallel.sharded:
+            raise TrainingError(f"{checkpoint.path} was written by a train.parallel=ddp run; resume it with "
+                                "train.parallel=ddp, or start a sharded run from it with model.init")
+        else:
+            finetune.restore_trained_state(self.model, checkpoint)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.elapsed_before, self.best_val = state["step"], state["elapsed_s"], state["best_val_loss"]
         self.start_step, self.tokens = self.step, state.get("tokens", 0)
         self.start_tokens = self.tokens
@@ -246,14 +254,21 @@ class Trainer:
         ``inputs`` are the model's positional arguments (None where a sampler leaves one at its default). When
         the output projection is frozen (LoRA) the loss is taken from the hidden states in chunks, never holding
         every logit (:mod:`~aigc.training.chunked_loss`)."""
-        args = [t if t is None else t.to(self.env.device) for t in inputs]
-        targets = targets.to(self.env.device)
+        args = [t if t is None else self._to_device(t) for t in inputs]
+        targets = self._to_device(targets)
         if self.frozen_head:
             hidden = self.forward(*args, hidden=True)
             return frozen_head_cross_entropy(hidden, self.model.lm_head.weight, targets, self.tc.label_smoothing)
         logits = self.forward(*args)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
                                ignore_index=-1, label_smoothing=self.tc.label_smoothing)
+
+    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """A batch on the run's device: on a GPU copied from pinned memory without waiting, so the copy overlaps
+        the work already queued."""
+        if self.env.device.type != "cuda":
+            return batch
+        return batch.pin_memory().to(self.env.device, non_blocking=True)
 
     def train_step(self, elapsed: float) -> None:
         """One optimizer step: this process's micro-batches, the clipped global gradient, AdamW.
@@ -274,19 +289,18 @@ class Trainer:
         (step_tokens_all,) = self.env.all_sum(sum(counts))
         loss_sum = 0.0
         for micro, ((inputs, targets), count) in enumerate(zip(batches, counts)):
-            sync = micro == len(batches) - 1  # DDP all-reduces the gradients on the last micro-batch only
-            context = self.ddp.no_sync() if self.ddp is not None and not sync else contextlib.nullcontext()
-            share = count * self.env.world / max(step_tokens_all, 1)  # DDP averages the processes' gradients
-            with context, self.autocast:
-                loss = self.loss(inputs, targets)
-                loss = loss if count else torch.nan_to_num(loss)  # no targets here: the mean is 0/0
-            with context:
+            # gradients are reduced between processes on the last micro-batch only, and averaged over them
+            share = count * self.env.world / max(step_tokens_all, 1)
+            with self.parallel.micro_batch(sync=micro == len(batches) - 1):
+                with self.autocast:
+                    loss = self.loss(inputs, targets)
+                    loss = loss if count else torch.nan_to_num(loss)  # no targets here: the mean is 0/0
                 (loss * share).backward()
             loss_sum += loss.item() * share
         (loss_total,) = self.env.all_sum(loss_sum)
         self.last_loss = loss_total / self.env.world
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
-        if not (math.isfinite(self.last_loss) and torch.isfinite(norm)):
+        norm = self.parallel.clip(tc.grad_clip if tc.grad_clip > 0 else math.inf)
+        if not (math.isfinite(self.last_loss) and math.isfinite(norm)):
             self.optimizer.zero_grad(set_to_none=True)
             saved = self.save(elapsed=elapsed)
             where = f"; the last good state is saved in {saved}" if saved else ""
@@ -346,13 +360,21 @@ class Trainer:
         """
         rng_states = rng.gather(self.env)
         self.saved_step = self.step
+        staged = []
+        if self.parallel.sharded:  # every process writes its shard into the folder rank 0 renames into place
+            folder = staging_folder(self.config.run_dir, self.step)
+            if self.env.is_main:
+                shutil.rmtree(folder, ignore_errors=True)
+            self.env.barrier()
+            staged = self.parallel.save_shards(self.optimizer, folder / SHARDS)
+        weights = self.parallel.full_state()
         if not self.env.is_main:
             return None
-        state = {"optimizer": self.optimizer.state_dict(), "step": self.step,
+        state = {"optimizer": None if staged else self.optimizer.state_dict(), "step": self.step,
                  "elapsed_s": self.elapsed() if elapsed is None else elapsed, "best_val_loss": self.best_val,
                  "tokens": self.tokens, "rng": rng_states}
         path = save_checkpoint(self.config.run_dir, self.step, self.config,
-                               finetune.trained_state(self.model, self.config), state, self.hashes)
+                               finetune.trained_state(self.model, self.config, weights), state, self.hashes, staged)
         if best:
             point(path.parent, "best", path.name)
         prune(self.config.run_dir, self.tc.keep_checkpoints)
