@@ -43,6 +43,14 @@ class Distributed:
         dist.gather_object(value, gathered, dst=0)
         return gathered
 
+    def all_max(self, value: int) -> int:
+        """The largest ``value`` of any process (itself with one process)."""
+        if self.world == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())
+
     def agree(self, elapsed: float, stop: bool) -> tuple[float, bool]:
         """The run's clock and stop request as every process must see them, in one collective: rank 0's
         ``elapsed`` seconds (so a time budget ends every process at the same step, and the learning rate's time

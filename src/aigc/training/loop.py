@@ -336,10 +336,14 @@ class Trainer:
         """Measure the val loss on fixed batches and record it; True when it is the best so far."""
         self.model.eval()
         total = count = 0.0
+        batches = list(self.val_data.eval_batches(self.tc.eval_batches))  # this process's share
         with torch.no_grad(), self.autocast:
-            for inputs, targets in self.val_data.eval_batches(self.tc.eval_batches):
-                total += self.loss(inputs, targets).item()
-                count += 1
+            for i in range(self.parallel.forward_rounds(len(batches))):
+                if i < len(batches):
+                    total += self.loss(*batches[i]).item()
+                    count += 1
+                else:  # a pass only to keep the processes' sharded forwards in step: not counted
+                    self.loss(*(batches or self.train_data.step_batches(self.step))[0])
         self.model.train()
         total, count = self.env.all_sum(total, count)
         val_loss = total / count

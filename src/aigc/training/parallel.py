@@ -30,6 +30,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully
 from torch.nn.parallel import DistributedDataParallel
 
 from aigc.config import TrainConfig
+from aigc.errors import TrainingError
 from aigc.training.distributed import Distributed
 
 
@@ -74,6 +75,11 @@ class Parallel:
         (the step's last micro-batch), so accumulation costs one reduction per step."""
         return self.ddp.no_sync() if self.ddp is not None and not sync else contextlib.nullcontext()
 
+    def forward_rounds(self, batches: int) -> int:
+        """How many forward passes this process makes to evaluate its ``batches`` micro-batches: its own count,
+        as processes that hold whole models need nothing from each other to run one."""
+        return batches
+
     def clip(self, max_norm: float) -> float:
         """Clip the global gradient norm to ``max_norm`` (inf: measure only); return the norm before clipping."""
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -108,6 +114,9 @@ class Sharded(Parallel):
     sharded = True
 
     def _distribute(self, config: TrainConfig) -> nn.Module:
+        if config.cpu_offload and self.env.device.type != "cuda":
+            raise TrainingError(f"train.cpu_offload keeps a GPU run's shards in CPU memory; this run is on "
+                                f"{self.env.device}, where they are already: leave train.cpu_offload off")
         if self.env.world > 1:
             bf16 = config.precision == "bf16" and self.env.device.type == "cuda"
             options = {"mp_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
@@ -125,6 +134,11 @@ class Sharded(Parallel):
         if self.env.world > 1:
             self.model.set_requires_gradient_sync(sync)
         return contextlib.nullcontext()
+
+    def forward_rounds(self, batches: int) -> int:
+        """The most micro-batches any process has: each forward pass gathers weights from every process, so a
+        process whose share of an evaluation is smaller runs extra passes (not counted) to keep them in step."""
+        return self.env.all_max(batches)
 
     def full_state(self) -> dict[str, torch.Tensor]:
         return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
