@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(PYTHON) benchmarks/finetune.py
 	$(PYTHON) benchmarks/tune.py
 	$(PYTHON) benchmarks/speech.py
+	$(PYTHON) benchmarks/parallel.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -7,7 +7,11 @@ memory. Tokens/s is the mean of the steps after the first (which warms the alloc
 
 Targets (issue 34): FSDP's weights + optimizer state per process at most 0.6x DDP's, at no less than 0.8x its tokens/s.
 
-    python benchmarks/parallel.py [--steps 6] [--layers 16]
+    python benchmarks/parallel.py [--steps 4] [--layers 16] [--batch 8] [--seq 256]
+
+Each all-gather and reduce-scatter moves the whole model whatever the batch, while compute grows with it: FSDP's
+cost against DDP (whose all-reduce overlaps the backward pass) is largest at small micro-batches, and on a CPU,
+where gloo's copies compete with the compute for the same cores.
 """
 
 from __future__ import annotations
@@ -93,13 +97,15 @@ def run(parallel: str, root: Path, settings: list[str], script: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--layers", type=int, default=16, help="16 x 768 wide: ~117M parameters")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=16, help="16 x 768 wide: ~113M parameters")
+    parser.add_argument("--batch", type=int, default=8, help="sequences per micro-batch on each process")
+    parser.add_argument("--seq", type=int, default=256, help="tokens per sequence")
     args = parser.parse_args()
     from aigc import load_config, prepare
 
     settings = [f"data.paths=[{SHAKESPEARE}]", f"model.n_layer={args.layers}", "model.n_head=12", "model.n_embd=768",
-                "model.block_size=128", "train.batch_size=2", "train.grad_accum=2", "train.threads=1",
+                f"model.block_size={args.seq}", f"train.batch_size={args.batch}", "train.grad_accum=2", "train.threads=1",
                 f"train.max_steps={args.steps}", "train.max_minutes=null", "train.schedule=steps",
                 "train.warmup_steps=2", "train.log_every=1", "train.eval_every=100000", "train.eval_batches=1",
                 "train.checkpoint_every=100000", "train.device=cpu"]
@@ -111,8 +117,8 @@ def main() -> None:
         load = LoadWatch(threads=2).start()
         results = {parallel: run(parallel, root, settings, script) for parallel in ("ddp", "fsdp")}
     print(f"\n{cpu_flags()}; torch {torch.__version__}; 2 processes (gloo), 1 thread each")
-    print(f"GPT {args.layers} layers x 768, {results['ddp']['parameters']} parameters, batch 2 x 128 tokens x "
-          f"grad_accum 2 per step, fp32 AdamW, {args.steps} steps (the first not timed)\n")
+    print(f"GPT {args.layers} layers x 768, {results['ddp']['parameters']} parameters; per step 2 micro-batches (one "
+          f"per process) of {args.batch} x {args.seq} tokens; fp32 AdamW; {args.steps} steps, the first not timed\n")
     print("| parallel | rank | weights, MiB | optimizer state, MiB | weights + optimizer | peak RSS, MiB | tokens/s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for parallel, result in results.items():
