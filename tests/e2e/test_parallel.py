@@ -24,6 +24,7 @@ from safetensors.numpy import load_file
 from aigc import prepare
 from aigc.checkpoint import SHARDS, load_checkpoint, point
 from aigc.config import load_config
+from aigc.errors import TrainingError
 from aigc.training.loop import train
 from tests.conftest import fixture
 from tests.e2e.helpers import free_port, torchrun
@@ -192,3 +193,14 @@ def test_the_processes_stay_in_step_on_rank_zeros_clock_and_uneven_evaluations(s
     assert len(stops) == 2 and stops[0] == stops[1], stops  # the same step on both processes
     assert int(stops[0]) > 4  # 3 s of rank 0's clock, not the 0.03 s of rank 1's
     assert len(_records(run_dir, "val_loss")) >= 2
+
+
+def test_a_run_switching_between_ddp_and_fsdp(single, tmp_path, corpus):
+    """A sharded checkpoint resumes with train.parallel=ddp (its shards load whole); a DDP checkpoint, whose optimizer
+    state is one file in rank order, is refused by a sharded run with what to do instead."""
+    to_ddp = _copy_until(single, tmp_path / "to-ddp", 4)
+    train(load_config("text", _args(to_ddp, corpus, *STEPS, "train.parallel=ddp")), resume=True, log=lambda line: None)
+    assert _records(to_ddp) == _records(single)  # one process either way: the same numbers
+    assert not (to_ddp / "checkpoints" / "step_000008" / SHARDS).exists()
+    with pytest.raises(TrainingError, match="written by a train.parallel=ddp run; resume it with train.parallel=ddp"):
+        train(load_config("text", _args(to_ddp, corpus, "train.max_steps=12")), resume=True, log=lambda line: None)
