@@ -55,6 +55,8 @@ class PrepareResult:
                   if "of" not in s),  # a split's loss mask or lengths: described with the split
                 *(["assistant tokens (the loss is taken on these): "
                    + ", ".join(f"{k} {v:,}" for k, v in c["assistant_tokens"].items())] if (c := self.manifest.get("chat")) else []),
+                *(["preference pairs: " + ", ".join(f"{k} {v:,}" for k, v in p["pairs"].items())]
+                  if (p := self.manifest.get("preference")) else []),
                 *([f"audio: {a['levels']} codebook(s) of {a['codebook_size']} log-mel frames, {a['frames']} frames per "
                    f"clip, voices: {', '.join(a['voices']) or 'none'}"] if (a := self.manifest.get("speech")) else []),
                 f"wrote {self.data_dir / MANIFEST}",

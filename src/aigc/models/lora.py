@@ -15,8 +15,10 @@ the slices of a fused layer (PEFT draws one per module: the same distribution, o
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +74,7 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, slices: list[Slice], rank: int, alpha: float, dropout: float):
         super().__init__()
         self.base, self.rank, self.scale = base, rank, alpha / rank
+        self.active = True
         out = base.out_features
         self.slices = [Slice(s.module, s.start, s.end or out) for s in slices]
         for s in self.slices:
@@ -87,6 +90,8 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(.., in) -> (.., out): the base output plus every slice's update, added inside one matmul."""
         y = self.base(x)
+        if not self.active:  # adapters off: the base model (DPO's reference)
+            return y
         a = F.linear(self.dropout(x), torch.cat(list(self.lora_A)).to(x.dtype))  # (.., n*r): every slice's A at once
         stacked = self.stacked_b().to(x.dtype)  # (out, n*r)
         return torch.addmm(y.reshape(-1, y.shape[-1]), a.reshape(-1, a.shape[-1]), stacked.t()).view_as(y)
@@ -152,6 +157,19 @@ def apply_lora(model: nn.Module, settings: LoraConfig) -> list[str]:
 
 def adapted_layers(model: nn.Module) -> list[tuple[str, LoRALinear]]:
     return [(path, m) for path, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+@contextlib.contextmanager
+def adapters_off(model: nn.Module) -> Iterator[None]:
+    """Inside the block ``model`` computes as its base: every adapter switched off (no copy of any weight)."""
+    layers = [layer for _, layer in adapted_layers(model)]
+    for layer in layers:
+        layer.active = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.active = True
 
 
 def peft_state(model: nn.Module, weights: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:

@@ -10,8 +10,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+import torch
 from torch import nn
 
 from aigc.checkpoint import Checkpoint
@@ -24,6 +25,19 @@ from aigc.generate.grammar import Grammar
 if TYPE_CHECKING:
     from aigc.models.gpt import InputExtras
     from aigc.serve.workers import ServedModel
+
+
+class Objective(Protocol):
+    """A training loss other than the next-token cross-entropy (a preference run's DPO or ORPO)."""
+
+    statistics: tuple[str, ...]  # the names of what each call reports besides the loss
+
+    def weight(self, targets: torch.Tensor) -> int:
+        """How much a micro-batch with ``targets`` counts in its step's mean (what the loss averages over)."""
+
+    def __call__(self, forward: Callable, inputs: list, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The micro-batch's mean loss, by ``forward`` (the model as the loop calls it) on ``inputs``, and statistics
+        to log (means over the micro-batch)."""
 
 
 @dataclass
@@ -86,6 +100,10 @@ class Task(ABC):
 
     def init_model(self, model: nn.Module, manifest: dict) -> None:
         """Copy into a fresh model what the data fixes (nothing, unless a task says otherwise)."""
+
+    def objective(self, config: Config, model: nn.Module, device: torch.device) -> Objective | None:
+        """What training minimises when it is not the next-token cross-entropy on the sampler's targets (None)."""
+        return None
 
     @abstractmethod
     def generator(self, checkpoint: Checkpoint, device: str = "cpu", base: nn.Module | None = None) -> Any:

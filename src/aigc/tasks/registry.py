@@ -24,6 +24,7 @@ KINDS = {  # data.kind -> (its Task, its settings: section name -> the section, 
     "images": ("aigc.tasks.images.task:ImageTask", "aigc.tasks.images.settings:SECTIONS"),
     "chat": ("aigc.tasks.chat.task:ChatTask", "aigc.tasks.chat.settings:SECTIONS"),
     "speech": ("aigc.tasks.speech.task:SpeechTask", "aigc.tasks.speech.settings:SECTIONS"),
+    "preference": ("aigc.tasks.preference.task:PreferenceTask", "aigc.tasks.preference.settings:SECTIONS"),
 }
 
 

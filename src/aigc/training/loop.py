@@ -37,6 +37,7 @@ from aigc.files import file_hash
 from aigc.models import build_model
 from aigc.pretrained.init import resolve_init
 from aigc.tasks import task_for
+from aigc.tasks.base import Objective
 from aigc.training import distributed, finetune, memory, parallel, rng
 from aigc.training.chunked_loss import frozen_head_cross_entropy
 from aigc.training.metrics_log import METRICS, MetricsLog
@@ -150,7 +151,8 @@ def _train(config: Config, resume: bool, log: Callable[[str], None], env: distri
         log(f"no checkpoint in {config.run_dir / 'checkpoints'} yet: starting from step 0")
     finetune.start_from_init(model, config, checkpoint is not None, log if env.is_main else lambda _: None)
     model.to(env.device)
-    run = Trainer(config, env, model, samplers, hashes, log, checkpoint, on_evaluation)
+    run = Trainer(config, env, model, samplers, hashes, log, checkpoint, on_evaluation,
+                  task.objective(config, model, env.device))
     interrupted = False
     with StopRequest() as stop, run.bar:
         while run.step < tc.max_steps:
@@ -183,10 +185,13 @@ class Trainer:
 
     def __init__(self, config: Config, env: distributed.Distributed, model: nn.Module, samplers: tuple,
                  hashes: dict[str, str], log: Callable[[str], None], checkpoint: Checkpoint | None = None,
-                 on_evaluation: Callable[[int, float], None] | None = None):
-        """Set up the optimizer, continue from ``checkpoint`` if given, open metrics.jsonl, start the clock."""
+                 on_evaluation: Callable[[int, float], None] | None = None, objective: Objective | None = None):
+        """Set up the optimizer, continue from ``checkpoint`` if given, open metrics.jsonl, start the clock.
+
+        ``objective``: what training minimises, when the run's kind says (else next-token cross-entropy)."""
         self.config, self.tc, self.env, self.hashes, self.log = config, config.train, env, hashes, log
-        self.on_evaluation = on_evaluation
+        self.on_evaluation, self.objective = on_evaluation, objective
+        self.stats: dict[str, float] = {}  # the objective's statistics of the last micro-batch
         self.model = model
         self.train_data, self.val_data = samplers
         self.parallel = parallel.for_training(model, env, self.tc)  # before the optimizer: sharding swaps the weights
@@ -256,12 +261,19 @@ class Trainer:
         every logit (:mod:`~aigc.training.chunked_loss`)."""
         args = [t if t is None else self._to_device(t) for t in inputs]
         targets = self._to_device(targets)
+        if self.objective is not None:
+            loss, self.stats = self.objective(self.forward, args, targets)
+            return loss
         if self.frozen_head:
             hidden = self.forward(*args, hidden=True)
             return frozen_head_cross_entropy(hidden, self.model.lm_head.weight, targets, self.tc.label_smoothing)
         logits = self.forward(*args)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
                                ignore_index=-1, label_smoothing=self.tc.label_smoothing)
+
+    def weight(self, targets: torch.Tensor) -> int:
+        """What a micro-batch counts for in its step's mean loss: its targets (or what the objective averages over)."""
+        return self.objective.weight(targets) if self.objective is not None else int((targets >= 0).sum())
 
     def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
         """A batch on the run's device: on a GPU copied from pinned memory without waiting, so the copy overlaps
@@ -285,7 +297,7 @@ class Trainer:
         batches = self.train_data.step_batches(self.step)
         # Each micro-batch's mean loss counts by its share of the step's targets (on every process), so a step
         # is one mean over all its targets even when micro-batches hold different numbers (packed conversations).
-        counts = [int((targets >= 0).sum()) for _, targets in batches]
+        counts = [self.weight(targets) for _, targets in batches]
         (step_tokens_all,) = self.env.all_sum(sum(counts))
         loss_sum = 0.0
         for micro, ((inputs, targets), count) in enumerate(zip(batches, counts)):
@@ -336,20 +348,24 @@ class Trainer:
         """Measure the val loss on fixed batches and record it; True when it is the best so far."""
         self.model.eval()
         total = count = 0.0
+        stats: dict[str, float] = {}  # the objective's statistics, summed over batches
         batches = list(self.val_data.eval_batches(self.tc.eval_batches))  # this process's share
         with torch.no_grad(), self.autocast:
             for i in range(self.parallel.forward_rounds(len(batches))):
                 if i < len(batches):
                     total += self.loss(*batches[i]).item()
                     count += 1
+                    stats = {name: stats.get(name, 0.0) + value for name, value in self.stats.items()}
                 else:  # a pass only to keep the processes' sharded forwards in step: not counted
                     self.loss(*(batches or self.train_data.step_batches(self.step))[0])
         self.model.train()
-        total, count = self.env.all_sum(total, count)
+        names = self.objective.statistics if self.objective is not None else ()  # the same on every process
+        total, count, *sums = self.env.all_sum(total, count, *(stats.get(name, 0.0) for name in names))
         val_loss = total / count
         improved = val_loss < self.best_val
         self.best_val, self.last_eval_step = min(self.best_val, val_loss), self.step
-        self.metrics.write(step=self.step, val_loss=val_loss, elapsed_s=self.elapsed())
+        self.metrics.write(step=self.step, val_loss=val_loss, elapsed_s=self.elapsed(),
+                           **{f"val_{name}": value / count for name, value in zip(names, sums)})
         if self.bar.disable and self.env.is_main:
             self.log(f"step {self.step}: loss {self.last_loss:.4f}, val loss {val_loss:.4f}, {self.rate:,.0f} tokens/s")
         self.bar.set_postfix(loss=f"{self.last_loss:.4f}", val=f"{val_loss:.4f}", tok_s=f"{self.rate:,.0f}")

@@ -132,8 +132,9 @@ def _json_array(source: SourceFile, report: CleaningReport) -> Iterator[tuple[An
 
 
 def encode_conversation(messages: list[dict[str, str]], template: ChatTemplate, tokenizer: Tokenizer,
-                        eot: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids (T,) and loss mask (T,) uint8 of one conversation: 1 on every assistant token.
+                        eot: int, last_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids (T,) and loss mask (T,) uint8 of one conversation: 1 on every assistant token (``last_only``: on
+    the last message's, an assistant's, alone: a preference pair's answer after a conversation).
 
     With aigc's own template the conversation ends with ``eot`` (masked in when an assistant spoke last).
     :class:`Unusable` when the template refuses it or does not render earlier turns as a prefix.
@@ -142,7 +143,7 @@ def encode_conversation(messages: list[dict[str, str]], template: ChatTemplate, 
         text = template.render(messages, add_generation_prompt=False)
         spans = []
         for i, message in enumerate(messages):
-            if message["role"] != "assistant":
+            if message["role"] != "assistant" or (last_only and i != len(messages) - 1):
                 continue
             before = template.render(messages[:i], add_generation_prompt=True)
             through = template.render(messages[: i + 1], add_generation_prompt=False)

@@ -72,6 +72,13 @@ def evaluate_conversations(generator: TextGenerator, data_root: Path, manifest: 
     nll, count = assistant_loss(generator.model, sampler, config.eval.max_tokens)
     report: dict[str, Any] = {"loss": nll / count, "perplexity": math.exp(nll / count), "tokens_scored": count,
                               "scored": "held-out assistant tokens"}
+    return report | held_out_answers(generator, data_dir, config)
+
+
+def held_out_answers(generator: TextGenerator, data_dir: Path, config: Config) -> dict[str, Any]:
+    """The model's answers to the last user turn of up to ``eval.samples`` held-out conversations, beside the
+    references; their diversity, and with ``eval.task=code`` their code checks."""
+    report: dict[str, Any] = {}
     conversations = held_out_conversations(data_dir, config.eval.samples)
     prompts, references = [], []
     for conversation in conversations:

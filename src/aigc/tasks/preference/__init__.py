@@ -1,0 +1,1 @@
+"""Preference tuning (DPO, ORPO) on pairs of answers to one prompt: the better one chosen, the other rejected."""

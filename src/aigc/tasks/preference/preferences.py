@@ -1,0 +1,232 @@
+"""Preference pairs: read, render, mark the answer tokens, shard.
+
+Rows are JSONL in the two forms TRL documents for DPO and ORPO::
+
+    {"prompt": "...", "chosen": "...", "rejected": "..."}                                  standard: text
+    {"prompt": [{"role": "user", "content": "..."}],                                       conversational
+     "chosen": [{"role": "assistant", "content": "..."}], "rejected": [{"role": "assistant", "content": "..."}]}
+
+A standard pair is the prompt's text followed by each answer's, as written, then the end-of-text token; a
+conversational one is the prompt's messages plus each answer rendered with the run's chat template (the
+model's). Either way the loss mask is 1 on the answer's tokens alone (with the template's end-of-turn and the
+end token): what DPO and ORPO score. Each pair is stored as two sequences, prompt + chosen then prompt +
+rejected, with their lengths (two per pair), so a batch holds whole pairs.
+
+The built-in ``stdlib_functions`` pairs: each documented standard-library function is the chosen answer to its
+instruction, and a rewrite of it that no longer parses is the rejected one (:func:`unparsable_rewrite`); the
+functions of one file share a split. A row that cannot be used is counted in the prepare report under its
+reason (malformed_row, missing_field, malformed_message, identical_answers, template_error, too_long, ...), with
+examples, and the rest go on.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import tokenize
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from aigc.chat_template import ChatTemplate
+from aigc.config import Config, DataConfig
+from aigc.data.clean import CleaningReport
+from aigc.data.prepare import (PrepareResult, data_folder, empty_corpus_error, finish_shards, shard_writers,
+                               write_manifest)
+from aigc.data.shards import token_dtype
+from aigc.data.sources import JSONL, SourceFile, json_objects, resolve_sources
+from aigc.data.split import assign_split
+from aigc.errors import DataError
+from aigc.tasks.chat.conversations import HELD_OUT, ROLES, Unusable, encode_conversation
+from aigc.tasks.chat.stdlib_functions import as_messages, functions_in
+from aigc.tokenizer import eot_id, load_tokenizer
+
+SPLITS = ("train", "val")
+FIELDS = ("prompt", "chosen", "rejected")
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """A prompt (text, or messages) and two answers to it (text, or one assistant message each), where the pair
+    came from, and the key whose hash decides its split (the row, or for the built-in pairs their file)."""
+
+    prompt: str | list[dict[str, str]]
+    chosen: str | list[dict[str, str]]
+    rejected: str | list[dict[str, str]]
+    source: str
+    key: str
+    split: str | None = None
+
+    @property
+    def conversational(self) -> bool:
+        return isinstance(self.prompt, list)
+
+
+def _messages(value: Any, field: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise Unusable("malformed_message", f"'{field}' must be a non-empty list of {{role, content}} objects")
+    for i, message in enumerate(value):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
+                or not isinstance(message.get("content"), str):
+            raise Unusable("malformed_message", f"{field} message {i} is not an object with string 'role' and 'content'")
+        if message["role"] not in ROLES:
+            raise Unusable("unknown_role", f"{field} message {i} has role {message['role']!r}; known: {', '.join(ROLES)}")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def pair_of(row: Any, source: str, split: str | None) -> PreferencePair:
+    """The pair of one JSONL row (either form); :class:`Unusable` says why a row has none."""
+    if not isinstance(row, dict):
+        raise Unusable("malformed_row", f"a row is a JSON object, not {type(row).__name__}")
+    missing = [field for field in FIELDS if field not in row]
+    if missing:
+        raise Unusable("missing_field", f"a preference row needs 'prompt', 'chosen' and 'rejected'; this one has no "
+                       f"{', '.join(repr(m) for m in missing)}")
+    prompt, chosen, rejected = (row[field] for field in FIELDS)
+    if all(isinstance(v, str) for v in (prompt, chosen, rejected)):
+        if not chosen.strip() or not rejected.strip():
+            raise Unusable("empty_answer", "'chosen' and 'rejected' must both hold text")
+    elif all(isinstance(v, list) for v in (prompt, chosen, rejected)):
+        prompt = _messages(prompt, "prompt")
+        chosen, rejected = _messages(chosen, "chosen"), _messages(rejected, "rejected")
+        for name, answer in (("chosen", chosen), ("rejected", rejected)):
+            if len(answer) != 1 or answer[0]["role"] != "assistant" or not answer[0]["content"].strip():
+                raise Unusable("malformed_message", f"'{name}' must be one assistant message with text")
+    else:
+        raise Unusable("mixed_forms", "'prompt', 'chosen' and 'rejected' are all strings (standard) or all lists of "
+                       "messages (conversational)")
+    if chosen == rejected:
+        raise Unusable("identical_answers", "'chosen' and 'rejected' are the same: the pair prefers nothing")
+    key = json.dumps([prompt, chosen, rejected], sort_keys=True)
+    return PreferencePair(prompt, chosen, rejected, source, key, split)
+
+
+def unparsable_rewrite(source: str, name: str) -> str | None:
+    """A version of a function's ``source`` that Python cannot parse, or None if none of the rewrites breaks it.
+
+    The rewrites, tried in an order fixed by the function's name: drop the last closing bracket; cut the source
+    off two thirds of the way through (mid-line); drop the colon that ends the ``def`` line. Each keeps most of
+    the text as it was, so the pair differs where it matters: whether the code is whole."""
+    def_line = next((i for i, line in enumerate(source.splitlines()) if line.lstrip().startswith(("def ", "async def"))),
+                    0)
+    lines = source.splitlines(keepends=True)
+    closing = max(source.rfind(")"), source.rfind("]"), source.rfind("}"))
+    header = lines[def_line].rstrip()
+    rewrites = [
+        source[:closing] + source[closing + 1 :] if closing >= 0 else source,
+        source[: 2 * len(source) // 3],
+        "".join([*lines[:def_line], header.removesuffix(":") + "\n", *lines[def_line + 1 :]])
+        if header.endswith(":") else source,
+    ]
+    start = int(hashlib.sha256(name.encode()).hexdigest(), 16) % len(rewrites)
+    for rewrite in rewrites[start:] + rewrites[:start]:
+        try:
+            ast.parse(rewrite)
+        except (SyntaxError, ValueError):
+            return rewrite
+    return None
+
+
+def read_pairs(source: SourceFile, config: DataConfig, report: CleaningReport) -> Iterator[PreferencePair]:
+    """The pairs of one file: JSONL rows, or the functions of a standard-library file with unparsable rewrites."""
+    if source.builtin == "stdlib_functions":
+        try:
+            with tokenize.open(source.path) as handle:  # honours a file's coding cookie (PEP 263)
+                text = handle.read()
+        except (OSError, SyntaxError, UnicodeDecodeError) as err:
+            report.drop("unreadable", source.label, 0, str(err))
+            return
+        for example in functions_in(text):
+            rejected = unparsable_rewrite(example.source, example.name)
+            where = f"{source.label}:{example.line}"
+            if rejected is None:
+                report.drop("no_rejected_answer", where, len(example.source), "no rewrite of it fails to parse")
+                continue
+            user, assistant = as_messages(example)
+            yield PreferencePair([user], [assistant], [{"role": "assistant", "content": rejected}], where,
+                                 source.label, source.split)
+        return
+    if source.path.suffix.lower() not in JSONL:
+        report.drop("not_jsonl", source.label, source.path.stat().st_size,
+                    "preference data is JSONL (.jsonl): rows of 'prompt', 'chosen' and 'rejected'")
+        return
+    for row, where, size in json_objects(source, report):
+        try:
+            yield pair_of(row, where, source.split)
+        except Unusable as err:
+            report.drop(err.reason, where, size, err.detail)
+
+
+def encode_answer(pair: PreferencePair, answer: str | list[dict[str, str]], template: ChatTemplate,
+                  tokenizer: Tokenizer, eot: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids (T,) of the prompt followed by ``answer``, and the loss mask (T,) uint8: 1 on the answer's tokens."""
+    if pair.conversational:
+        return encode_conversation([*pair.prompt, *answer], template, tokenizer, eot, last_only=True)
+    encoding = tokenizer.encode(pair.prompt + answer, add_special_tokens=False)
+    starts = np.asarray([start for start, _ in encoding.offsets], dtype=np.int64)
+    ids = np.append(np.asarray(encoding.ids, dtype=np.int64), eot)
+    mask = np.append((starts >= len(pair.prompt)).astype(np.uint8), np.uint8(1))
+    return ids, mask
+
+
+def prepare_preferences(config: Config, settings: dict[str, Any]) -> PrepareResult:
+    """Encode and shard preference pairs: per split, token ids, a uint8 loss mask (``<split>.mask``) and the
+    lengths of the two sequences of each pair (``<split>.lengths``, uint32: chosen, rejected, ...); the val pairs'
+    prompts with their chosen answers also go to ``val_conversations.jsonl`` (the evaluation's samples).
+
+    The tokenizer and chat template are ``model.init``'s (the run's copies); a pair longer than the training
+    length (``train.seq_len``, default ``model.block_size``) is counted, not cut.
+    """
+    if config.tokenizer.path is None:
+        raise DataError("preference runs tune an existing model with its tokenizer and chat template: set "
+                        "model.init=RUN_OR_HF_DIR (an aigc run, or a Hugging Face model folder)")
+    sources = resolve_sources(config.data)
+    data_dir = data_folder(config)
+    tokenizer = load_tokenizer(config.tokenizer.path)
+    template = ChatTemplate.from_checkpoint(config.run_dir)
+    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    eot = eot_id(tokenizer, config.model.eos_token_ids)
+    writers = (shard_writers(data_dir, list(SPLITS), token_dtype(vocab))
+               | shard_writers(data_dir, [f"{s}.mask" for s in SPLITS], np.dtype(np.uint8))
+               | shard_writers(data_dir, [f"{s}.lengths" for s in SPLITS], np.dtype(np.uint32)))
+    fraction = 0.0 if config.data.val_paths else config.data.val_fraction
+    report = CleaningReport()
+    held_out = data_dir / f".{HELD_OUT}.tmp"
+    with held_out.open("w", encoding="utf-8") as handle:
+        for source in sources:
+            for pair in read_pairs(source, config.data, report):
+                size = len(json.dumps([pair.prompt, pair.chosen, pair.rejected]))
+                try:
+                    encoded = [encode_answer(pair, answer, template, tokenizer, eot)
+                               for answer in (pair.chosen, pair.rejected)]
+                except Unusable as err:
+                    report.drop(err.reason, pair.source, size, err.detail)
+                    continue
+                longest = max(len(ids) for ids, _ in encoded)
+                if longest > config.seq_len:
+                    report.drop("too_long", pair.source, size,
+                                f"{longest} tokens, the training length is {config.seq_len} (train.seq_len)")
+                    continue
+                split = pair.split or assign_split(pair.key, config.seed, fraction)
+                for ids, mask in encoded:
+                    writers[split].write(ids, 1, len(ids))
+                    writers[f"{split}.mask"].write(mask, 1, len(mask))
+                    writers[f"{split}.lengths"].write(np.asarray([len(ids)]), 1, 1)
+                if split == "val" and pair.conversational:
+                    handle.write(json.dumps({"messages": [*pair.prompt, *pair.chosen], "source": pair.source},
+                                            ensure_ascii=False) + "\n")
+                report.keep(size)
+    held_out.replace(data_dir / HELD_OUT)
+    splits = finish_shards(writers, data_dir)
+    for split in SPLITS:  # the loss mask and the lengths describe their split's tokens
+        splits[f"{split}.mask"]["of"] = splits[f"{split}.lengths"]["of"] = split
+    if report.kept == 0:
+        for info in splits.values():
+            (data_dir / info["file"]).unlink()
+        raise empty_corpus_error(report, len(sources), "the rows' fields ('prompt', 'chosen' and 'rejected')")
+    pairs = {split: splits[f"{split}.lengths"]["tokens"] // 2 for split in SPLITS}
+    return write_manifest(config, tokenizer, vocab, splits, sources, report, settings, preference={"pairs": pairs})
