@@ -40,7 +40,7 @@ class ChatTask(TextGPTTask):
 
     def model_config(self, config: Config, manifest: dict) -> Config:
         if config.model.init is None:
-            raise TrainingError("chat runs fine-tune an existing model: set model.init=RUN_OR_HF_DIR")
+            raise TrainingError(f"{self.name} runs fine-tune an existing model: set model.init=RUN_OR_HF_DIR")
         return super().model_config(config, manifest)
 
     def samplers(self, config: Config, manifest: dict, rank: int, world: int) -> tuple[Any, Any | None]:
