@@ -4,7 +4,9 @@
   higher implicit reward; the mean margin; each answer's mean log-probability), against the run's reference
   (``model.init``; ORPO's rewards need none), and the loss of the chosen answers' tokens (nats per token);
 - the answers: as for a chat run, the model's answer to held-out prompts beside the chosen one, and with
-  ``eval.task=code`` whether the code parses (:func:`aigc.tasks.chat.evaluation.held_out_answers`).
+  ``eval.task=code`` whether the code parses (:func:`aigc.tasks.chat.evaluation.held_out_answers`); then the same
+  checks of the starting model's answers to the same prompts with the same sampling (``before``), so one report
+  says what preference tuning changed.
 """
 
 from __future__ import annotations
@@ -66,9 +68,12 @@ def evaluate_preferences(generator: TextGenerator, data_root: Path, manifest: di
     if manifest["preference"]["pairs"]["val"] == 0:
         raise DataError(f"{data_dir} holds no held-out pairs to evaluate; raise data.val_fraction or name "
                         "data.val_paths")
-    reference = None
-    if config.train.objective == "dpo":
-        reference = load_checkpoint(config.model.init).load_model(str(next(generator.model.parameters()).device))
+    device = str(next(generator.model.parameters()).device)
+    start = load_checkpoint(config.model.init)
+    reference = start.load_model(device) if config.train.objective == "dpo" else None
     sampler = split_pairs(data_dir, manifest, "val", EVAL_PAIRS, config.seed)
-    return pair_report(generator.model, reference, sampler, config, config.eval.max_tokens) | held_out_answers(
-        generator, data_dir, config)
+    report = pair_report(generator.model, reference, sampler, config, config.eval.max_tokens)
+    report |= held_out_answers(generator, data_dir, config)
+    before = held_out_answers(TextGenerator.from_checkpoint(start, device), data_dir, config)
+    report["before"] = {key: value for key, value in before.items() if key != "samples"}
+    return report

@@ -18,7 +18,7 @@ from aigc.tasks.chat.task import ChatTask
 from aigc.tasks.preference.evaluation import EVAL_PAIRS, evaluate_preferences, pair_report, split_pairs
 from aigc.tasks.preference.objective import PreferenceObjective
 from aigc.tasks.preference.preferences import prepare_preferences, read_pairs
-from aigc.tasks.text.evaluation import SAMPLE_KEYS
+from aigc.tasks.text.evaluation import SAMPLE_KEYS, code_rows
 
 
 class PreferenceTask(ChatTask):
@@ -57,6 +57,14 @@ class PreferenceTask(ChatTask):
         config = config.model_copy(update={"train": config.train.model_copy(update={"objective": "orpo"})})
         return pair_report(generator.model, None, sampler, config, config.eval.max_tokens)["loss"]
 
+    def report_rows(self, report: dict[str, Any]) -> list[tuple[str, Any]]:
+        before = [(f"{name} (before: model.init)", value) for name, value in code_rows(report.get("before", {}))]
+        return super().report_rows(report) + before
+
     def summary_lines(self, report: dict[str, Any]) -> list[str]:
-        return [f"reward accuracy {report['reward_accuracy']:.1%} on {report['pairs_scored']} held-out pairs "
-                f"(margin {report['reward_margin']:.3f})", *super().summary_lines(report)]
+        lines = [f"reward accuracy {report['reward_accuracy']:.1%} on {report['pairs_scored']} held-out pairs "
+                 f"(margin {report['reward_margin']:.3f})"]
+        if "code" in report and "code" in report.get("before", {}):
+            lines.append(f"held-out answers that parse: {report['code']['syntax_valid_rate']:.1%}, "
+                         f"{report['before']['code']['syntax_valid_rate']:.1%} before (model.init)")
+        return lines + super().summary_lines(report)

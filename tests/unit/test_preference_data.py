@@ -1,0 +1,52 @@
+"""Preference rows as TRL documents them, the reasons a row is refused, and the built-in pairs' rejected answers."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+
+import pytest
+
+from aigc.tasks.chat.conversations import Unusable
+from aigc.tasks.chat.stdlib_functions import functions_in
+from aigc.tasks.preference.preferences import pair_of, unparsable_rewrite
+
+MESSAGES = {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello."}],
+            "rejected": [{"role": "assistant", "content": "Go away."}]}
+
+
+def test_both_of_trls_forms_are_read():
+    text = pair_of({"prompt": "Q: ", "chosen": "yes", "rejected": "no"}, "f:1", None)
+    assert (text.prompt, text.chosen, text.rejected, text.conversational) == ("Q: ", "yes", "no", False)
+    chat = pair_of(MESSAGES, "f:2", "val")
+    assert chat.conversational and chat.split == "val" and chat.chosen == MESSAGES["chosen"]
+    assert json.loads(chat.key)[1] == MESSAGES["chosen"]  # the split follows the whole row
+
+
+@pytest.mark.parametrize("row, reason", [
+    ([1], "malformed_row"),
+    ({"prompt": "x", "chosen": "y"}, "missing_field"),
+    ({"prompt": "x", "chosen": "y", "rejected": "y"}, "identical_answers"),
+    ({"prompt": "x", "chosen": " ", "rejected": "y"}, "empty_answer"),
+    ({"prompt": "x", "chosen": MESSAGES["chosen"], "rejected": "y"}, "mixed_forms"),
+    ({**MESSAGES, "prompt": [{"role": "narrator", "content": "x"}]}, "unknown_role"),
+    ({**MESSAGES, "chosen": [{"role": "user", "content": "x"}]}, "malformed_message"),
+    ({**MESSAGES, "rejected": [{"role": "assistant"}]}, "malformed_message"),
+])
+def test_a_row_that_cannot_be_used_says_why(row, reason):
+    with pytest.raises(Unusable) as refused:
+        pair_of(row, "f:1", None)
+    assert refused.value.reason == reason
+
+
+def test_the_built_in_rejected_answers_keep_most_of_the_function_and_never_parse():
+    examples = functions_in(inspect.getsource(json.decoder) + inspect.getsource(inspect))
+    assert len(examples) > 20
+    for example in examples:
+        rejected = unparsable_rewrite(example.source, example.name)
+        assert rejected is not None and rejected != example.source, example.name
+        with pytest.raises(SyntaxError):
+            ast.parse(rejected)
+        assert len(rejected) >= len(example.source) // 2  # most of it kept: the pair differs in being whole
+    assert unparsable_rewrite("pass", "p") is None  # nothing that breaks it: no pair (counted by the caller)
