@@ -50,3 +50,15 @@ def test_the_built_in_rejected_answers_keep_most_of_the_function_and_never_parse
             ast.parse(rejected)
         assert len(rejected) >= len(example.source) // 2  # most of it kept: the pair differs in being whole
     assert unparsable_rewrite("pass", "p") is None  # nothing that breaks it: no pair (counted by the caller)
+
+
+def test_tune_searches_dpos_settings_for_the_reward_accuracy():
+    from aigc.config import load_config, load_raw
+    from aigc.tasks import task_for
+    from aigc.tuning.space import check_space
+
+    overrides = ["tune.space={train.dpo.beta: {log_float: [0.01, 1.0]}, train.dpo.loss_type: {choice: [sigmoid, ipo]}}",
+                 "tune.metric=reward_accuracy"]
+    config = load_config("dpo", overrides)
+    check_space(config, load_raw("dpo", overrides))
+    assert task_for(config).metrics(config)["reward_accuracy"] is None  # offered, nothing more needed
