@@ -298,11 +298,12 @@ class Trainer:
         # Each micro-batch's mean loss counts by its share of the step's targets (on every process), so a step
         # is one mean over all its targets even when micro-batches hold different numbers (packed conversations).
         counts = [self.weight(targets) for _, targets in batches]
-        (step_tokens_all,) = self.env.all_sum(sum(counts))
+        tokens = sum(int((targets >= 0).sum()) for _, targets in batches)  # what tokens/s counts
+        step_weight_all, step_tokens_all = (int(x) for x in self.env.all_sum(sum(counts), tokens))
         loss_sum = 0.0
         for micro, ((inputs, targets), count) in enumerate(zip(batches, counts)):
             # gradients are reduced between processes on the last micro-batch only, and averaged over them
-            share = count * self.env.world / max(step_tokens_all, 1)
+            share = count * self.env.world / max(step_weight_all, 1)
             with self.parallel.micro_batch(sync=micro == len(batches) - 1):
                 with self.autocast:
                     loss = self.loss(inputs, targets)
