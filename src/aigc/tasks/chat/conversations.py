@@ -28,18 +28,12 @@ from tokenizers import Tokenizer
 from aigc.chat_template import ChatTemplate, ChatTemplateError
 from aigc.config import Config, DataConfig
 from aigc.data.clean import CleaningReport
-from aigc.data.prepare import (PrepareResult, data_folder, empty_corpus_error, finish_shards, shard_writers,
-                               write_manifest)
-from aigc.data.shards import token_dtype
-from aigc.data.sources import JSONL, SourceFile, json_objects, resolve_sources
-from aigc.data.split import assign_split
-from aigc.errors import DataError
+from aigc.data.prepare import PrepareResult
+from aigc.data.sources import JSONL, SourceFile, json_objects
+from aigc.tasks.chat.masked import SPLITS, MaskedSequences
 from aigc.tasks.chat.stdlib_functions import as_messages, functions_in
-from aigc.tokenizer import eot_id, load_tokenizer
 
 ROLES = ("system", "developer", "user", "assistant")
-SPLITS = ("train", "val")
-HELD_OUT = "val_conversations.jsonl"  # the val split's messages, for the evaluation's sample answers
 
 
 @dataclass(frozen=True)
@@ -166,63 +160,20 @@ def encode_conversation(messages: list[dict[str, str]], template: ChatTemplate, 
 
 
 def prepare_conversations(config: Config, settings: dict[str, Any]) -> PrepareResult:
-    """Render, encode and shard conversations: per split, token ids, a uint8 loss mask (``<split>.mask``) and each
-    conversation's length (``<split>.lengths``, uint32), so the sampler can pack them without crossing one;
-    the val conversations' messages also go to ``val_conversations.jsonl`` for the evaluation's samples.
-
-    The tokenizer and chat template are ``model.init``'s (the run's copies); conversations longer than the
-    training length (``train.seq_len``, default ``model.block_size``) are counted, not cut.
-    """
-    if config.tokenizer.path is None:
-        raise DataError("chat runs fine-tune an existing model with its tokenizer and chat template: set "
-                        "model.init=RUN_OR_HF_DIR (an aigc run, or a Hugging Face model folder)")
-    sources = resolve_sources(config.data)
-    data_dir = data_folder(config)
-    tokenizer = load_tokenizer(config.tokenizer.path)
-    template = ChatTemplate.from_checkpoint(config.run_dir)
-    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
-    eot = eot_id(tokenizer, config.model.eos_token_ids)
-    writers = (shard_writers(data_dir, list(SPLITS), token_dtype(vocab))
-               | shard_writers(data_dir, [f"{s}.mask" for s in SPLITS], np.dtype(np.uint8))
-               | shard_writers(data_dir, [f"{s}.lengths" for s in SPLITS], np.dtype(np.uint32)))
-    fraction = 0.0 if config.data.val_paths else config.data.val_fraction
-    report = CleaningReport()
-    held_out = data_dir / f".{HELD_OUT}.tmp"
-    handle = held_out.open("w", encoding="utf-8")
-    for source in sources:
-        for conversation in read_conversations(source, config.data, report):
+    """Render, encode and shard conversations (:class:`~aigc.tasks.chat.masked.MaskedSequences`): each
+    conversation's ids, its assistant-token mask and its length, so the sampler can pack them without crossing
+    one; the val conversations' messages also go to ``val_conversations.jsonl`` for the evaluation's samples."""
+    shards = MaskedSequences(config, "chat")
+    for source in shards.sources:
+        for conversation in read_conversations(source, config.data, shards.report):
             size = sum(len(m["content"]) for m in conversation.messages)
             try:
-                ids, mask = encode_conversation(conversation.messages, template, tokenizer, eot)
+                encoded = encode_conversation(conversation.messages, shards.template, shards.tokenizer, shards.eot)
             except Unusable as err:
-                report.drop(err.reason, conversation.source, size, err.detail)
+                shards.report.drop(err.reason, conversation.source, size, err.detail)
                 continue
-            if len(ids) > config.seq_len:
-                report.drop("too_long", conversation.source, size,
-                            f"{len(ids)} tokens, the training length is {config.seq_len} (train.seq_len)")
-                continue
-            split = conversation.split or assign_split(conversation.key, config.seed, fraction)
-            writers[split].write(ids, 1, len(ids))
-            writers[f"{split}.mask"].write(mask, 1, len(mask))
-            writers[f"{split}.lengths"].write(np.asarray([len(ids)]), 1, 1)
-            if split == "val":
-                handle.write(json.dumps({"messages": conversation.messages, "source": conversation.source},
-                                        ensure_ascii=False) + "\n")
-            report.keep(size)
-    handle.close()
-    held_out.replace(data_dir / HELD_OUT)
-    splits = finish_shards(writers, data_dir)
-    for split in SPLITS:  # the loss mask and the lengths describe their split's tokens
-        splits[f"{split}.mask"]["of"] = splits[f"{split}.lengths"]["of"] = split
-    if report.kept == 0:
-        for info in splits.values():
-            (data_dir / info["file"]).unlink()
-        raise empty_corpus_error(report, len(sources), "the rows' fields ('messages', or 'instruction' and 'output')")
-    return write_manifest(config, tokenizer, vocab, splits, sources, report, settings,
-                          chat={"template": "model" if not template.ends_with_eot else "aigc",
-                                "assistant_tokens": {s: int(np.sum(_mask(data_dir, splits, s))) for s in SPLITS}})
-
-
-def _mask(data_dir, splits: dict, split: str) -> np.ndarray:
-    info = splits[f"{split}.mask"]
-    return np.fromfile(data_dir / info["file"], dtype=np.uint8) if info["tokens"] else np.zeros(0, np.uint8)
+            shards.add([encoded], conversation.source, conversation.key, conversation.split, size,
+                       conversation.messages)
+    shards.close("the rows' fields ('messages', or 'instruction' and 'output')")
+    return shards.write_manifest(settings, chat={"template": "model" if not shards.template.ends_with_eot else "aigc",
+                                                 "assistant_tokens": {s: int(shards.mask(s).sum()) for s in SPLITS}})

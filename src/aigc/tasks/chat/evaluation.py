@@ -25,7 +25,7 @@ from aigc.errors import DataError
 from aigc.evaluation import diversity, summed_nll
 from aigc.generate.sampling import sampling_params
 from aigc.generate.text import TextGenerator
-from aigc.tasks.chat.conversations import HELD_OUT
+from aigc.tasks.chat.masked import HELD_OUT
 from aigc.tasks.chat.stdlib_functions import functions_in
 
 EVAL_ROWS = 4  # packed rows per forward pass when scoring

@@ -35,17 +35,12 @@ from tokenizers import Tokenizer
 from aigc.chat_template import ChatTemplate
 from aigc.config import Config, DataConfig
 from aigc.data.clean import CleaningReport
-from aigc.data.prepare import (PrepareResult, data_folder, empty_corpus_error, finish_shards, shard_writers,
-                               write_manifest)
-from aigc.data.shards import token_dtype
-from aigc.data.sources import JSONL, SourceFile, json_objects, resolve_sources
-from aigc.data.split import assign_split
-from aigc.errors import DataError
-from aigc.tasks.chat.conversations import HELD_OUT, ROLES, Unusable, encode_conversation
+from aigc.data.prepare import PrepareResult
+from aigc.data.sources import JSONL, SourceFile, json_objects
+from aigc.tasks.chat.conversations import ROLES, Unusable, encode_conversation
+from aigc.tasks.chat.masked import SPLITS, MaskedSequences
 from aigc.tasks.chat.stdlib_functions import as_messages, functions_in
-from aigc.tokenizer import eot_id, load_tokenizer
 
-SPLITS = ("train", "val")
 FIELDS = ("prompt", "chosen", "rejected")
 
 
@@ -174,59 +169,21 @@ def encode_answer(pair: PreferencePair, answer: str | list[dict[str, str]], temp
 
 
 def prepare_preferences(config: Config, settings: dict[str, Any]) -> PrepareResult:
-    """Encode and shard preference pairs: per split, token ids, a uint8 loss mask (``<split>.mask``) and the
-    lengths of the two sequences of each pair (``<split>.lengths``, uint32: chosen, rejected, ...); the val pairs'
-    prompts with their chosen answers also go to ``val_conversations.jsonl`` (the evaluation's samples).
-
-    The tokenizer and chat template are ``model.init``'s (the run's copies); a pair longer than the training
-    length (``train.seq_len``, default ``model.block_size``) is counted, not cut.
-    """
-    if config.tokenizer.path is None:
-        raise DataError("preference runs tune an existing model with its tokenizer and chat template: set "
-                        "model.init=RUN_OR_HF_DIR (an aigc run, or a Hugging Face model folder)")
-    sources = resolve_sources(config.data)
-    data_dir = data_folder(config)
-    tokenizer = load_tokenizer(config.tokenizer.path)
-    template = ChatTemplate.from_checkpoint(config.run_dir)
-    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
-    eot = eot_id(tokenizer, config.model.eos_token_ids)
-    writers = (shard_writers(data_dir, list(SPLITS), token_dtype(vocab))
-               | shard_writers(data_dir, [f"{s}.mask" for s in SPLITS], np.dtype(np.uint8))
-               | shard_writers(data_dir, [f"{s}.lengths" for s in SPLITS], np.dtype(np.uint32)))
-    fraction = 0.0 if config.data.val_paths else config.data.val_fraction
-    report = CleaningReport()
-    held_out = data_dir / f".{HELD_OUT}.tmp"
-    with held_out.open("w", encoding="utf-8") as handle:
-        for source in sources:
-            for pair in read_pairs(source, config.data, report):
-                size = len(json.dumps([pair.prompt, pair.chosen, pair.rejected]))
-                try:
-                    encoded = [encode_answer(pair, answer, template, tokenizer, eot)
-                               for answer in (pair.chosen, pair.rejected)]
-                except Unusable as err:
-                    report.drop(err.reason, pair.source, size, err.detail)
-                    continue
-                longest = max(len(ids) for ids, _ in encoded)
-                if longest > config.seq_len:
-                    report.drop("too_long", pair.source, size,
-                                f"{longest} tokens, the training length is {config.seq_len} (train.seq_len)")
-                    continue
-                split = pair.split or assign_split(pair.key, config.seed, fraction)
-                for ids, mask in encoded:
-                    writers[split].write(ids, 1, len(ids))
-                    writers[f"{split}.mask"].write(mask, 1, len(mask))
-                    writers[f"{split}.lengths"].write(np.asarray([len(ids)]), 1, 1)
-                if split == "val" and pair.conversational:
-                    handle.write(json.dumps({"messages": [*pair.prompt, *pair.chosen], "source": pair.source},
-                                            ensure_ascii=False) + "\n")
-                report.keep(size)
-    held_out.replace(data_dir / HELD_OUT)
-    splits = finish_shards(writers, data_dir)
-    for split in SPLITS:  # the loss mask and the lengths describe their split's tokens
-        splits[f"{split}.mask"]["of"] = splits[f"{split}.lengths"]["of"] = split
-    if report.kept == 0:
-        for info in splits.values():
-            (data_dir / info["file"]).unlink()
-        raise empty_corpus_error(report, len(sources), "the rows' fields ('prompt', 'chosen' and 'rejected')")
-    pairs = {split: splits[f"{split}.lengths"]["tokens"] // 2 for split in SPLITS}
-    return write_manifest(config, tokenizer, vocab, splits, sources, report, settings, preference={"pairs": pairs})
+    """Encode and shard preference pairs (:class:`~aigc.tasks.chat.masked.MaskedSequences`): each pair's two
+    sequences (prompt + chosen, prompt + rejected) with their answer masks, in one split; the val pairs' prompts
+    with their chosen answers also go to ``val_conversations.jsonl`` (the evaluation's samples)."""
+    shards = MaskedSequences(config, "preference")
+    for source in shards.sources:
+        for pair in read_pairs(source, config.data, shards.report):
+            size = len(json.dumps([pair.prompt, pair.chosen, pair.rejected]))
+            try:
+                encoded = [encode_answer(pair, answer, shards.template, shards.tokenizer, shards.eot)
+                           for answer in (pair.chosen, pair.rejected)]
+            except Unusable as err:
+                shards.report.drop(err.reason, pair.source, size, err.detail)
+                continue
+            shards.add(encoded, pair.source, pair.key, pair.split, size,
+                       [*pair.prompt, *pair.chosen] if pair.conversational else None)
+    shards.close("the rows' fields ('prompt', 'chosen' and 'rejected')")
+    pairs = {split: shards.splits[f"{split}.lengths"]["tokens"] // 2 for split in SPLITS}
+    return shards.write_manifest(settings, preference={"pairs": pairs})
