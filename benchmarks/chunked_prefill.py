@@ -12,13 +12,13 @@ RMSNorm, SwiGLU) with a 2,048-token context, random weights, BPE 4,096.
 from __future__ import annotations
 
 import itertools
-import platform
 import statistics
 import threading
 import time
 from pathlib import Path
 
 import torch
+from loadwatch import cpu_flags  # benchmarks/loadwatch.py, beside this script
 
 from aigc.config import ModelConfig
 from aigc.generate.sampling import SamplingParams
@@ -29,12 +29,6 @@ from aigc.tokenizer import train_bpe
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 LONG, PROMPTS, STREAM_TOKENS = 1800, 10, 600
-
-
-def cpu_flags() -> str:
-    line = next((x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags")), "flags:")
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in line.split()]
-    return f"{platform.machine()}, {torch.get_num_threads()} threads, flags: {' '.join(shown)}"
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -14,8 +14,10 @@ average while a benchmark runs and says, under its table, whether the run was al
 from __future__ import annotations
 
 import os
+import platform
 import threading
 import time
+from pathlib import Path
 
 IDLE = 1.5  # a 1-minute load average below this on start: nothing else is running
 
@@ -61,3 +63,15 @@ class LoadWatch:
             return (f"{line}. WARNING: other processes shared the CPUs; the timings, the wall-time budgets "
                     "and the results that depend on them are not reliable. Run again on an idle machine.")
         return f"{line}: the run was alone"
+
+
+def cpu_flags() -> str:
+    """The machine, its cores, torch's threads and which of the instruction sets that decide CPU speed it has: printed
+    with every table, since timings compare only within one machine."""
+    import torch
+
+    line = next((x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags")), "flags:") \
+        if Path("/proc/cpuinfo").exists() else "flags:"
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in line.split()]
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+            f"flags: {' '.join(shown) or 'none of avx2/avx512f/avx512_bf16/amx_bf16'}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from loadwatch import LoadWatch  # benchmarks/loadwatch.py, beside this script
+from loadwatch import LoadWatch, cpu_flags  # benchmarks/loadwatch.py, beside this script
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 MiB = 1 << 20
@@ -63,17 +62,6 @@ REPORTER = textwrap.dedent('''
     loop.Trainer.save = reporting
     sys.exit(main(sys.argv[1:]))
 ''')
-
-
-def cpu_flags() -> str:
-    flags = set()
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, flags: {' '.join(shown)}"
 
 
 def run(parallel: str, root: Path, settings: list[str], script: Path) -> dict:

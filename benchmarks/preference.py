@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 from finetune import ALPHA, CORPUS, RANK, TARGETS, aigc, model_folder  # benchmarks/finetune.py, beside this script
-from loadwatch import LoadWatch
+from loadwatch import LoadWatch, cpu_flags
 
 BATCH, LR, BETA, SEED = 2, 1e-5, 0.1, 1337
 SPEED_TARGET = 1.2
@@ -156,9 +156,8 @@ def main() -> None:
         return
     tables = set(args.tables.split(","))
     steps, warmup = (3, 1) if args.quick else (args.steps, args.warmup)
-    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    shown = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags)
-    print(f"{os.cpu_count()} cores, flags: {shown}; torch {torch.__version__}; {args.threads} threads")
+    torch.set_num_threads(args.threads)
+    print(f"{cpu_flags()}; torch {torch.__version__}")
     load = LoadWatch(threads=args.threads).start()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -14,13 +14,13 @@ Target: later requests' TTFT at least 5x lower than the first's.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import threading
 import time
 from pathlib import Path
 
 import torch
+from loadwatch import cpu_flags  # benchmarks/loadwatch.py, beside this script
 
 from aigc.config import ModelConfig
 from aigc.generate.sampling import SamplingParams
@@ -34,12 +34,6 @@ QWEN_05B = dict(n_layer=24, n_head=14, n_kv_head=2, n_embd=896, mlp_hidden=4864,
                 mlp="swiglu", position="rope", bias=False, qkv_bias=True)
 SMALL = dict(n_layer=4, n_head=4, n_embd=192, block_size=2048, norm="rmsnorm", mlp="swiglu", position="rope", bias=False)
 SYSTEM_TOKENS, REQUESTS = 1000, 8
-
-
-def cpu_flags() -> str:
-    line = next((x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags")), "flags:")
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in line.split()]
-    return f"{platform.machine()}, {torch.get_num_threads()} threads, flags: {' '.join(shown)}"
 
 
 def ttfts(generator: TextGenerator, prompts: list[list[int]], cache_bytes: int) -> list[float]:

@@ -13,12 +13,12 @@ Targets: constrained decoding at most 10% slower than free.
 
 from __future__ import annotations
 
-import platform
 import random
 import time
 from pathlib import Path
 
 import torch
+from loadwatch import cpu_flags  # benchmarks/loadwatch.py, beside this script
 
 from aigc.config import ModelConfig
 from aigc.generate.grammar import Constraints, Grammar
@@ -32,17 +32,6 @@ SCHEMA = {"type": "object", "properties": {"mood": {"enum": ["calm", "angry"]}, 
           "minimum": 0, "maximum": 999}, "word": {"type": "string", "maxLength": 12}},
           "required": ["mood", "count", "word"], "additionalProperties": False}
 NEW_TOKENS = 64
-
-
-def cpu_flags() -> str:
-    flags = set()
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, flags: {' '.join(shown)}"
 
 
 def mask_micros(tokenizer, steps: int = 200) -> float:

@@ -31,7 +31,7 @@ from aigc.data.clean import CleaningReport
 from aigc.data.prepare import PrepareResult
 from aigc.data.sources import JSONL, SourceFile, json_objects
 from aigc.tasks.chat.masked import SPLITS, MaskedSequences
-from aigc.tasks.chat.stdlib_functions import as_messages, functions_in
+from aigc.tasks.chat.stdlib_functions import FunctionExample, as_messages, functions_in
 
 ROLES = ("system", "developer", "user", "assistant")
 
@@ -84,16 +84,20 @@ def messages_of(row: Any) -> list[dict[str, str]]:
     return messages
 
 
+def stdlib_examples(source: SourceFile, report: CleaningReport) -> list[FunctionExample]:
+    """The documented functions of one standard-library file; an unreadable file is counted and gives none."""
+    try:
+        with tokenize.open(source.path) as handle:  # honours a file's coding cookie (PEP 263)
+            return functions_in(handle.read())
+    except (OSError, SyntaxError, UnicodeDecodeError) as err:
+        report.drop("unreadable", source.label, 0, str(err))
+        return []
+
+
 def read_conversations(source: SourceFile, config: DataConfig, report: CleaningReport) -> Iterator[Conversation]:
     """The conversations of one file: JSONL rows, or the functions of a standard-library file."""
     if source.builtin == "stdlib_functions":
-        try:
-            with tokenize.open(source.path) as handle:  # honours a file's coding cookie (PEP 263)
-                text = handle.read()
-        except (OSError, SyntaxError, UnicodeDecodeError) as err:
-            report.drop("unreadable", source.label, 0, str(err))
-            return
-        for example in functions_in(text):
+        for example in stdlib_examples(source, report):
             yield Conversation(as_messages(example), f"{source.label}:{example.line}", source.label, source.split)
         return
     suffix = source.path.suffix.lower()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import tokenize
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -37,9 +36,9 @@ from aigc.config import Config, DataConfig
 from aigc.data.clean import CleaningReport
 from aigc.data.prepare import PrepareResult
 from aigc.data.sources import JSONL, SourceFile, json_objects
-from aigc.tasks.chat.conversations import ROLES, Unusable, encode_conversation
+from aigc.tasks.chat.conversations import ROLES, Unusable, encode_conversation, stdlib_examples
 from aigc.tasks.chat.masked import SPLITS, MaskedSequences
-from aigc.tasks.chat.stdlib_functions import as_messages, functions_in
+from aigc.tasks.chat.stdlib_functions import as_messages
 
 FIELDS = ("prompt", "chosen", "rejected")
 
@@ -129,13 +128,7 @@ def unparsable_rewrite(source: str, name: str) -> str | None:
 def read_pairs(source: SourceFile, config: DataConfig, report: CleaningReport) -> Iterator[PreferencePair]:
     """The pairs of one file: JSONL rows, or the functions of a standard-library file with unparsable rewrites."""
     if source.builtin == "stdlib_functions":
-        try:
-            with tokenize.open(source.path) as handle:  # honours a file's coding cookie (PEP 263)
-                text = handle.read()
-        except (OSError, SyntaxError, UnicodeDecodeError) as err:
-            report.drop("unreadable", source.label, 0, str(err))
-            return
-        for example in functions_in(text):
+        for example in stdlib_examples(source, report):
             rejected = unparsable_rewrite(example.source, example.name)
             where = f"{source.label}:{example.line}"
             if rejected is None:
