@@ -60,8 +60,9 @@ def _ours(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, targets
 
 
-def _dpo_trainer(root, model, reference, loss_type: str, rows: list[dict], **settings):
-    args = trl.DPOConfig(output_dir=str(root / "trl"), beta=0.2, loss_type=[loss_type], report_to=[],
+def _dpo_trainer(root, model, reference, loss_type: str | list[str], rows: list[dict], **settings):
+    loss_type = [loss_type] if isinstance(loss_type, str) else loss_type
+    args = trl.DPOConfig(output_dir=str(root / "trl"), beta=0.2, loss_type=loss_type, report_to=[],
                          per_device_train_batch_size=len(rows), use_cpu=True, max_length=64, **settings)
     tokenizer = AutoTokenizer.from_pretrained(root / "policy")
     return trl.DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows),
@@ -83,26 +84,26 @@ def _grad(model: torch.nn.Module, name: str) -> torch.Tensor:
     return dict(model.named_parameters())[name].grad
 
 
-@pytest.mark.parametrize("loss_type, ours, rows", [
-    ("sigmoid", ["train.dpo.beta=0.2"], ROWS),
-    ("ipo", ["train.dpo.beta=0.2", "train.dpo.loss_type=ipo"], ROWS),
-    ("aot", ["train.dpo.beta=0.2", "train.dpo.label_smoothing=0.2"], ROWS[:1]),  # conservative DPO, see above
-], ids=["sigmoid", "ipo", "label-smoothing"])
-def test_dpo_loss_and_gradients_equal_trls(models, loss_type, ours, rows):
+@pytest.mark.parametrize("loss_type, theirs, ours, rows", [
+    ("sigmoid", {}, ["train.dpo.beta=0.2"], ROWS),
+    ("ipo", {}, ["train.dpo.beta=0.2", "train.dpo.loss_type=ipo"], ROWS),
+    ("aot", {"label_smoothing": 0.2}, ["train.dpo.beta=0.2", "train.dpo.label_smoothing=0.2"], ROWS[:1]),  # see above
+    (["sigmoid", "sft"], {"loss_weights": [1.0, 0.5]}, ["train.dpo.beta=0.2", "train.dpo.sft_weight=0.5"], ROWS),
+], ids=["sigmoid", "ipo", "label-smoothing", "sft-weight"])
+def test_dpo_loss_and_gradients_equal_trls(models, loss_type, theirs, ours, rows):
     from transformers import AutoModelForCausalLM
 
     hf_policy = AutoModelForCausalLM.from_pretrained(models / "policy").train()
     hf_reference = AutoModelForCausalLM.from_pretrained(models / "reference").eval()
-    trainer = _dpo_trainer(models, hf_policy, hf_reference, loss_type, rows,
-                           **({"label_smoothing": 0.2} if loss_type == "aot" else {}))
+    trainer = _dpo_trainer(models, hf_policy, hf_reference, loss_type, rows, **theirs)
     batch = _trl_batch(trainer)
-    theirs = trainer.compute_loss(trainer.model, batch)
-    theirs.backward()
+    expected = trainer.compute_loss(trainer.model, batch)
+    expected.backward()
     policy = load_checkpoint(models / "ours-policy").load_model().train()
     ids, targets = _ours(batch)
     loss, stats = PreferenceObjective(_settings(*ours), policy, Logits(trainer.ref_model))(policy, [ids], targets)
     loss.backward()
-    assert float(loss) == pytest.approx(theirs.item(), abs=1e-5)
+    assert float(loss) == pytest.approx(expected.item(), abs=1e-5)
     torch.testing.assert_close(_grad(policy, "wte.weight"), _grad(hf_policy, "model.embed_tokens.weight"),
                                atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(_grad(policy, "blocks.0.mlp.proj.weight"),

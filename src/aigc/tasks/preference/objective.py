@@ -7,7 +7,9 @@ log-probability of an answer's tokens under the model being trained and ``log pi
   and the loss ``-log sigmoid(r(y_w) - r(y_l))``. With ``label_smoothing`` eps (conservative DPO) the pair is
   taken as mislabelled with probability eps: ``-(1 - eps) log sigmoid(beta m) - eps log sigmoid(-beta m)``, with
   ``m`` the margin of log-ratios. IPO (Azar et al. 2023): ``(m' - 1 / (2 beta))^2`` with ``m'`` the margin of the
-  log-ratios averaged per answer token (TRL's normalisation, confirmed with the IPO authors).
+  log-ratios averaged per answer token (TRL's normalisation, confirmed with the IPO authors). With ``sft_weight``
+  w the chosen answers' mean NLL per token is added, ``L + w * NLL(y_w)`` (RPO, Pang et al. 2024; TRL's
+  ``loss_type=["sigmoid", "sft"]``): DPO alone can raise the margin by lowering both answers' likelihood.
 * ORPO (Hong et al. 2024), no reference: with ``p`` an answer's per-token mean log-probability, the log odds
   ``log(p / (1 - p))`` of the chosen answer against the rejected one's, ``L = NLL(y_w) - beta * log sigmoid(log
   odds_w - log odds_l)``: supervised fine-tuning on the chosen answers plus a push away from the rejected ones.
@@ -115,6 +117,8 @@ class PreferenceObjective:
                 chosen, rejected, ref_chosen, ref_rejected, dpo.beta, dpo.loss_type, dpo.label_smoothing,
                 chosen_tokens, rejected_tokens)
             loss = losses.mean()
+            if dpo.sft_weight:  # the chosen answers' tokens, as SFT would (RPO)
+                loss = loss + dpo.sft_weight * -chosen.sum() / chosen_tokens.sum().clamp(min=1)
         values = (chosen_reward.mean(), rejected_reward.mean(), (chosen_reward > rejected_reward).float().mean(),
                   (chosen_reward - rejected_reward).mean(), chosen.detach().mean(), rejected.detach().mean())
         return loss, {name: float(value) for name, value in zip(self.statistics, values)}

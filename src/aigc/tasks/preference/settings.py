@@ -28,6 +28,9 @@ class DPOSettings(Section):
         "sigmoid", description="sigmoid: DPO's -log sigmoid(beta * margin); ipo: (margin per token - 1/(2 beta))^2")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="sigmoid: the share of pairs assumed mislabelled "
                                    "(conservative DPO); 0 = plain DPO")
+    sft_weight: float = Field(0.0, ge=0, description="weight of the chosen answers' NLL per token added to the loss "
+                              "(RPO; TRL's loss_type [sigmoid, sft]): keeps the chosen answers likely while the margin "
+                              "grows, where DPO alone can lower both")
 
 
 class ORPOSettings(Section):
