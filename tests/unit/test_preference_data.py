@@ -48,7 +48,7 @@ def test_the_built_in_rejected_answers_keep_most_of_the_function_and_never_parse
         assert rejected is not None and rejected != example.source, example.name
         with pytest.raises(SyntaxError):
             ast.parse(rejected)
-        assert len(rejected) >= len(example.source) // 2  # most of it kept: the pair differs in being whole
+        assert abs(len(rejected) - len(example.source)) == 1  # one character: the pair differs in being whole
     assert unparsable_rewrite("pass", "p") is None  # nothing that breaks it: no pair (counted by the caller)
 
 
@@ -62,3 +62,33 @@ def test_tune_searches_dpos_settings_for_the_reward_accuracy():
     config = load_config("dpo", overrides)
     check_space(config, load_raw("dpo", overrides))
     assert task_for(config).metrics(config)["reward_accuracy"] is None  # offered, nothing more needed
+
+
+def test_sampled_rejections_are_the_models_own_answers_that_do_not_parse(monkeypatch):
+    """data.rejected=sampled: model.init answers each prompt; an answer whose code does not parse becomes the rejected
+    one (stripped of the template's leading space), one that parses leaves the rewrite in place."""
+    from types import SimpleNamespace
+
+    from aigc.config import load_config
+    from aigc.generate import text
+    from aigc.tasks.preference import preferences
+
+    answers = iter([" def f(:\n    pass", " def g():\n    return 1"])
+
+    class Generator:
+        def chat_prompt(self, messages):
+            return messages[0]["content"], ["\nUser:"]
+
+        def complete(self, prompts, params):
+            return [SimpleNamespace(text=next(answers)) for _ in prompts]
+
+    monkeypatch.setattr(text.TextGenerator, "from_checkpoint", staticmethod(lambda checkpoint: Generator()))
+    monkeypatch.setattr("aigc.checkpoint.load_checkpoint", lambda path: None)
+    chosen = [{"role": "assistant", "content": "def f(x):\n    return x"}]
+    pairs = [preferences.PreferencePair([{"role": "user", "content": p}], chosen,
+                                        [{"role": "assistant", "content": "def f(x)\n    return x"}], "s", "k")
+             for p in ("Write f", "Write g")]
+    config = load_config("dpo", ["data.rejected=sampled", "model.init=/nowhere"])
+    first, second = preferences.sampled_rejections(pairs, config)
+    assert first.rejected == [{"role": "assistant", "content": "def f(:\n    pass"}]
+    assert second.rejected == pairs[1].rejected  # its answer parses: the rewrite stays

@@ -22,9 +22,10 @@ examples, and the rest go on.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,9 +67,11 @@ def _messages(value: Any, field: str) -> list[dict[str, str]]:
     for i, message in enumerate(value):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
                 or not isinstance(message.get("content"), str):
-            raise Unusable("malformed_message", f"{field} message {i} is not an object with string 'role' and 'content'")
+            raise Unusable("malformed_message",
+                           f"{field} message {i} is not an object with string 'role' and 'content'")
         if message["role"] not in ROLES:
-            raise Unusable("unknown_role", f"{field} message {i} has role {message['role']!r}; known: {', '.join(ROLES)}")
+            raise Unusable("unknown_role",
+                           f"{field} message {i} has role {message['role']!r}; known: {', '.join(ROLES)}")
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
@@ -102,19 +105,18 @@ def pair_of(row: Any, source: str, split: str | None) -> PreferencePair:
 def unparsable_rewrite(source: str, name: str) -> str | None:
     """A version of a function's ``source`` that Python cannot parse, or None if none of the rewrites breaks it.
 
-    The rewrites, tried in an order fixed by the function's name: drop the last closing bracket; cut the source
-    off two thirds of the way through (mid-line); drop the colon that ends the ``def`` line. Each keeps most of
-    the text as it was, so the pair differs where it matters: whether the code is whole."""
-    def_line = next((i for i, line in enumerate(source.splitlines()) if line.lstrip().startswith(("def ", "async def"))),
-                    0)
+    The rewrites, each changing one character so the pair differs only in whether the code is whole (not in its
+    length, which DPO would learn instead), tried in an order fixed by the function's name: drop the last closing
+    bracket; drop the colon that ends the ``def`` line; indent the last line by one more space."""
     lines = source.splitlines(keepends=True)
+    def_line = next((i for i, line in enumerate(lines) if line.lstrip().startswith(("def ", "async def"))), 0)
     closing = max(source.rfind(")"), source.rfind("]"), source.rfind("}"))
-    header = lines[def_line].rstrip()
+    header = lines[def_line].rstrip("\r\n")
     rewrites = [
         source[:closing] + source[closing + 1 :] if closing >= 0 else source,
-        source[: 2 * len(source) // 3],
-        "".join([*lines[:def_line], header.removesuffix(":") + "\n", *lines[def_line + 1 :]])
+        "".join([*lines[:def_line], header.removesuffix(":") + lines[def_line][len(header):], *lines[def_line + 1 :]])
         if header.endswith(":") else source,
+        "".join([*lines[:-1], " " + lines[-1]]) if len(lines) > 1 else source,
     ]
     start = int(hashlib.sha256(name.encode()).hexdigest(), 16) % len(rewrites)
     for rewrite in rewrites[start:] + rewrites[:start]:
@@ -161,13 +163,45 @@ def encode_answer(pair: PreferencePair, answer: str | list[dict[str, str]], temp
     return ids, mask
 
 
+SAMPLE_BATCH = 32  # prompts answered at once when the built-in pairs' rejected answers are sampled
+
+
+def sampled_rejections(pairs: list[PreferencePair], config: Config) -> list[PreferencePair]:
+    """The built-in ``pairs`` with ``model.init``'s own answer as the rejected one wherever that answer's code does not
+    parse (``data.rejected=sampled``): what the model gets wrong, in its own words. Sampled with the run's
+    ``generate`` settings and seed; a pair whose sampled answer parses keeps its rewrite."""
+    from aigc.checkpoint import load_checkpoint
+    from aigc.code_checks import compiles, defines_function, extract_code
+    from aigc.generate.sampling import sampling_params
+    from aigc.generate.text import TextGenerator
+
+    generator = TextGenerator.from_checkpoint(load_checkpoint(config.model.init))
+    resampled = []
+    for first in range(0, len(pairs), SAMPLE_BATCH):
+        batch = pairs[first : first + SAMPLE_BATCH]
+        prompts = [generator.chat_prompt(pair.prompt) for pair in batch]
+        params = sampling_params(config.generate, seed=config.seed + first,
+                                 stop=tuple(config.generate.stop) + tuple(prompts[0][1]))
+        for pair, completion in zip(batch, generator.complete([text for text, _ in prompts], params)):
+            answer = completion.text.strip()  # the template's space after "Assistant:" is not the answer's
+            code = extract_code(answer)
+            rejected = [{"role": "assistant", "content": answer}]
+            if answer and not (defines_function(code) and compiles(code)) and rejected != pair.chosen:
+                pair = dataclasses.replace(pair, rejected=rejected)
+            resampled.append(pair)
+    return resampled
+
+
 def prepare_preferences(config: Config, settings: dict[str, Any]) -> PrepareResult:
     """Encode and shard preference pairs (:class:`~aigc.tasks.chat.masked.MaskedSequences`): each pair's two
     sequences (prompt + chosen, prompt + rejected) with their answer masks, in one split; the val pairs' prompts
     with their chosen answers also go to ``val_conversations.jsonl`` (the evaluation's samples)."""
     shards = MaskedSequences(config, "preference")
     for source in shards.sources:
-        for pair in read_pairs(source, config.data, shards.report):
+        pairs: Iterable[PreferencePair] = read_pairs(source, config.data, shards.report)
+        if source.builtin and config.data.rejected == "sampled":
+            pairs = sampled_rejections(list(pairs), config)
+        for pair in pairs:
             size = len(json.dumps([pair.prompt, pair.chosen, pair.rejected]))
             try:
                 encoded = [encode_answer(pair, answer, shards.template, shards.tokenizer, shards.eot)

@@ -28,7 +28,8 @@ class PreferenceSampler:
             raise TrainingError(f"the {split} split holds no preference pairs; prepare more pairs or lower "
                                 "data.val_fraction")
         if grad_accum % world:
-            raise TrainingError(f"train.grad_accum ({grad_accum}) must be a multiple of the number of processes ({world})")
+            raise TrainingError(f"train.grad_accum ({grad_accum}) must be a multiple of the number of processes "
+                                f"({world})")
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         self.starts, self.lengths = starts.reshape(-1, 2), lengths.reshape(-1, 2)  # (pairs, chosen/rejected)
         self.tokens, self.mask = tokens, mask

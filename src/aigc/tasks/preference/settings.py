@@ -15,8 +15,13 @@ class PreferenceData(DataConfig):
     kind: Literal["preference"] = Field("preference", description=KIND)
     builtin: list[Literal["stdlib_functions"]] = Field(
         default_factory=list, description="built-in pairs: stdlib_functions = each documented standard-library "
-        "function as the chosen answer to its instruction, and a rewrite of it that does not parse as the rejected one, "
-        "split by file")
+        "function as the chosen answer to its instruction, and an answer that does not parse as the rejected one "
+        "(data.rejected), split by file")
+    rejected: Literal["rewrite", "sampled"] = Field(
+        "rewrite", description="the built-in pairs' rejected answers: rewrite = the function with one character "
+        "changed so that it does not parse; sampled = model.init's own answer to the prompt when its code does not "
+        "parse (sampled in prepare with the run's generate settings; on-policy, as its mistakes look), else the "
+        "rewrite")
 
 
 class DPOSettings(Section):
