@@ -192,6 +192,14 @@ def sampled_rejections(pairs: list[PreferencePair], config: Config) -> list[Pref
     return resampled
 
 
+def _fits(pair: PreferencePair, shards: MaskedSequences, seq_len: int) -> bool:
+    """Whether the pair's prompt and chosen answer fit the training length (one that cannot be encoded does not)."""
+    try:
+        return len(encode_answer(pair, pair.chosen, shards.template, shards.tokenizer, shards.eot)[0]) <= seq_len
+    except Unusable:
+        return False
+
+
 def prepare_preferences(config: Config, settings: dict[str, Any]) -> PrepareResult:
     """Encode and shard preference pairs (:class:`~aigc.tasks.chat.masked.MaskedSequences`): each pair's two
     sequences (prompt + chosen, prompt + rejected) with their answer masks, in one split; the val pairs' prompts
@@ -199,8 +207,11 @@ def prepare_preferences(config: Config, settings: dict[str, Any]) -> PrepareResu
     shards = MaskedSequences(config, "preference")
     for source in shards.sources:
         pairs: Iterable[PreferencePair] = read_pairs(source, config.data, shards.report)
-        if source.builtin and config.data.rejected == "sampled":
-            pairs = sampled_rejections(list(pairs), config)
+        if source.builtin and config.data.rejected == "sampled":  # only pairs whose chosen answer fits are sampled
+            pairs = list(pairs)
+            fits = [_fits(pair, shards, config.seq_len) for pair in pairs]
+            sampled = iter(sampled_rejections([pair for pair, fit in zip(pairs, fits) if fit], config))
+            pairs = [next(sampled) if fit else pair for pair, fit in zip(pairs, fits)]
         for pair in pairs:
             size = len(json.dumps([pair.prompt, pair.chosen, pair.rejected]))
             try:
