@@ -56,12 +56,25 @@ def pairs_file(path: Path, count: int = 64) -> Path:
     return path
 
 
-def settings(base: Path, run_dir: Path, pairs: Path, steps: int, threads: int, *extra: str) -> list[str]:
+def shaped_folder(folder: Path, shape: str, quick: bool) -> str:
+    """A random model of ``shape`` (pretrained.py's SHAPES) with a small tokenizer, saved in bfloat16; its name."""
+    from pretrained import SHAPES, save_hf_folder
+
+    if quick or shape == "qwen2.5":
+        return model_folder(folder, quick)[0]
+    name, model_type, template, config = SHAPES[shape]
+    save_hf_folder(folder, model_type, template, config)
+    return name
+
+
+def settings(base: Path, run_dir: Path, pairs: Path, steps: int, threads: int, precision: str,
+             *extra: str) -> list[str]:
     return ["dpo", "data.builtin=[]", f"data.paths=[{pairs}]", f"model.init={base}", f"run.dir={run_dir}",
             f"seed={SEED}", "data.val_fraction=0", f"train.lora.rank={RANK}", f"train.lora.alpha={ALPHA}",
-            "train.lora.dropout=0", f"train.lora.targets=[{','.join(TARGETS)}]", "train.precision=bf16",
+            "train.lora.dropout=0", f"train.lora.targets=[{','.join(TARGETS)}]", f"train.precision={precision}",
             "train.seq_len=512", f"train.batch_size={BATCH}", f"train.lr={LR}", f"train.min_lr={LR}",
-            f"train.dpo.beta={BETA}", f"train.max_steps={steps}", "train.max_minutes=null", "train.schedule=steps",
+            f"train.dpo.beta={BETA}", "train.dpo.sft_weight=0", f"train.max_steps={steps}", "train.max_minutes=null",
+            "train.schedule=steps",
             "train.warmup_steps=0", "train.grad_clip=0", "train.weight_decay=0.01", "train.log_every=1",
             "train.eval_every=100000", "train.checkpoint_every=100000", f"train.threads={threads}", *extra]
 
@@ -75,9 +88,10 @@ def sequence_tokens(data: Path) -> float:
     return float(lengths.reshape(-1, 2).sum(1).mean())
 
 
-def ours(base: Path, work: Path, name: str, pairs: Path, steps: int, warmup: int, threads: int, *extra: str) -> dict:
+def ours(base: Path, work: Path, name: str, pairs: Path, steps: int, warmup: int, threads: int, precision: str,
+         *extra: str) -> dict:
     run_dir = work / name
-    config = settings(base, run_dir, pairs, steps, threads, *extra)
+    config = settings(base, run_dir, pairs, steps, threads, precision, *extra)
     aigc("prepare", *config)
     rss = aigc("train", *config, peak=True)
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -96,7 +110,9 @@ def theirs_worker(spec: dict) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     torch.set_num_threads(spec["threads"])
-    model = AutoModelForCausalLM.from_pretrained(spec["folder"], dtype=torch.bfloat16, attn_implementation="sdpa")
+    bf16 = spec["precision"] == "bf16"
+    model = AutoModelForCausalLM.from_pretrained(spec["folder"], dtype=torch.bfloat16 if bf16 else torch.float32,
+                                                 attn_implementation="sdpa")
     rows = [json.loads(line) for line in Path(spec["pairs"]).read_text().splitlines()]
     ends: list[float] = []
 
@@ -106,7 +122,7 @@ def theirs_worker(spec: dict) -> dict:
 
     args = DPOConfig(output_dir=spec["out"], beta=BETA, loss_type=["sigmoid"], learning_rate=LR,
                      lr_scheduler_type="constant", weight_decay=0.01, max_grad_norm=0.0, optim="adamw_torch",
-                     per_device_train_batch_size=BATCH, max_steps=spec["steps"], bf16=True, use_cpu=True,
+                     per_device_train_batch_size=BATCH, max_steps=spec["steps"], bf16=bf16, use_cpu=True,
                      report_to=[], logging_steps=1, save_strategy="no", max_length=512, seed=SEED,
                      dataloader_num_workers=0)
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
@@ -149,6 +165,10 @@ def main() -> None:
     parser.add_argument("--tables", default="speed,orpo,quality")
     parser.add_argument("--runs", type=Path, default=None)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--shape", default="qwen2.5", choices=["qwen2.5", "smollm2"])
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"],
+                        help="bf16: the base stored and computed in bfloat16 (emulated, ~7x slower, on CPUs without "
+                        "AVX-512 BF16 or AMX)")
     parser.add_argument("--worker")
     args = parser.parse_args()
     if args.worker:
@@ -161,15 +181,16 @@ def main() -> None:
     load = LoadWatch(threads=args.threads).start()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        name, _ = model_folder(work / "hf", args.quick)
+        name = shaped_folder(work / "hf", args.shape, args.quick)
         aigc("import", str(work / "hf"), f"run.dir={work / 'base'}")
         pairs = pairs_file(work / "pairs.jsonl")
         if "speed" in tables:
-            mine = ours(work / "base", work, "dpo-lora", pairs, steps, warmup, args.threads)
+            mine = ours(work / "base", work, "dpo-lora", pairs, steps, warmup, args.threads, args.precision)
             peer = theirs(dict(folder=str(work / "hf"), pairs=str(pairs), out=str(work / "trl"), steps=steps,
-                               warmup=warmup, threads=args.threads, per_pair=mine["per_pair"]))
+                               warmup=warmup, threads=args.threads, per_pair=mine["per_pair"],
+                               precision=args.precision))
             speed, memory = mine["tokens_per_s"] / peer["tokens_per_s"], mine["peak_rss"] / peer["peak_rss"]
-            print(f"\nDPO with LoRA, {name}, bf16, rank {RANK}, {BATCH} pairs a step ({mine['per_pair']:.0f} tokens a "
+            print(f"\nDPO with LoRA, {name}, {args.precision}, rank {RANK}, {BATCH} pairs a step ({mine['per_pair']:.0f} tokens a "
                   f"pair), {steps} steps ({warmup} not timed)\n")
             print("| side | tokens/s | peak RSS | loss at the last step |\n|---|---|---|---|")
             print(f"| aigc DPO + LoRA | {mine['tokens_per_s']:,.0f} | {mine['peak_rss'] / 1e6:,.0f} MB | {mine['loss']:.4f} |")
@@ -182,8 +203,11 @@ def main() -> None:
             for label, extra in (("DPO, LoRA", []), ("ORPO, LoRA", ["train.objective=orpo"]),
                                  ("DPO, full", ["train.lora.rank=null"]),
                                  ("ORPO, full", ["train.lora.rank=null", "train.objective=orpo"])):
-                run = ours(work / "base", work, label.replace(", ", "-").lower(), pairs, steps, warmup, args.threads,
-                           *extra)
+                if label == "DPO, LoRA" and "speed" in tables:  # the run of the table above
+                    run = mine
+                else:
+                    run = ours(work / "base", work, label.replace(", ", "-").lower(), pairs, steps, warmup,
+                               args.threads, args.precision, *extra)
                 print(f"| {label} | {run['tokens_per_s']:,.0f} | {run['peak_rss'] / 1e6:,.0f} MB |")
     if "quality" in tables and not args.quick:
         runs = (args.runs or Path(tempfile.mkdtemp()) / "runs").resolve()
