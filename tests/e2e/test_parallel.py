@@ -92,6 +92,20 @@ def _copy_until(source: Path, target: Path, step: int) -> Path:
     return target
 
 
+def _data_of(source: Path, run_dir: Path) -> Path:
+    """A new run folder holding ``source``'s prepared data and tokenizer (no checkpoints)."""
+    run_dir.mkdir(parents=True)
+    shutil.copytree(source / "data", run_dir / "data")
+    shutil.copy(source / "tokenizer.json", run_dir / "tokenizer.json")
+    return run_dir
+
+
+def _faults(folder: Path) -> Path:
+    script = folder / "faults.py"
+    script.write_text(FAULTS, encoding="utf-8")
+    return script
+
+
 def _close(got: Path, expected: Path) -> None:
     """Two runs' losses and final weights agree to the rounding of another world size."""
     losses, reference = _records(got), _records(expected)
@@ -116,10 +130,7 @@ def single(tmp_path_factory, corpus) -> Path:
 def sharded(tmp_path_factory, single, corpus) -> Path:
     """The same run on two processes started by two launchers that meet through a c10d rendezvous on localhost,
     as the launchers of two nodes do."""
-    run_dir = tmp_path_factory.mktemp("sharded") / "run"
-    run_dir.mkdir()
-    shutil.copytree(single / "data", run_dir / "data")
-    shutil.copy(single / "tokenizer.json", run_dir / "tokenizer.json")
+    run_dir = _data_of(single, tmp_path_factory.mktemp("sharded") / "run")
     port = free_port()
     launch = ("--nnodes", "2", "--nproc_per_node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
               f"127.0.0.1:{port}", "--rdzv-id", "aigc-test")
@@ -157,14 +168,9 @@ def test_a_sharded_run_resumes_on_one_process_and_a_single_one_on_two(single, sh
 def test_a_process_killed_mid_checkpoint_resumes_bit_identically(sharded, tmp_path, corpus):
     """Rank 1 is SIGKILLed while the checkpoint of step 8 is written: no step 8 appears (the half-written one stays
     hidden), and --resume continues from step 4 to exactly the uninterrupted run's losses and weights."""
-    script = tmp_path / "faults.py"
-    script.write_text(FAULTS, encoding="utf-8")
-    run_dir = tmp_path / "killed"
-    run_dir.mkdir()
-    shutil.copytree(sharded / "data", run_dir / "data")
-    shutil.copy(sharded / "tokenizer.json", run_dir / "tokenizer.json")
+    run_dir = _data_of(sharded, tmp_path / "killed")
     args = ["train", "text", *_args(run_dir, corpus, *STEPS)]
-    killed = torchrun(*args, script=script, check=False, env={"AIGC_TEST_FAULT": "kill-in-save"})
+    killed = torchrun(*args, script=_faults(tmp_path), check=False, env={"AIGC_TEST_FAULT": "kill-in-save"})
     assert killed.returncode != 0
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == ["step_000004"]
     torchrun(*args, "--resume")
@@ -180,15 +186,10 @@ def test_the_processes_stay_in_step_on_rank_zeros_clock_and_uneven_evaluations(s
 
     Three evaluation batches shared by two processes give rank 1 one fewer: with sharded weights each forward pass
     gathers from both, so rank 1 runs one uncounted pass more rather than leave rank 0 waiting."""
-    script = tmp_path / "faults.py"
-    script.write_text(FAULTS, encoding="utf-8")
-    run_dir = tmp_path / "budget"
-    run_dir.mkdir()
-    shutil.copytree(single / "data", run_dir / "data")
-    shutil.copy(single / "tokenizer.json", run_dir / "tokenizer.json")
+    run_dir = _data_of(single, tmp_path / "budget")
     done = torchrun("train", "text", *_args(run_dir, corpus, "train.max_steps=100000", "train.max_minutes=0.05",
                                             "train.schedule=time", "train.eval_batches=3", "train.eval_every=2"),
-                    script=script, env={"AIGC_TEST_FAULT": "fast-clock"}, timeout=120)
+                    script=_faults(tmp_path), env={"AIGC_TEST_FAULT": "fast-clock"}, timeout=120)
     stops = re.findall(r"time budget of 0\.05 min reached at step (\d+)", done.stderr)  # lines may interleave
     assert len(stops) == 2 and stops[0] == stops[1], stops  # the same step on both processes
     assert int(stops[0]) > 4  # 3 s of rank 0's clock, not the 0.03 s of rank 1's

@@ -64,7 +64,8 @@ def _pairs(path: Path, count: int = 300, bad: bool = True) -> Path:
 
 def _config(base: Path, run_dir: Path, data: Path, *extra: str):
     return load_config("dpo", ["data.builtin=[]", f"data.paths=[{data}]", f"run.dir={run_dir}", f"model.init={base}",
-                               *TINY, "train.lr=1e-3", "train.eval_every=20", "eval.task=text", "eval.samples=2",
+                               *TINY, "train.lr=1e-3", "train.dpo.sft_weight=0", "train.eval_every=20",
+                               "eval.task=text", "eval.samples=2",
                                "generate.max_new_tokens=8", *extra])
 
 
@@ -167,7 +168,7 @@ def test_resume_is_exact_and_two_processes_match_one(base, tuned, tmp_path):
     assert {r["step"]: r["loss"] for r in _records(resumed) if "loss" in r} == losses
     two = fresh("two")
     torchrun("train", "dpo", "data.builtin=[]", f"data.paths=[{tuned.parent / 'pairs.jsonl'}]", f"run.dir={two.run_dir}",
-             f"model.init={base}", *TINY, "train.lr=1e-3", *common)
+             f"model.init={base}", *TINY, "train.lr=1e-3", "train.dpo.sft_weight=0", *common)
     got = {r["step"]: r["loss"] for r in _records(two.run_dir) if "loss" in r}
     assert sorted(got) == sorted(losses)
     for step, loss in losses.items():
