@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aigc.config import (Config, GenerateConfig, LoadSettings, builtin_recipes, describe_keys, kinds_generate_settings,
-                         load_config, load_raw)
+                         kinds_list, load_config, load_raw)
 from aigc.errors import AigcError, ConfigError
 from aigc.flags import add_flags, with_flags
 
@@ -317,7 +317,7 @@ def _sampling_command(parser: argparse.ArgumentParser, handler: Callable) -> Non
     for name, (settings, kinds) in kinds_generate_settings().items():
         groups.setdefault(tuple(kinds), (settings, []))[1].append(name)
     for kinds, (settings, names) in groups.items():
-        add_flags(parser.add_argument_group(f"sampling of {' and '.join(kinds)} runs"), settings,
+        add_flags(parser.add_argument_group(f"sampling of {kinds_list(kinds)} runs"), settings,
                   defaults_from="the run's", skip=tuple(set(settings.model_fields) - set(names)))
     parser.set_defaults(handler=handler)
 
@@ -327,7 +327,7 @@ def _run_sampling(config: Config, args: argparse.Namespace) -> GenerateConfig:
     a text run) is refused, not ignored."""
     for name, (_, kinds) in kinds_generate_settings().items():
         if hasattr(args, name) and config.data.kind not in kinds:
-            raise ConfigError(f"--{name.replace('_', '-')} is a setting of {' and '.join(kinds)} runs; "
+            raise ConfigError(f"--{name.replace('_', '-')} is a setting of {kinds_list(kinds)} runs; "
                               f"{args.run} is a data.kind={config.data.kind} run")
     return with_flags(config.generate, args)
 

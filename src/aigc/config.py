@@ -384,6 +384,11 @@ def section_class(kind: str, section: str) -> type[BaseModel]:
     return config_class(kind).model_fields[section].annotation
 
 
+def kinds_list(kinds: list[str]) -> str:
+    """``["text", "chat", "preference"]`` -> ``"text, chat and preference"``."""
+    return " and ".join([", ".join(kinds[:-1]), kinds[-1]]) if len(kinds) > 1 else "".join(kinds)
+
+
 def owners_of(section: str, key: str) -> list[str]:
     """The kinds of run that have setting ``key`` in ``section`` (every kind, for a shared setting)."""
     if section not in _KIND_SECTIONS:
@@ -518,7 +523,7 @@ def _explain(err: ValidationError, kind: str) -> str:
             model = _section_model(loc[:-1], kind) or Config
             owners = owners_of(loc[0], loc[-1]) if len(loc) == 2 else []
             lines.append(f"unknown key '{key}'; valid keys: {', '.join(_valid_keys(model))}"
-                         + (f" (data.kind={kind}; {key} is a setting of {' and '.join(owners)} runs)" if owners else ""))
+                         + (f" (data.kind={kind}; {key} is a setting of {kinds_list(owners)} runs)" if owners else ""))
         else:
             got = problem.get("input")
             if problem["type"] == "value_error":  # our own validators' messages say what was wrong

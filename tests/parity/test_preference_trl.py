@@ -45,7 +45,8 @@ def models(tmp_path_factory):
 
 
 def _settings(*overrides: str):
-    return load_config("dpo", ["data.builtin=[]", *overrides]).train
+    """The train section of a preference run: plain DPO (the dpo recipe adds an SFT term) unless ``overrides`` say."""
+    return load_config("dpo", ["data.builtin=[]", "train.dpo.sft_weight=0", *overrides]).train
 
 
 def _trl_batch(trainer) -> dict[str, torch.Tensor]:

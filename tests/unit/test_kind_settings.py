@@ -38,12 +38,12 @@ def test_a_kinds_train_eval_and_generate_settings_are_its_own():
     assert load_config("translate").generate.beams == 4 and load_config("digits").train.condition_dropout == 0.1
     assert load_config("speech").generate.voice is None and load_config("code").eval.code_prompt == "docstring"
     for key, owners in [("generate.beams=2", "pairs"), ("generate.guidance=2", "images and speech"),
-                        ("train.condition_dropout=0.1", "images and speech"), ("eval.execute=true", "chat"),
+                        ("train.condition_dropout=0.1", "images and speech"), ("eval.execute=true", "chat and preference"),
                         ("eval.max_pairs=5", "pairs")]:
         with pytest.raises(ConfigError, match=rf"unknown key '{key.split('=')[0]}'.*\(data.kind=text; .* is a setting "
                                               rf"of {owners} runs\)"):
             load_config("text", [key])
-    with pytest.raises(ConfigError, match="a setting of text and chat runs"):
+    with pytest.raises(ConfigError, match="a setting of text, chat and preference runs"):
         load_config("translate", ["eval.task=code"])
 
 
