@@ -39,27 +39,28 @@ def split_pairs(data_dir: Path, manifest: dict, split: str, batch_size: int, see
 
 
 @torch.inference_mode()
-def pair_report(model: nn.Module, reference: nn.Module | None, sampler: PreferenceSampler, config: Config,
+def pair_report(model: nn.Module, objective: PreferenceObjective | None, sampler: PreferenceSampler,
                 max_tokens: int) -> dict[str, Any]:
-    """TRL's reward statistics and the chosen answers' loss over held-out pairs, until about ``max_tokens`` chosen
-    tokens are scored."""
-    objective = PreferenceObjective(config.train, model, reference)
+    """The chosen answers' loss over held-out pairs and, with ``objective``, TRL's reward statistics of them, until
+    about ``max_tokens`` chosen tokens are scored; one forward pass of the model per batch."""
     sums: dict[str, float] = {}
     pairs, nll, tokens = 0, 0.0, 0
     for (ids,), targets in sampler.eval_batches(None):
-        _, stats = objective(model, [ids], targets)
-        count = targets.shape[0] // 2
-        for name, value in stats.items():
-            sums[name] = sums.get(name, 0.0) + value * count
         logps, counts = answer_logps(model(ids), targets)
+        count = targets.shape[0] // 2
+        if objective is not None:
+            for name, value in objective.score(logps, counts, model, [ids], targets)[1].items():
+                sums[name] = sums.get(name, 0.0) + value * count
         nll, tokens, pairs = nll - float(logps[:count].sum()), tokens + int(counts[:count].sum()), pairs + count
         if tokens >= max_tokens:
             break
-    means = {name: value / pairs for name, value in sums.items()}
-    return {"loss": nll / tokens, "perplexity": math.exp(nll / tokens), "tokens_scored": tokens,
-            "scored": "held-out chosen answers' tokens", "pairs_scored": pairs,
-            "reward_accuracy": means["rewards/accuracies"], "reward_margin": means["rewards/margins"],
-            "rewards": means}
+    report = {"loss": nll / tokens, "perplexity": math.exp(nll / tokens), "tokens_scored": tokens,
+              "scored": "held-out chosen answers' tokens", "pairs_scored": pairs}
+    if objective is not None:
+        means = {name: value / pairs for name, value in sums.items()}
+        report |= {"reward_accuracy": means["rewards/accuracies"], "reward_margin": means["rewards/margins"],
+                   "rewards": means}
+    return report
 
 
 def evaluate_preferences(generator: TextGenerator, data_root: Path, manifest: dict, config: Config) -> dict[str, Any]:
@@ -72,7 +73,8 @@ def evaluate_preferences(generator: TextGenerator, data_root: Path, manifest: di
     start = load_checkpoint(config.model.init)
     reference = start.load_model(device) if config.train.objective == "dpo" else None
     sampler = split_pairs(data_dir, manifest, "val", EVAL_PAIRS, config.seed)
-    report = pair_report(generator.model, reference, sampler, config, config.eval.max_tokens)
+    objective = PreferenceObjective(config.train, generator.model, reference)
+    report = pair_report(generator.model, objective, sampler, config.eval.max_tokens)
     report |= held_out_answers(generator, data_dir, config)
     before = held_out_answers(TextGenerator.from_checkpoint(start, device), data_dir, config)
     report["before"] = {key: value for key, value in before.items() if key != "samples"}

@@ -102,7 +102,12 @@ class PreferenceObjective:
 
     def __call__(self, forward: Callable, inputs: list, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The mean loss of the batch's pairs and TRL's statistics of them (means over the pairs)."""
-        logps, tokens = answer_logps(forward(*inputs), targets)
+        return self.score(*answer_logps(forward(*inputs), targets), forward, inputs, targets)
+
+    def score(self, logps: torch.Tensor, tokens: torch.Tensor, forward: Callable, inputs: list,
+              targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """:meth:`__call__` from the policy's summed log-probabilities ``logps`` and answer ``tokens`` (2B,) already
+        computed (the evaluation also scores the chosen answers' loss from them)."""
         chosen, rejected = logps.chunk(2)
         chosen_tokens, rejected_tokens = tokens.chunk(2)
         if self.settings.objective == "orpo":

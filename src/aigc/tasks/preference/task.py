@@ -54,8 +54,7 @@ class PreferenceTask(ChatTask):
 
     def held_out_loss(self, generator: TextGenerator, data_root: Path, manifest: dict, config: Config) -> float:
         sampler = split_pairs(data_root / "data", manifest, "val", EVAL_PAIRS, config.seed)
-        config = config.model_copy(update={"train": config.train.model_copy(update={"objective": "orpo"})})
-        return pair_report(generator.model, None, sampler, config, config.eval.max_tokens)["loss"]
+        return pair_report(generator.model, None, sampler, config.eval.max_tokens)["loss"]
 
     def report_rows(self, report: dict[str, Any]) -> list[tuple[str, Any]]:
         before = [(f"{name} (before: model.init)", value) for name, value in code_rows(report.get("before", {}))]
