@@ -48,6 +48,7 @@ def test_report_counts_raw_bytes_and_keeps_three_examples_per_reason():
             "too_long": {"documents": 1, "bytes": 1234, "examples": ["long: 1,234 chars"]},
             "too_short": {"documents": 1, "bytes": 1, "examples": ["short: 1 chars 'x'"]},
         },
+        "notes": [],
     }
 
 

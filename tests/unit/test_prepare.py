@@ -115,3 +115,20 @@ def test_shards_checked_against_manifest(make_config, tmp_path):
         handle.write(b"\x00\x00")
     with pytest.raises(DataError, match="does not match manifest.json"):
         open_split(result.data_dir, "train")
+
+
+def test_char_vocabulary_reports_what_it_cannot_name(make_config):
+    """A char vocabulary capped below the corpus's characters turns the rarest into <|unk|>: prepare counts them and
+    names the tokenizer.vocab_size that covers them all; with that size, nothing is unknown."""
+    path = fixture("tang_poetry_head.txt")
+    text = path.read_text(encoding="utf-8")
+    distinct = len(set(text.replace("\n", "")))
+    capped = prepare(make_config("text", f"data.paths=[{path}]", "tokenizer.kind=char", "tokenizer.vocab_size=1000"))
+    unknown = capped.manifest["unknown_tokens"]
+    assert unknown["characters"] == distinct - 998 and unknown["covering_size"] == distinct + 2
+    assert 0 < unknown["share"] < 0.2 and unknown["tokens"] > unknown["characters"]
+    assert f"tokenizer.vocab_size={distinct + 2} covers them all" in capped.summary()
+    covered = prepare(make_config("text", f"data.paths=[{path}]", "tokenizer.kind=char",
+                                  f"tokenizer.vocab_size={unknown['covering_size']}"))
+    assert covered.manifest["unknown_tokens"]["tokens"] == 0 and "<|unk|>" not in covered.summary()
+    assert covered.manifest["splits"]["val"]["documents"] > 300  # a poem per line: a real val split

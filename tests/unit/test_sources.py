@@ -116,3 +116,18 @@ def test_exclude_applies_to_the_stdlib_corpus():
     library = resolve_sources(DataConfig(builtin=["stdlib"], exclude=["*/test/*", "*/tests/*", "*/idle_test/*"]))
     assert 0 < len(library) < len(every)
     assert not any("/test/" in s.path.as_posix() for s in library)
+
+
+def test_a_file_without_blank_lines_is_a_document_per_line(tmp_path):
+    """One poem per line and no blank line (the usual Chinese corpus): under data.document=paragraph it would be
+    one document with no val split; it is read a line per document, and the report says so and how to undo it."""
+    poems = tmp_path / "poems.txt"
+    poems.write_text("床前明月光，疑是地上霜。\n举头望明月，低头思故乡。\n春眠不觉晓，处处闻啼鸟。\n", encoding="utf-8")
+    prose = tmp_path / "prose.txt"
+    prose.write_text("one\ntwo\n\nthree\n", encoding="utf-8")
+    records, report = _records(DataConfig(paths=[str(poems), str(prose)], document="paragraph"))
+    assert [r.source for r in records] == [f"{poems}:1", f"{poems}:2", f"{poems}:3", f"{prose}:1", f"{prose}:4"]
+    assert records[1].text == "举头望明月，低头思故乡。"
+    assert report.notes == [f"{poems} has no blank line: read as 3 documents, one per line "
+                            "(data.document=file keeps it as one document)"]
+    assert report.table().endswith(f"note: {report.notes[0]}")

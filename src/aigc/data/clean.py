@@ -45,6 +45,7 @@ class CleaningReport:
     kept: int = 0
     kept_bytes: int = 0
     dropped: dict[str, ReasonTally] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # how the input was read, when it was not as asked
 
     def drop(self, reason: str, source: str, size: int, detail: str = "") -> None:
         tally = self.dropped.setdefault(reason, ReasonTally())
@@ -52,6 +53,10 @@ class CleaningReport:
         tally.bytes += size
         if len(tally.examples) < _EXAMPLES_PER_REASON:
             tally.examples.append(f"{source}: {detail}" if detail else source)
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
 
     def keep(self, size: int) -> None:
         self.kept += 1
@@ -64,6 +69,7 @@ class CleaningReport:
                 reason: {"documents": t.count, "bytes": t.bytes, "examples": t.examples}
                 for reason, t in sorted(self.dropped.items())
             },
+            "notes": self.notes,
         }
 
     def table(self) -> str:
@@ -76,6 +82,7 @@ class CleaningReport:
         for reason, tally in sorted(self.dropped.items()):
             for example in tally.examples:
                 lines.append(f"  e.g. {reason}: {example}")
+        lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
 

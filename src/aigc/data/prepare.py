@@ -14,7 +14,7 @@ import itertools
 import shutil
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from aigc.data.sources import SourceFile, fingerprint, iter_records, resolve_sou
 from aigc.data.split import assign_split
 from aigc.errors import DataError
 from aigc.files import file_hash, write_json
-from aigc.tokenizer import TARGET_TOKENIZER, eot_id, tokenizer_for
+from aigc.tokenizer import TARGET_TOKENIZER, UNK, eot_id, tokenizer_for
 
 TOKENIZER_FILE = "tokenizer.json"
 _BATCH_CHARS = 1 << 20  # documents are encoded in batches of about this many characters
@@ -51,6 +51,7 @@ class PrepareResult:
                 f"tokenizer: {tok['kind']}, {tok['vocab_size']:,} tokens",
                 *([f"target tokenizer: {t['kind']}, {t['vocab_size']:,} tokens (ids from {t['offset']:,})"]
                   if (t := self.manifest.get("target_tokenizer")) else []),
+                *([unknown_line(u)] if (u := self.manifest.get("unknown_tokens")) and u["characters"] else []),
                 *(f"{name}: {s['documents']:,} documents, {s['tokens']:,} tokens" for name, s in splits.items()
                   if "of" not in s),  # a split's loss mask or lengths: described with the split
                 *(["assistant tokens (the loss is taken on these): "
@@ -62,6 +63,39 @@ class PrepareResult:
                 f"wrote {self.data_dir / MANIFEST}",
             ]
         )
+
+
+def unknown_line(unknown: dict[str, Any]) -> str:
+    """What the vocabulary missed, and the ``tokenizer.vocab_size`` that covers the whole corpus."""
+    return (f"warning: {unknown['tokens']:,} tokens ({unknown['share']:.2%}) are {UNK}: {unknown['characters']:,} "
+            f"characters of the corpus are not in the vocabulary; tokenizer.vocab_size={unknown['covering_size']} "
+            "covers them all")
+
+
+@dataclass
+class UnknownTokens:
+    """Counts what a closed vocabulary (the char tokenizer's ``vocab_size`` most frequent characters) cannot
+    name: every such character becomes ``<|unk|>``, which the model learns to write and cannot be read back.
+    (A text that spells ``<|unk|>`` itself counts too, but names no missing character: no warning then.)"""
+
+    tokenizer: Tokenizer
+    tokens: int = 0
+    total: int = 0
+    characters: set[str] = field(default_factory=set)
+
+    def count(self, ids: np.ndarray, texts: list[str]) -> None:
+        unk = self.tokenizer.token_to_id(UNK)
+        self.total += len(ids)
+        missed = int((ids == unk).sum()) if unk is not None else 0
+        if missed:
+            self.tokens += missed
+            vocabulary = self.tokenizer.get_vocab()
+            self.characters.update(c for c in set("".join(texts)) if c not in vocabulary)
+
+    def to_dict(self) -> dict[str, Any]:
+        size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        return {"tokens": self.tokens, "share": self.tokens / max(self.total, 1), "characters": len(self.characters),
+                "covering_size": size + len(self.characters)}
 
 
 def data_folder(config: Config) -> Path:
@@ -194,11 +228,14 @@ def prepare_documents(config: Config) -> PrepareResult:
     fraction = 0.0 if config.data.val_paths else config.data.val_fraction
     writers = shard_writers(data_dir, ["train", "val"], dtype)
     total_bytes = sum(s.path.stat().st_size for s in sources)
+    unknown = UnknownTokens(tokenizer)
     with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", delay=2.0, file=sys.stderr,
               disable=not sys.stderr.isatty()) as bar:
         seen_bytes = 0
         for batch in _batches(_documents(sources, config, report)):
-            ids, lengths = encode(tokenizer, [r.text for r in batch], eot, dtype)
+            texts = [r.text for r in batch]
+            ids, lengths = encode(tokenizer, texts, eot, dtype)
+            unknown.count(ids, texts)
             offsets = np.concatenate([[0], np.cumsum(lengths)])
             splits = [r.split or assign_split(r.text, config.seed, fraction) for r in batch]
             for split in ("train", "val"):
@@ -216,7 +253,8 @@ def prepare_documents(config: Config) -> PrepareResult:
     if report.kept == 0:
         _remove(splits, data_dir)
         raise empty_corpus_error(report, len(sources), keys)
-    return write_manifest(config, tokenizer, tokenizer.get_vocab_size(with_added_tokens=True), splits, sources, report)
+    return write_manifest(config, tokenizer, tokenizer.get_vocab_size(with_added_tokens=True), splits, sources, report,
+                          unknown_tokens=unknown.to_dict())
 
 
 def _remove(splits: dict, data_dir: Path) -> None:

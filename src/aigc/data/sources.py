@@ -155,18 +155,31 @@ def _read_lines(source: SourceFile, report: CleaningReport) -> Iterator[Record]:
 
 
 def _read_paragraphs(source: SourceFile, report: CleaningReport) -> Iterator[Record]:
-    """Blank-line separated paragraphs, each labelled with the line it starts on."""
+    """Blank-line separated paragraphs, each labelled with the line it starts on.
+
+    A file of several lines and no blank line at all (one poem, one sentence or one record per line, as
+    Chinese corpora often are) is read one document per line instead, and the report says so: as one
+    paragraph it would be one document, too long to split into train and val and cut anywhere by
+    ``data.max_chars``.
+    """
     lines: list[str] = []
     start = 0
+    blank_seen = False
     for number, line in _decoded_lines(source, report):
         if line.strip():
             if not lines:
                 start = number
             lines.append(line)
         elif lines:
+            blank_seen = True
             yield Record("".join(lines).rstrip("\r\n"), f"{source.label}:{start}", source.split)
             lines = []
-    if lines:
+    if len(lines) > 1 and not blank_seen:
+        report.note(f"{source.label} has no blank line: read as {len(lines):,} documents, one per line "
+                    "(data.document=file keeps it as one document)")
+        for offset, line in enumerate(lines):
+            yield Record(line.rstrip("\r\n"), f"{source.label}:{start + offset}", source.split)
+    elif lines:
         yield Record("".join(lines).rstrip("\r\n"), f"{source.label}:{start}", source.split)
 
 
