@@ -52,12 +52,14 @@ def mel_cepstrum(wave: np.ndarray) -> np.ndarray:
 
 
 def distortion(a: np.ndarray, b: np.ndarray) -> float:
-    """Mel-cepstral distortion (dB) between two (12, T) cepstra along their DTW alignment."""
+    """Mel-cepstral distortion (dB) between two (12, T) cepstra along their DTW alignment: the standard
+    MCD = 10/ln10 * sqrt(2 * sum_d (c_d - c'_d)^2) per aligned frame, averaged. The cepstra come from a dB
+    (10 log10) mel spectrogram through librosa's orthonormal DCT, so the 10/ln10 is already in them."""
     import librosa
 
     _, path = librosa.sequence.dtw(X=a, Y=b, metric="euclidean")
     diff = a[:, path[:, 0]] - b[:, path[:, 1]]
-    return float(np.mean(np.sqrt((diff**2).sum(axis=0) / 2)))
+    return float(np.mean(np.sqrt(2 * (diff**2).sum(axis=0))))
 
 
 def _prompts(test: list[SpeechRecord], train: list[SpeechRecord]) -> list[tuple[str, str | None]]:
