@@ -8,6 +8,8 @@ types are reported with the key and the list of valid keys, never as a pydantic 
 
 from __future__ import annotations
 
+import difflib
+
 import importlib.resources
 from functools import cache
 from pathlib import Path
@@ -232,7 +234,8 @@ class LoadSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    device: str = Field("cpu", description="torch device of the model (cpu, cuda, cuda:1, mps)")
+    device: str = Field("auto", description="torch device of the model: auto (the first GPU when there is one, "
+                        "else the CPU), cpu, cuda, cuda:1, mps")
     quantize: Literal["int8"] | None = Field(
         None, description="int8: linear weights as int8 with a scale per row (weight-only: a quarter of the float32 "
         "bytes; see docs/pretrained.md for the quality it costs)")
@@ -506,12 +509,19 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         model = _section_model(parts[: i + 1], kind)
         if model is None:
             parent = _section_model(parts[:i], kind) or Config
-            raise ConfigError(f"unknown key '{'.'.join(parts[: i + 1])}'; valid keys: {', '.join(_valid_keys(parent))}")
+            raise ConfigError(_unknown_key('.'.join(parts[: i + 1]), _valid_keys(parent)))
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             raise ConfigError(f"'{'.'.join(parts[: i + 1])}' is a section; set its keys, e.g. {part}.<key>=...")
         node = child
     node[parts[-1]] = value
+
+
+def _unknown_key(key: str, valid: list[str]) -> str:
+    """The error for a misspelt ``key``: the closest valid key first (``train.max_step`` -> max_steps), then all."""
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
+    guess = f"did you mean '{key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}'? " if close else ""
+    return f"unknown key '{key}'; {guess}valid keys: {', '.join(valid)}"
 
 
 def _explain(err: ValidationError, kind: str) -> str:
@@ -522,7 +532,7 @@ def _explain(err: ValidationError, kind: str) -> str:
         if problem["type"] == "extra_forbidden":
             model = _section_model(loc[:-1], kind) or Config
             owners = owners_of(loc[0], loc[-1]) if len(loc) == 2 else []
-            lines.append(f"unknown key '{key}'; valid keys: {', '.join(_valid_keys(model))}"
+            lines.append(_unknown_key(key, _valid_keys(model))
                          + (f" (data.kind={kind}; {key} is a setting of {kinds_list(owners)} runs)" if owners else ""))
         else:
             got = problem.get("input")

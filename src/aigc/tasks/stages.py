@@ -17,6 +17,7 @@ from aigc.evaluation import EvalResult, write_report
 from aigc.models.quantize import quantize_model
 from aigc.pretrained.init import resolve_init
 from aigc.tasks.registry import task_for
+from aigc.training.distributed import pick_device
 
 
 def collect(config: Config) -> CollectResult:
@@ -30,7 +31,7 @@ def prepare(config: Config) -> PrepareResult:
     return task_for(config).prepare(resolve_init(config))
 
 
-def load_generator(source: Checkpoint | Path, device: str = "cpu", quantize: str | None = None,
+def load_generator(source: Checkpoint | Path, device: str = "auto", quantize: str | None = None,
                    bases: dict | None = None, backend: str = "torch"):
     """The generator of a run directory or checkpoint (or of one loaded already), as its task makes it;
     ``quantize="int8"``: its linear layers' weights as int8 (:func:`~aigc.models.quantize.quantize_model`).
@@ -42,6 +43,8 @@ def load_generator(source: Checkpoint | Path, device: str = "cpu", quantize: str
     base's weights once. Quantized, each run gets its own base with its adapters merged in.
     """
     checkpoint = as_checkpoint(source)
+    if device == "auto":  # llama.cpp's backend runs on the CPU
+        device = "cpu" if backend == "llamacpp" else str(pick_device(device))
     if backend == "llamacpp":
         from aigc.generate.llamacpp import llamacpp_generator
 
@@ -78,7 +81,7 @@ def evaluate(run_dir: Path, log: Callable[[str], None] = print, recipe: Config |
     task = task_for(config)
     data_root = _held_out_root(task, config, checkpoint.path, run_dir, overrides, log)
     manifest = read_manifest(data_root / "data")
-    generator = task.generator(checkpoint)
+    generator = task.generator(checkpoint, str(pick_device("auto")))  # the GPU when there is one
     report: dict = {"checkpoint": str(checkpoint.path), "step": checkpoint.meta["step"]}
     if data_root != run_dir:
         report["data"] = manifest["sources"]["files"]
