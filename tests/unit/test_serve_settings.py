@@ -1,11 +1,14 @@
-"""`aigc serve` options: generated from ServeSettings, old flag spellings kept, API keys from three sources."""
+"""`aigc serve` options: generated from ServeSettings, old flag spellings kept, API keys from three sources; a port
+already taken."""
 
 from __future__ import annotations
+
+import socket
 
 import pytest
 
 from aigc.cli import build_parser, main
-from aigc.errors import ConfigError
+from aigc.errors import AigcError, ConfigError
 from aigc.flags import with_flags
 from aigc.serve.settings import ServeSettings
 
@@ -87,3 +90,16 @@ def test_aigc_serve_refuses_an_empty_api_key_with_one_error_line(tmp_path, monke
     code = main(["serve", str(tmp_path / "no-run-is-read"), *[str(blank) if a == "BLANK" else a for a in args]])
     err = capsys.readouterr().err
     assert code == 2 and says in err and err.startswith("error: ") and "Traceback" not in err, err
+
+
+def test_a_port_in_use_is_a_clear_error_before_any_model_loads(tmp_path):
+    """Another server on the port: the error names the port and the flag that picks another, and comes before
+    the models load (the run here does not even exist), not as uvicorn's bind error after minutes of loading."""
+    from aigc.serve.server import serve
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(AigcError, match=rf"cannot listen on 127.0.0.1:{port} .* --port {port + 1}"):
+            serve([tmp_path / "no-such-run"], ServeSettings(port=port))

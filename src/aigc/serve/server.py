@@ -8,6 +8,7 @@ still unfinished then get 503 (a stream: an error event), and it exits. A second
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections import Counter
@@ -88,6 +89,26 @@ def load_models(paths: list[Path], settings: ServeSettings | None = None,
             for path, model_id in zip(paths, model_ids(paths, names))]
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """A clear error when ``host:port`` cannot be listened on (another server holds it), instead of uvicorn's."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closing socket is no obstacle
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise AigcError(f"cannot listen on {host}:{port} ({err.strerror}): another server (an earlier aigc serve?) "
+                            f"holds the port; stop it, or choose another with --port {port + 1}") from None
+
+
+def banner(models: list[ServedModel], paths: list[Path], settings: ServeSettings) -> list[str]:
+    """What a server tells the person who started it: each model's name and kind, the API, the playground."""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"http://{host}:{settings.port}"
+    return [*(f"model '{m.id}': {m.kind} model from {path}" for m, path in zip(models, paths)),
+            f"OpenAI-compatible API at {url}/v1, playground at {url}/ (Ctrl-C stops)"]
+
+
 class _DrainingServer(uvicorn.Server):
     """uvicorn.Server that drains before it exits.
 
@@ -133,12 +154,15 @@ def serve(paths: list[Path], settings: ServeSettings | None = None, names: list[
     settings = settings or ServeSettings()
     if not paths:
         raise AigcError("give at least one run directory or checkpoint to serve")
+    _check_port_free(settings.host, settings.port)  # before the models load, which may take minutes
     models = load_models(paths, settings, names)
     app = create_app(models, settings)
     for model in models:
         model.worker.start()
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_keys:
         log.warning("listening on %s without --api-key: anyone who can reach this port can use the models", settings.host)
+    for line in banner(models, paths, settings):
+        log.info(line)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=False,
                             timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)))
     server = _DrainingServer(config, models, settings.drain_timeout_s)
