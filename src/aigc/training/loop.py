@@ -159,6 +159,9 @@ def _train(config: Config, resume: bool, log: Callable[[str], None], env: distri
             elapsed, stop_requested = env.agree(run.elapsed(), stop.requested)  # rank 0's clock decides for all
             if elapsed >= run.budget_s:
                 log(f"time budget of {tc.max_minutes} min reached at step {run.step}")
+                if run.step == run.start_step and run.resumed_from is not None:
+                    log(f"the run had trained {elapsed / 60:.1f} min already: to train longer, resume with a larger "
+                        "train.max_minutes (the learning rate's cosine then spans the new budget)")
                 break
             if stop_requested:
                 interrupted = True
