@@ -2,6 +2,7 @@
 VENV   := .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+RUN_STAMP := $(VENV)/.installed-run
 # The CPU build of torch; pip takes it from the local wheel cache on these machines.
 TORCH  := torch==2.13.0
 
@@ -18,14 +19,19 @@ $(PYTHON):
 # illegal instruction on virtual machines that list AMX but do not enable it (seen on this project's machines).
 LLAMA_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 
-$(STAMP): pyproject.toml | $(PYTHON)
+# `make run` installs aigc alone; `make test` adds the test extras (transformers, peft, trl, llama.cpp, ...).
+$(RUN_STAMP): pyproject.toml | $(PYTHON)
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install --quiet "$(TORCH)"
+	$(PYTHON) -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	CMAKE_ARGS="$(LLAMA_CMAKE)" $(PYTHON) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(VENV)/bin/aigc run
 
 # The CPU suite hides any GPU, so it runs as written on a GPU machine; tests/gpu is skipped there (allow-listed).
