@@ -48,7 +48,7 @@ class ORPOSettings(Section):
 class PreferenceTrain(Section):
     objective: Literal["dpo", "orpo"] = Field(
         "dpo", description="dpo: against a reference model (LoRA: the base with the adapters off; full fine-tuning: "
-        "a frozen copy of model.init); orpo: no reference, half the memory")
+        "a frozen copy of model.init); orpo: no reference (one forward pass per pair, no frozen copy in a full fine-tune)")
     dpo: DPOSettings = Field(default_factory=DPOSettings, description="DPO's constants")
     orpo: ORPOSettings = Field(default_factory=ORPOSettings, description="ORPO's constants")
 
