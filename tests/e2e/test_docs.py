@@ -1,4 +1,4 @@
-"""Every ```python block in docs/*.md runs, in order per page, in a fresh working directory, and checks what it shows."""
+"""Every ```python block in docs/ (the Chinese edition in docs/zh/ included) runs, in order per page, in a fresh working directory, and checks what it shows."""
 
 import os
 import re
@@ -8,11 +8,11 @@ import pytest
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 NEEDS_SERVER = "examples need a live server"  # such pages run in tests/e2e/test_serve.py
-PAGES = sorted(p for p in DOCS.glob("*.md")
+PAGES = sorted(p for p in DOCS.rglob("*.md")
                if "```python" in (text := p.read_text(encoding="utf-8")) and NEEDS_SERVER not in text)
 
 
-@pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS).with_suffix("")) for p in PAGES])
 def test_doc_examples_run(page, tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
     # running is not enough: an example that prints a wrong value runs too, so each page's examples check theirs
