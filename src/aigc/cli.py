@@ -12,7 +12,9 @@ import os
 import sys
 import textwrap
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aigc.config import (Config, GenerateConfig, LoadSettings, builtin_recipes, describe_keys, kinds_generate_settings,
                          kinds_list, load_config, load_raw)
@@ -22,38 +24,63 @@ from aigc.flags import add_flags, with_flags
 EXIT_INTERRUPTED = 130
 
 
-def _keys_help(kind: str | None = None) -> str:
-    """The settings a recipe takes, listed under a command's --help: the ``data`` settings of ``kind`` (the kind of
-    run named on the command line), else every kind's."""
-    rows = describe_keys(kind)
+@dataclass(frozen=True)
+class HelpContext:
+    """What a ``--help`` command line names: the kind of run (whose ``data.*`` settings are listed) and the recipe
+    (whose own values are shown beside the defaults, so `aigc prepare text --help` says what `text` uses)."""
+
+    kind: str | None = None
+    recipe: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)  # the recipe's settings, as dotted keys
+
+
+def _keys_help(context: HelpContext) -> str:
+    """The settings a recipe takes, listed under a command's --help: the ``data`` settings of the context's kind,
+    else every kind's; each with its default and, where the named recipe sets it, the recipe's value."""
+    rows = describe_keys(context.kind)
     width = max(len(k) for k, _, _ in rows)
     lines = ["settings (key=value; values are YAML, lists as [a,b]):"]
     for key, default, meaning in rows:
         shown = f" [{default}]" if default not in ("", "[]") else ""
+        own = context.values.get(key.split(" ")[0])
+        if own is not None and str(own) != default:
+            shown = f" [{context.recipe} recipe: {own}; default: {default or 'none'}]"
         lines.append(f"  {key:<{width}}  {meaning}{shown}")
     recipes = ", ".join(builtin_recipes())
     lines.append(f"\nRECIPE: a built-in name ({recipes}) or the path of a YAML file; default: code")
-    if kind is None:
-        lines.append("`aigc COMMAND RECIPE --help` lists only the data.* settings of the recipe's kind of run")
+    if context.kind is None:
+        lines.append("`aigc COMMAND RECIPE --help` lists only the data.* settings of the recipe's kind of run, and "
+                     "the recipe's own values")
     return "\n".join(lines)
 
 
-def _help_kind(argv: list[str]) -> str | None:
-    """The kind of run a ``--help`` command line names (its recipe's ``data.kind``, or a ``data.kind=`` setting),
-    so the help lists that kind's settings; None when it names none or its recipe cannot be read."""
+def _dotted(raw: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested recipe as {"train.lr": 0.0026, ...}; lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat |= _dotted(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _help_context(argv: list[str]) -> HelpContext:
+    """The kind of run and recipe a ``--help`` command line names (its recipe's ``data.kind``, or a
+    ``data.kind=`` setting); empty when it asks for no help, names neither, or its recipe cannot be read."""
     if not {"-h", "--help"} & set(argv):
-        return None
+        return HelpContext()
     items = [a for a in argv[1:] if not a.startswith("-")]
     kinds = [a.partition("=")[2] for a in items if a.startswith("data.kind=")]
-    if kinds:
-        return kinds[-1]
     recipe, _ = _split_recipe(items)
-    if recipe is None:
-        return None
     try:
-        return load_raw(recipe).get("data", {}).get("kind", "text")
-    except (AigcError, AttributeError):
-        return None
+        raw = load_raw(recipe) if recipe is not None else {}
+    except AigcError:
+        return HelpContext(kinds[-1] if kinds else None)
+    if not isinstance(raw, dict):
+        return HelpContext(kinds[-1] if kinds else None)
+    kind = kinds[-1] if kinds else (raw.get("data", {}).get("kind", "text") if recipe is not None else None)
+    return HelpContext(kind, recipe, _dotted(raw))
 
 
 def _split_recipe(items: list[str]) -> tuple[str | None, list[str]]:
@@ -291,13 +318,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_config_command(sub: argparse._SubParsersAction, name: str, handler: Callable, kind: str | None,
+def _add_config_command(sub: argparse._SubParsersAction, name: str, handler: Callable, context: HelpContext,
                         summary: str) -> argparse.ArgumentParser:
     parser = sub.add_parser(
         name,
         help=summary,
         description=summary,
-        epilog=_keys_help(kind),
+        epilog=_keys_help(context),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("items", nargs="*", metavar="[RECIPE] [key=value ...]", help="recipe and overrides")
@@ -332,10 +359,11 @@ def _run_sampling(config: Config, args: argparse.Namespace) -> GenerateConfig:
     return with_flags(config.generate, args)
 
 
-def build_parser(kind: str | None = None) -> argparse.ArgumentParser:
-    """The ``aigc`` parser; ``kind``: the kind of run whose ``data.*`` settings the commands' help lists."""
+def build_parser(context: HelpContext | None = None) -> argparse.ArgumentParser:
+    """The ``aigc`` parser; ``context``: the kind of run and recipe a ``--help`` names (see :class:`HelpContext`)."""
     from aigc import __version__
 
+    context = context or HelpContext()
     parser = argparse.ArgumentParser(
         prog="aigc",
         description="From raw data to a deployed generative model: collect -> prepare -> train -> ...",
@@ -343,12 +371,12 @@ def build_parser(kind: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"aigc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_config_command(sub, "run", cmd_run, kind, "run every stage into one run directory, skipping unchanged ones")
-    _add_config_command(sub, "collect", cmd_collect, kind, "find the input files and count their records")
-    _add_config_command(sub, "prepare", cmd_prepare, kind, "clean, tokenize and shard the data")
-    train = _add_config_command(sub, "train", cmd_train, kind, "train the model on the prepared shards")
+    _add_config_command(sub, "run", cmd_run, context, "run every stage into one run directory, skipping unchanged ones")
+    _add_config_command(sub, "collect", cmd_collect, context, "find the input files and count their records")
+    _add_config_command(sub, "prepare", cmd_prepare, context, "clean, tokenize and shard the data")
+    train = _add_config_command(sub, "train", cmd_train, context, "train the model on the prepared shards")
     train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    tuner = _add_config_command(sub, "tune", cmd_tune, kind, "search settings with Optuna: each trial a training run "
+    tuner = _add_config_command(sub, "tune", cmd_tune, context, "search settings with Optuna: each trial a training run "
                                 "(tune.trials, tune.space, tune.metric ...; results in <run>/tune)")
     tuner.add_argument("--resume", action="store_true", help="continue the run's study (no finished trial reruns)")
     tuner.add_argument("--workers", type=int, default=1, help="trial processes on this machine (the cores are shared)")
@@ -441,7 +469,7 @@ def build_parser(kind: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser(_help_kind(sys.argv[1:] if argv is None else argv))
+    parser = build_parser(_help_context(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
     settings = [item for item in extra if "=" in item and not item.startswith("-")]
     if extra and (settings != extra or not hasattr(args, "items")):

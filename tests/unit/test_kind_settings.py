@@ -81,6 +81,16 @@ def test_help_lists_the_data_settings_of_the_kind_asked_for(capsys):
     assert "generate.beams" in pairs and "generate.guidance" not in pairs and "eval.code_prompt" not in pairs
 
 
+def test_help_shows_the_recipe_s_own_values_beside_the_defaults(capsys):
+    """`aigc prepare text --help` says what the text recipe uses, not only the library's defaults it overrides."""
+    with pytest.raises(SystemExit):
+        main(["prepare", "text", "--help"])
+    text = capsys.readouterr().out
+    assert "[text recipe: char; default: bpe]" in text and "[text recipe: paragraph; default: file]" in text
+    beta1 = next(line for line in text.splitlines() if line.strip().startswith("train.beta1 "))
+    assert beta1.endswith(" [0.9]")  # a value the recipe keeps: the default alone
+
+
 def test_a_checkpoint_saved_before_the_extras_were_a_module_loads(tmp_path, capsys):
     """Pixel positions and the palette were the GPT's own tensors (``image_rows.weight``, ``palette``); they are now
     the kind's module (``extras.image_rows.weight``): an older checkpoint loads with the same logits."""
