@@ -1,9 +1,11 @@
 """The command blocks of the docs, read as a reader reads them and run as a reader runs them.
 
 A page's ```` ```console ```` block holds commands (``$ aigc ...``, continued by a trailing ``\\``) each followed
-by what it prints. :func:`blocks` reads a page; :func:`expected_lines_found` checks a command's output against
-what the page shows: every shown line, in order, with numbers and ``...`` free (a doc shows the figures of a
-full run; the test runs a short one). Two HTML comments, invisible on the rendered page, complete a block:
+by what it prints; a command may write a file with a here-document (``$ cat > rows.jsonl <<'EOF'`` up to
+``EOF``). :func:`blocks` reads a page; :func:`expected_lines_found` checks a command's output against what the
+page shows: every shown line, in order within stdout or stderr, with numbers and ``...`` free (a doc shows the
+figures of a full run; the test runs a short one). Two HTML comments, invisible on the rendered page, complete
+a block:
 
 - ``<!-- setup`` ... ``-->`` above a block: commands that make what a reader already has (a Hugging Face model
   folder stands in for the one the page downloads: ``python -m tests.docs_standins``);
@@ -59,8 +61,12 @@ class Block:
 def _commands(lines: list[str], setup: bool = False) -> list[Command]:
     commands: list[Command] = []
     pending = ""
+    heredoc: str | None = None  # the word that ends a here-document the command is reading
     for text in lines:
-        if pending or text.startswith("$ "):
+        if heredoc is not None:
+            commands[-1].line += "\n" + text
+            heredoc = None if text == heredoc else heredoc
+        elif pending or text.startswith("$ "):
             body = text[2:] if not pending else text.strip()
             pending += body
             if pending.endswith("\\"):
@@ -68,9 +74,16 @@ def _commands(lines: list[str], setup: bool = False) -> list[Command]:
                 continue
             commands.append(Command(pending, setup=setup))
             pending = ""
+            opened = re.search(r"<<-?\s*['\"]?(\w+)['\"]?", commands[-1].line)
+            heredoc = opened.group(1) if opened else None
         elif commands:
             commands[-1].shown.append(text)
     return commands
+
+
+def words(command: str) -> list[str]:
+    """The shell words of a one-line command; none for a command with a here-document (run as it is)."""
+    return [] if "\n" in command else shlex.split(command, comments=True)
 
 
 def blocks(page: Path) -> list[Block]:
@@ -103,11 +116,11 @@ def blocks(page: Path) -> list[Block]:
 def budgeted(command: str) -> str:
     """``command`` held to seconds of training: each ``*minutes`` setting read as seconds (3 when the recipe's own
     applies), ``train.max_steps`` capped at 24 and ``tune.trials`` at 2."""
-    words = shlex.split(command, comments=True)
-    if len(words) < 2 or words[0] != "aigc" or words[1] not in TRAINS or any(w in "|<>;&" for w in words):
+    split = words(command)
+    if len(split) < 2 or split[0] != "aigc" or split[1] not in TRAINS or any(w in "|<>;&" for w in split):
         return command
     kept = []
-    for word in words:
+    for word in split:
         key, _, value = word.partition("=")
         if key in SECONDS_PER_MINUTE_KEYS and value not in ("null", ""):
             word = f"{key}={float(value) / 60:.4g}"
@@ -120,7 +133,7 @@ def budgeted(command: str) -> str:
     if "train.max_minutes=null" in kept and "train.max_steps" not in given:  # the recipe's steps alone would run
         kept.append(f"train.max_steps={MAX_STEPS}")
     added = {"train.max_minutes": f"{3 / 60:.4g}", "train.eval_batches": "2"}
-    if words[1] == "tune":
+    if split[1] == "tune":
         added |= {"tune.trials": str(MAX_TRIALS), "tune.trial_minutes": f"{3 / 60:.4g}"}
     return shlex.join(kept + [f"{k}={v}" for k, v in added.items() if k not in given])
 
@@ -135,29 +148,32 @@ def _numbers_free(text: str) -> str:
     return re.sub(r"\d+(?:[,._:]\d+)*", "0", text.strip())  # 1,234.5 and 12:03 are one number; "7," keeps its comma
 
 
-def expected_lines_found(shown: list[str], printed: str) -> str | None:
-    """None when every shown line is printed, in order (each may have printed lines between); else the first
+def expected_lines_found(shown: list[str], *streams: str) -> str | None:
+    """None when every shown line is printed, in order within the stream that printed it (stdout's summary and
+    stderr's log interleave on a terminal as they may not in a capture), with any lines between; else the first
     shown line that is missing."""
-    printed_lines = [_numbers_free(line) for line in printed.splitlines()]
-    position = 0
+    printed = [[_numbers_free(line) for line in stream.splitlines()] for stream in streams]
+    positions = [0] * len(printed)
     for line in shown:
         if not line.strip() or line.strip() == "...":
             continue
         pattern = _pattern(line)
-        while position < len(printed_lines) and not pattern.fullmatch(printed_lines[position]):
-            position += 1
-        if position == len(printed_lines):
+        for index, lines in enumerate(printed):
+            found = next((i for i in range(positions[index], len(lines)) if pattern.fullmatch(lines[i])), None)
+            if found is not None:
+                positions[index] = found + 1
+                break
+        else:
             return line
-        position += 1
     return None
 
 
 def outputs_named(command: str) -> list[str]:
     """The files or folders ``command`` says it writes: ``--out X``, and ``aigc export RUN OUT``'s OUT."""
-    words = shlex.split(command, comments=True)
-    named = [words[i + 1] for i, w in enumerate(words[:-1]) if w == "--out"]
-    if words[:2] == ["aigc", "export"]:
-        positional = [w for w in words[2:] if not w.startswith("-")]
+    split = words(command)
+    named = [split[i + 1] for i, w in enumerate(split[:-1]) if w == "--out"]
+    if split[:2] == ["aigc", "export"]:
+        positional = [w for w in split[2:] if not w.startswith("-")]
         named += positional[1:2]
     return named
 

@@ -12,7 +12,6 @@ exit 0 unless the page shows its ``error:`` line; each file or folder a command 
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import httpx
 import pytest
 
 from tests.docs_commands import NOT_RUN_REASONS, ROOT, Block, Command, blocks, budgeted, expected_lines_found, \
-    outputs_named, pages
+    outputs_named, pages, words
 from tests.e2e.helpers import aigc, free_port
 
 LINKED = ["tests", "src", "docs", "benchmarks", "pyproject.toml", "Makefile", "README.md", "README.zh-CN.md"]
@@ -55,9 +54,9 @@ def _workspace(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _in_process(words: list[str]) -> bool:
-    return words[0] == "aigc" and words[1:2] != ["serve"] and not SHELL_WORDS.intersection(words) \
-        and not any(set(w) & set("|<>;&$~*`") for w in words)
+def _in_process(split: list[str]) -> bool:
+    return split[0] == "aigc" and split[1:2] != ["serve"] and not SHELL_WORDS.intersection(split) \
+        and not any(set(w) & set("|<>;&$~*`") for w in split)
 
 
 class Page:
@@ -74,11 +73,11 @@ class Page:
         line = budgeted(command.line)
         if self.port:
             line = line.replace(":8000", f":{self.port}")
-        words = shlex.split(line, comments=True)
-        if words[:2] == ["aigc", "serve"] and not _shows_error(command):  # a server that fails runs as a command
+        split = words(line)
+        if split[:2] == ["aigc", "serve"] and not _shows_error(command):  # a server that fails runs as a command
             return self.serve(line)
-        if _in_process(words):
-            return aigc(*words[1:], cwd=self.cwd, env={"HOME": self.env["HOME"]})
+        if split and _in_process(split):
+            return aigc(*split[1:], cwd=self.cwd, env={"HOME": self.env["HOME"]})
         return subprocess.run(["bash", "-c", line], cwd=self.cwd, env=self.env, capture_output=True, text=True,
                               timeout=600, stdin=subprocess.DEVNULL)
 
@@ -117,7 +116,7 @@ def _check(block: Block, command: Command, done: subprocess.CompletedProcess, cw
     where = f"{block.page.relative_to(ROOT)}:{block.line}: $ {command.line}"
     printed = done.stdout + done.stderr
     assert done.returncode == 0 or _shows_error(command), f"{where}\nexit {done.returncode}:\n{printed[-3000:]}"
-    missing = expected_lines_found(command.shown, printed)
+    missing = expected_lines_found(command.shown, done.stdout, done.stderr)
     assert missing is None, f"{where}\nthe page shows {missing!r}; the command printed:\n{printed[-3000:]}"
     for name in outputs_named(command.line):
         path = cwd / Path(name).expanduser() if not name.startswith("~") else cwd / "home" / name[2:]
