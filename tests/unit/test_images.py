@@ -109,6 +109,21 @@ def test_folder_captions_unreadable_files_and_missing_captions(tmp_path):
         prepare_images(load_config("digits", [f"run.dir={tmp_path / 'run'}", f"data.paths=[{flat}]", "data.builtin=[]"]))
 
 
+def test_block_size_grows_to_hold_a_caption_and_its_pixels(tmp_path):
+    """The digits recipe's block size (96) holds an 8x8 digit and its caption; with data.image_size=16 the run's
+    context becomes what a caption and its pixels need; a longer one is kept."""
+    from aigc.tasks import task_for
+
+    manifest = {"tokenizer": {"vocab_size": 40}, "image": {"size": 16, "palette": [[0, 0, 0], [255, 255, 255]],
+                                                            "prefix": 18}}
+    config = load_config("digits", [f"run.dir={tmp_path}", "data.image_size=16"])
+    assert config.model.block_size == 96
+    model = task_for(config).model_config(config, manifest).model
+    assert model.block_size == 18 + 16 * 16 - 1 and model.image_size == 16 and model.image_prefix == 18
+    roomy = load_config("digits", [f"run.dir={tmp_path}", "model.block_size=400"])
+    assert task_for(roomy).model_config(roomy, manifest).model.block_size == 400
+
+
 def image_model() -> GPT:
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=24, vocab_size=20, norm="rmsnorm", mlp="swiglu",

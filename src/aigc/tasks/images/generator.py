@@ -63,7 +63,8 @@ class ImageGenerator:
             raise GenerationError(f"n must be at least 1, got {n}")
         if guidance < 0:
             raise GenerationError(f"the guidance scale must be 0 or more, got {guidance}")
-        prefixes = [self.encode(p)[0] for p in prompts for _ in range(n)]
+        encoded = [self.encode(p)[0] for p in prompts]  # once per prompt: its warnings once, not n times
+        prefixes = [prefix for prefix in encoded for _ in range(n)]
         tokens = draw(self.engine, prefixes, self.eot, self.side * self.side, self.first_pixel, params, guidance)
         images = [dequantise(row.numpy(), self.palette, self.side) for row in tokens]
         return [images[i * n : (i + 1) * n] for i in range(len(prompts))]

@@ -15,7 +15,7 @@ from aigc.data.clean import CleaningReport
 from aigc.data.collect import CollectResult, write_sources
 from aigc.data.prepare import PrepareResult
 from aigc.data.sources import resolve_sources
-from aigc.errors import GenerationError, TrainingError
+from aigc.errors import GenerationError
 from aigc.generate.sampling import sampling_params
 from aigc.tasks.base import GenerateRequest, Task
 from aigc.tasks.caption_prefix import prefix_samplers
@@ -63,22 +63,22 @@ class ImageTask(Task):
         report = CleaningReport()
         sources = resolve_sources(config.data) if config.data.paths else []
         count = sum(1 for _ in image_records(sources, config.data, report))
-        return write_sources(config, [], [], report, records=count)
+        listing = [{"source": s.label, "path": str(s.path), "bytes": s.path.stat().st_size} for s in sources]
+        return write_sources(config, sources, listing, report, records=count)
 
     def prepare(self, config: Config) -> PrepareResult:
         return prepare_images(config)
 
     def model_config(self, config: Config, manifest: dict) -> Config:
-        """Pixel positions, caption length and palette size come from the data, like the vocabulary."""
+        """Pixel positions, caption length and palette size come from the data, like the vocabulary; the block
+        size grows to hold a caption and its pixels when it is shorter (``data.image_size=16`` on the digits
+        recipe: 18 + 256 - 1 tokens), since an image cannot be drawn in a shorter window."""
         config = super().model_config(config, manifest)
         image = manifest["image"]
-        update = {"image_size": image["size"], "image_colors": len(image["palette"]), "image_prefix": image["prefix"]}
-        config = config.model_copy(update={"model": config.model.model_copy(update=update)})
         needed = image["prefix"] + image["size"] ** 2 - 1
-        if config.model.block_size < needed:
-            raise TrainingError(f"model.block_size={config.model.block_size} is too short for a {image['prefix']}-token "
-                                f"caption and {image['size']}x{image['size']} pixels; set model.block_size={needed} or more")
-        return config
+        update = {"image_size": image["size"], "image_colors": len(image["palette"]), "image_prefix": image["prefix"],
+                  "block_size": max(config.model.block_size, needed)}
+        return config.model_copy(update={"model": config.model.model_copy(update=update)})
 
     def samplers(self, config: Config, manifest: dict, rank: int, world: int) -> tuple[Any, Any | None]:
         return prefix_samplers(config, manifest, manifest["image"]["prefix"], rank, world)
@@ -129,3 +129,4 @@ class ImageTask(Task):
         else:
             paths = [save_png(grid(images, columns=min(8, len(images)), scale=max(1, 128 // generator.side)), out)]
         write("".join(f"{path}\n" for path in paths))
+
