@@ -12,6 +12,7 @@ exit 0 unless the page shows its ``error:`` line; each file or folder a command 
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -75,25 +76,30 @@ class Page:
             line = line.replace(":8000", f":{self.port}")
         split = words(line)
         if split[:2] == ["aigc", "serve"] and not _shows_error(command):  # a server that fails runs as a command
-            return self.serve(line)
+            return self.serve(split)
         if split and _in_process(split):
             return aigc(*split[1:], cwd=self.cwd, env={"HOME": self.env["HOME"]})
         return subprocess.run(["bash", "-c", line], cwd=self.cwd, env=self.env, capture_output=True, text=True,
                               timeout=600, stdin=subprocess.DEVNULL)
 
-    def serve(self, line: str) -> subprocess.CompletedProcess:
+    def serve(self, split: list[str]) -> subprocess.CompletedProcess:
+        """``aigc serve`` in the background on a free port (its comment dropped), once ``/ready`` answers."""
         self.port = free_port()
+        line = shlex.join([*split, "--port", str(self.port)])
+        key = split[split.index("--api-key") + 1] if "--api-key" in split else None
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         log = self.cwd / f"serve-{self.port}.log"
-        process = subprocess.Popen(["bash", "-c", f"exec {line} --port {self.port}"], cwd=self.cwd, env=self.env,
+        process = subprocess.Popen(["bash", "-c", f"exec {line}"], cwd=self.cwd, env=self.env,
                                    stdout=log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.servers.append(process)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/ready", timeout=1).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{self.port}/ready", headers=headers, timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         time.sleep(0.5)  # the banner is printed by the time /ready answers; let it reach the log
         code = 0 if process.poll() is None else process.returncode
         return subprocess.CompletedProcess(line, code, log.read_text(encoding="utf-8"), "")
