@@ -72,9 +72,10 @@ class CleaningReport:
             "notes": self.notes,
         }
 
-    def table(self) -> str:
-        """A fixed-width table for the terminal."""
-        rows = [("kept", self.kept, self.kept_bytes)]
+    def table(self, with_kept: bool = True) -> str:
+        """A fixed-width table for the terminal; ``with_kept=False`` for a stage that only reads (collect), which
+        keeps nothing and would show a confusing "kept 0"."""
+        rows = [("kept", self.kept, self.kept_bytes)] if with_kept else []
         rows += [(f"dropped: {r}", t.count, t.bytes) for r, t in sorted(self.dropped.items())]
         width = max(len(r[0]) for r in rows)
         lines = [f"{'':<{width}}  {'documents':>10}  {'bytes':>14}"]

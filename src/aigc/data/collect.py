@@ -29,11 +29,12 @@ class CollectResult:
     path: Path
 
     def summary(self) -> str:
-        origin = f"{self.files:,} files ({self.bytes / 1e6:,.1f} MB)" if self.files else "the built-in sources"
+        files = f"{self.files:,} file{'s' if self.files != 1 else ''}"
+        origin = f"{files} ({self.bytes / 1e6:,.1f} MB)" if self.files else "the built-in sources"
         lines = [f"collected {self.records:,} records from {origin} -> {self.path}"]
         if self.report.dropped:
             lines.append("unreadable input (skipped):")
-            lines.append(self.report.table())
+            lines.append(self.report.table(with_kept=False))
         return "\n".join(lines)
 
 
