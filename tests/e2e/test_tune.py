@@ -49,7 +49,7 @@ def test_a_study_writes_a_best_recipe_that_aigc_run_accepts(corpus, tmp_path):
     done = aigc(*_args(corpus, run, "{train.lr: {log_float: [1.0e-4, 1.0e-2]}, model.n_head: {choice: [2, 3]}}",
                        "tune.trials=4", "tune.baseline=true"))
     assert done.returncode == 0, done.stderr
-    assert "trial 4 of 4" in done.stderr and "best recipe:" in done.stdout
+    assert "(4 of 4 finished)" in done.stderr and "best recipe:" in done.stdout
     trials = _study(run).trials
     recipe = load_config("text")  # the first trial is the recipe's own point of the space
     assert trials[0].params == {"train.lr": recipe.train.lr, "model.n_head": 2}, trials[0].params

@@ -312,8 +312,9 @@ def tune(config: Config, raw: dict[str, Any], resume: bool = False, workers: int
                 study.stop()
             best = _best(study)
             left = budget - (time.monotonic() - started)
-            log(f"trial {_count(study, FINISHED)} of {config.tune.trials}: {trial.state.name.lower()}"
+            log(f"trial {trial.number}: {trial.state.name.lower()}"
                 + (f" {trial.value:.4f}" if trial.value is not None else f" ({trial.user_attrs.get('reason', '')})")
+                + f" ({_count(study, FINISHED)} of {config.tune.trials} finished)"
                 + (f"; best {best.value:.4f} (trial {best.number})" if best else "")
                 + (f"; {left / 60:.1f} min left" if math.isfinite(left) and left > 0 else
                    "; tune.max_minutes spent: no new trial starts" if math.isfinite(left) else ""))
