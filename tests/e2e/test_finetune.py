@@ -198,7 +198,7 @@ def test_two_adapters_on_one_base_are_served_each_under_its_own_name(base, tmp_p
         corpus = tmp_path / f"{name}.txt"
         corpus.write_text(line * 400, encoding="utf-8")
         done = aigc(*_lora_args(base, corpus, tmp_path / name, "train.max_steps=40", "train.lr=2e-2",
-                                "train.lora.dropout=0"))
+                                "train.lora.dropout=0", "data.document=file"))  # one line 400 times: one document
         assert done.returncode == 0, done.stderr
         runs.append(tmp_path / name)
     models = load_models(runs)
