@@ -114,7 +114,7 @@ def _close(got: Path, expected: Path) -> None:
         assert losses[step] == pytest.approx(reference[step], rel=ACROSS_WORLD_SIZES), step
     final = _weights(expected)
     for name, value in _weights(got).items():
-        np.testing.assert_allclose(value, final[name], rtol=1e-4, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(value, final[name], rtol=1e-4, atol=5e-6, err_msg=name)  # weights ~1e-2; zeros jitter
 
 
 @pytest.fixture(scope="module")
