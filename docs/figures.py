@@ -255,7 +255,8 @@ def sampling(out: Path) -> Path:
     figure, (left, right) = plt.subplots(1, 2, figsize=SIZE)
     tokens = np.arange(5)
     for i, temperature in enumerate((0.5, 1.0, 2.0)):
-        left.bar(tokens + (i - 1) * 0.27, (logits / temperature).softmax(-1)[0].numpy(), 0.27, label=f"T = {temperature:g}")
+        probabilities = (logits / temperature).softmax(-1)[0].numpy()
+        left.bar(tokens + (i - 1) * 0.27, probabilities, 0.27, label=f"T = {temperature:g}")
     left.set(xlabel="token", ylabel="probability", title="temperature: softmax(z / T)", xticks=tokens)
     left.legend(fontsize=8)
     filters = (("top_k = 3", SamplingParams(top_k=3)), ("top_p = 0.6", SamplingParams(top_p=0.6)),
@@ -383,7 +384,8 @@ def mcd(out: Path) -> Path:
              xticks=range(0, 30, 5), yticks=range(0, 20, 5))
     right.plot(per_frame, "o-", markersize=3)
     right.axhline(per_frame.mean(), color="C3", ls="--", label=f"MCD = mean = {per_frame.mean():.2f} dB")
-    right.set(xlabel="step along the path", ylabel="sqrt(2 Σ (c_d - c'_d)²)  (dB)", title="distortion per aligned pair")
+    right.set(xlabel="step along the path", ylabel="sqrt(2 Σ (c_d - c'_d)²)  (dB)",
+              title="distortion per aligned pair")
     right.legend(fontsize=8)
     right.grid(alpha=0.3)
     return _save(figure, out)

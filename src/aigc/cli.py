@@ -376,7 +376,8 @@ def build_parser(context: HelpContext | None = None) -> argparse.ArgumentParser:
     _add_config_command(sub, "prepare", cmd_prepare, context, "clean, tokenize and shard the data")
     train = _add_config_command(sub, "train", cmd_train, context, "train the model on the prepared shards")
     train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    tuner = _add_config_command(sub, "tune", cmd_tune, context, "search settings with Optuna: each trial a training run "
+    tuner = _add_config_command(sub, "tune", cmd_tune, context,
+                                "search settings with Optuna: each trial a training run "
                                 "(tune.trials, tune.space, tune.metric ...; results in <run>/tune)")
     tuner.add_argument("--resume", action="store_true", help="continue the run's study (no finished trial reruns)")
     tuner.add_argument("--workers", type=int, default=1, help="trial processes on this machine (the cores are shared)")
