@@ -1,4 +1,4 @@
-"""Every ```python block in docs/ (the Chinese edition in docs/zh/ included) runs, in order per page, in a fresh working directory, and checks what it shows."""
+"""Every ```python block in docs/ (the Chinese edition in docs/zh/ included) runs, in order per page, in a fresh working directory, and checks what it shows; every relative link of the pages resolves."""
 
 import os
 import re
@@ -22,3 +22,14 @@ def test_doc_examples_run(page, tmp_path, monkeypatch):
     for block in blocks:
         exec(compile(block, f"{page.name}", "exec"), namespace)
     assert os.getcwd() == str(tmp_path)
+
+
+def test_relative_links_resolve():
+    """Every relative link of the READMEs and docs/ (Chinese edition included) points at a file that exists."""
+    from tests.docs_commands import pages
+
+    broken = [f"{page.name}: {target}" for page in pages()
+              for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8"))
+              if not target.startswith(("http://", "https://", "#", "mailto:"))
+              and not (page.parent / target.split("#")[0]).exists()]
+    assert not broken, broken
