@@ -1,4 +1,5 @@
-"""Every ```python block in docs/ (the Chinese edition in docs/zh/ included) runs, in order per page, in a fresh working directory, and checks what it shows; every relative link of the pages resolves."""
+"""Every ```python block in docs/ (the Chinese edition in docs/zh/ included) runs, in order per page, in a fresh
+working directory, and checks what it shows; every relative link of the pages resolves."""
 
 import os
 import re
