@@ -9,7 +9,6 @@ types are reported with the key and the list of valid keys, never as a pydantic 
 from __future__ import annotations
 
 import difflib
-
 import importlib.resources
 from functools import cache
 from pathlib import Path

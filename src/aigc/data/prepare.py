@@ -83,14 +83,16 @@ class UnknownTokens:
     total: int = 0
     characters: set[str] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        self.unk = self.tokenizer.token_to_id(UNK)  # None: an open vocabulary (byte-level BPE) misses nothing
+        self.vocabulary = self.tokenizer.get_vocab() if self.unk is not None else {}
+
     def count(self, ids: np.ndarray, texts: list[str]) -> None:
-        unk = self.tokenizer.token_to_id(UNK)
         self.total += len(ids)
-        missed = int((ids == unk).sum()) if unk is not None else 0
+        missed = int((ids == self.unk).sum()) if self.unk is not None else 0
         if missed:
             self.tokens += missed
-            vocabulary = self.tokenizer.get_vocab()
-            self.characters.update(c for c in set("".join(texts)) if c not in vocabulary)
+            self.characters.update(c for c in set("".join(texts)) if c not in self.vocabulary)
 
     def to_dict(self) -> dict[str, Any]:
         size = self.tokenizer.get_vocab_size(with_added_tokens=True)

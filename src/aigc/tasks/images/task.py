@@ -129,4 +129,3 @@ class ImageTask(Task):
         else:
             paths = [save_png(grid(images, columns=min(8, len(images)), scale=max(1, 128 // generator.side)), out)]
         write("".join(f"{path}\n" for path in paths))
-
