@@ -35,8 +35,9 @@ run: $(RUN_STAMP)
 	$(VENV)/bin/aigc run
 
 # The CPU suite hides any GPU, so it runs as written on a GPU machine; tests/gpu is skipped there (allow-listed).
+# One pytest-xdist worker per core; a module whose tests share a fixture (a server, a trained run) runs on one.
 test: $(STAMP)
-	CUDA_VISIBLE_DEVICES= $(PYTHON) -m pytest -q
+	CUDA_VISIBLE_DEVICES= $(PYTHON) -m pytest -q -n auto --dist loadgroup
 
 # The CUDA paths (bf16, compile, pinned copies, the CUDA RNG, generate/serve on a GPU, NCCL with two GPUs).
 test-gpu: $(STAMP)

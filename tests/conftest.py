@@ -1,10 +1,17 @@
-"""For every test: paths to the data in tests/fixtures, and a helper that builds configs for a temp run dir."""
+"""For every test: paths to the data in tests/fixtures, and a helper that builds configs for a temp run dir.
+
+Under pytest-xdist (``make test`` runs one worker per core) each worker gets its share of the cores for torch, and
+tests that share a module- or class-scoped fixture (a server, a trained run) are sent to one worker together, so
+that the fixture is built once.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from aigc.config import Config, load_config
 
@@ -15,6 +22,23 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # Training that ends after train.max_steps with the cosine over those steps, whatever the machine's speed:
 # the recipes' time budgets (train.schedule=time) make the learning rate, and so every result, depend on wall time.
 FIXED_STEPS = ("train.max_minutes=null", "train.schedule=steps")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # in a worker: its share of the cores, for torch here and in the processes it starts
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses a module- or class-scoped fixture joins its module's xdist group (``--dist loadgroup``)."""
+    for item in items:
+        definitions = getattr(item, "_fixtureinfo", None)
+        scopes = {d.scope for defs in (definitions.name2fixturedefs.values() if definitions else ()) for d in defs}
+        if scopes & {"module", "class"}:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 def fixture(name: str) -> Path:
