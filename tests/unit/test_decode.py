@@ -13,6 +13,7 @@ from aigc.generate.decode import Event, Row
 from aigc.generate.sampling import SamplingParams
 from aigc.generate.text import TextGenerator
 from aigc.models import GPT
+from aigc.serve import scheduler as scheduler_module
 from aigc.serve.scheduler import Request, Scheduler
 from aigc.tokenizer import train_char
 
@@ -27,8 +28,10 @@ def generator() -> TextGenerator:
     return TextGenerator(GPT(config), tokenizer)
 
 
-def serve(generator: TextGenerator, requests: list[tuple[list[int], SamplingParams, int]]) -> list[list[Event]]:
-    """Run ``(prompt ids, params, n)`` requests through one Scheduler at once; every event of each."""
+def serve(generator: TextGenerator, requests: list[tuple[list[int], SamplingParams, int]],
+          **options) -> list[list[Event]]:
+    """Run ``(prompt ids, params, n)`` requests through one Scheduler at once; every event of each. ``options``
+    (e.g. ``prompt_logprobs``) go to every request whose seed is ``SCORED_SEED``."""
     scheduler = Scheduler(generator, max_running=8)
     results: list[list[Event]] = [[] for _ in requests]
     done = threading.Semaphore(0)
@@ -47,12 +50,16 @@ def serve(generator: TextGenerator, requests: list[tuple[list[int], SamplingPara
     scheduler.start()
     try:
         for i, (prompt, params, n) in enumerate(requests):
-            scheduler.submit(Request(prompt, params, sink_for(i, n), n))
+            scheduler.submit(Request(prompt, params, sink_for(i, n), n,
+                                     **(options if params.seed == SCORED_SEED else {})))
         for _ in requests:
             assert done.acquire(timeout=60), "a request was never answered"
     finally:
         scheduler.stop()
     return results
+
+
+SCORED_SEED = 17
 
 
 def text_of(events: list[Event], index: int = 0) -> str:
@@ -81,12 +88,21 @@ def test_a_failing_request_fails_alone(generator, monkeypatch):
     good = SamplingParams(max_new_tokens=12, temperature=0)
     bad = SamplingParams(max_new_tokens=12, temperature=0, seed=poison)
     prompt = generator.encode_prompt("the", good)
-    outcome = serve(generator, [(prompt, good, 1), (prompt, bad, 2), ([10_000], good, 2), (prompt, good, 1)])
+    scored = SamplingParams(max_new_tokens=12, temperature=0, seed=SCORED_SEED)
+
+    def prompt_logprobs(*args):
+        raise RuntimeError("scoring broke")
+
+    monkeypatch.setattr(scheduler_module, "prompt_logprobs", prompt_logprobs)
+    outcome = serve(generator, [(prompt, good, 1), (prompt, bad, 2), ([10_000], good, 2), (prompt, scored, 2),
+                                (prompt, good, 1)], prompt_logprobs=1)
     assert [e.error for e in outcome[1]] == ["generation failed: boom"] * 2
     assert len(outcome[2]) == 2 and all("generation failed" in e.error for e in outcome[2])  # bad id: prefill fails
+    assert sorted((e.index, e.error) for e in outcome[3]) == [(0, "generation failed: scoring broke"),
+                                                              (1, "generation failed: scoring broke")]
     expected = generator.complete(["the"], good)[0].text
-    assert text_of(outcome[0]) == text_of(outcome[3]) == expected
-    assert not any(e.error for e in outcome[0] + outcome[3])
+    assert text_of(outcome[0]) == text_of(outcome[4]) == expected
+    assert not any(e.error for e in outcome[0] + outcome[4])
 
 
 def test_extreme_settings_decode_or_are_refused(generator):

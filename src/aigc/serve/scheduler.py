@@ -258,16 +258,22 @@ class Scheduler(QueueWorker):
             self._begin(waiting.request, waiting.rows, logits, slots)
 
     def _begin(self, request: Request, rows: list[Row], logits: torch.Tensor, slots: list[int]) -> None:
-        """A prefilled request: its prompt scores, then its rows in their slots with their first tokens."""
+        """A prefilled request: its rows take their slots, then its prompt scores and the rows' first tokens. A
+        failure to score the prompt ends this request only, and frees its slots."""
+        sequences = [_Sequence(request, row, slot) for row, slot in zip(rows, slots)]
+        self.rows.extend(sequences)
         if request.prompt_logprobs is not None:
-            request.prompt_scores = prompt_logprobs(request.prompt, logits, request.prompt_logprobs)
+            try:
+                request.prompt_scores = prompt_logprobs(request.prompt, logits, request.prompt_logprobs)
+            except Exception as err:  # noqa: BLE001 - reported to the request's client
+                self._fail(request, err, range(request.n))
+                self._retire()
+                return
             logits = logits[-1]
         if request.score_only:
             for index in range(request.n):
                 request.sink(Event(index, finish_reason="length"))
             return
-        sequences = [_Sequence(request, row, slot) for row, slot in zip(rows, slots)]
-        self.rows.extend(sequences)
         for sequence in sequences:
             self._accept(sequence, logits)
         self._retire()
