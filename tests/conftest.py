@@ -27,9 +27,13 @@ FIXED_STEPS = ("train.max_minutes=null", "train.schedule=steps")
 def pytest_configure(config: pytest.Config) -> None:
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:  # in a worker: its share of the cores, for torch here and in the processes it starts
-        threads = max(1, len(os.sched_getaffinity(0)) // workers)
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        torch.set_num_threads(threads)
+        share = max(1, len(os.sched_getaffinity(0)) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        set_num_threads = torch.set_num_threads
+        set_num_threads(share)
+        # a run's train.threads in this process stays within the share: two workers' OpenMP pools spinning on the
+        # same cores made single tests 7-13x slower (test_seq2seq 10 s -> 68 s)
+        torch.set_num_threads = lambda threads: set_num_threads(min(threads, share))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
