@@ -55,6 +55,17 @@ def fixture(name: str) -> Path:
     return path
 
 
+def lively(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """``model`` with its weight matrices drawn at std 0.5, so that its greedy output depends on the prompt and on
+    what it wrote. A tiny model at its initialisation's small weights repeats one token whatever it is given, which
+    lets a decoder that ignores its cache, its positions or the source pass a comparison."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for weight in (p for p in model.parameters() if p.dim() > 1):
+            weight.normal_(0, 0.5)
+    return model
+
+
 @pytest.fixture
 def make_config(tmp_path: Path):
     """``make_config(recipe, key=value, ...)`` -> Config whose run dir is inside ``tmp_path``."""

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from aigc.config import ModelConfig
-from aigc.generate.decode import Event, Row
+from aigc.generate.decode import Event, Row, prompt_logprobs, seed_base
+from aigc.generate.grammar import Grammar
 from aigc.generate.sampling import SamplingParams
 from aigc.generate.text import TextGenerator
 from aigc.models import GPT
@@ -158,6 +159,21 @@ def test_a_row_penalises_its_prompt_and_its_own_tokens_and_stops_at_its_limit():
     assert "".join(e.text for e in events) == "dcbabd"
     assert [e.finish_reason for e in events] == [None] * 5 + ["length"]
     assert row.done and row.produced == 6 and row.last == 3
+    # the counts the penalties read: the prompt's "b" twice, then each produced token once per time
+    assert row.generated.tolist() == [[1, 2, 1, 2]] and row.seen.tolist() == [[1, 4, 1, 2]]
+
+
+def test_text_held_back_for_a_stop_string_is_emitted_when_the_row_ends_otherwise():
+    """"b" could begin the stop string "bc", so the stream holds it back; a stop token or the row's limit that
+    comes next ends the row with the "b" emitted, not lost."""
+    params = SamplingParams(temperature=0, stop=("bc",))
+    by_stop_id = Row(0, torch.tensor([0]), params, vocab_size=4, limit=5, seed=0, decode=letters,
+                     stop_ids=frozenset({3}))
+    first, last = by_stop_id.accept(LOGITS), by_stop_id.accept(torch.tensor([0.0, 0.0, 0.0, 9.0]))
+    assert (first.text, first.finish_reason, last.text, last.finish_reason) == ("", None, "b", "stop")
+    by_limit = Row(0, torch.tensor([0]), params, vocab_size=4, limit=1, seed=0, decode=letters)
+    event = by_limit.accept(LOGITS)
+    assert (event.token, event.text, event.finish_reason) == (1, "b", "length")
 
 
 def test_stop_ids_of_the_caller_and_of_the_request_both_end_a_row():
@@ -167,6 +183,63 @@ def test_stop_ids_of_the_caller_and_of_the_request_both_end_a_row():
         row = Row(3, torch.tensor([0]), params, vocab_size=4, limit=10, seed=0, decode=letters, stop_ids=stop_ids)
         event = row.accept(LOGITS)
         assert (event.index, event.token, event.text, event.finish_reason, row.done) == (3, 1, "", "stop", True)
+
+
+class ScriptedMatcher:
+    """A grammar's matcher that allows the tokens ``allowed`` gives for each step (None: nothing can continue)
+    and is complete after ``complete_after`` tokens."""
+
+    def __init__(self, allowed: list[set[int] | None], complete_after: int = 99):
+        self.allowed, self.complete_after, self.taken = allowed, complete_after, []
+
+    def blocked(self) -> torch.Tensor | None:
+        allowed = self.allowed[len(self.taken)]
+        return None if allowed is None else torch.tensor([t not in allowed for t in range(4)])
+
+    def take(self, token: int) -> bool:
+        self.taken.append(token)
+        return True
+
+    @property
+    def complete(self) -> bool:
+        return len(self.taken) >= self.complete_after
+
+
+def constrained_row(matcher: ScriptedMatcher, limit: int = 5) -> Row:
+    params = SamplingParams(temperature=0, stop=("bc",), grammar=Grammar("regex", "[bd]+"))
+    constraints = type("Constraints", (), {"matcher": lambda self, grammar: matcher})()
+    return Row(0, torch.tensor([0]), params, vocab_size=4, limit=limit, seed=0, decode=letters,
+               constraints=constraints)
+
+
+def test_a_constrained_row_samples_only_allowed_tokens_and_ends_when_the_grammar_does():
+    """"b" (logit 5) is the row's first choice; where the grammar forbids it the row takes the best allowed token.
+    A complete grammar ends the row with "stop", a grammar nothing can continue with "constraint"; either way the
+    text held back for the stop string "bc" is emitted and the row is done."""
+    matcher = ScriptedMatcher([{1, 3}, {2, 3}, {1}], complete_after=3)
+    row = constrained_row(matcher)
+    events = [row.accept(LOGITS) for _ in range(3)]
+    assert matcher.taken == [1, 3, 1] and [e.finish_reason for e in events] == [None, None, "stop"]
+    assert "".join(e.text for e in events) == "bdb" and row.done
+    last_emitted = constrained_row(ScriptedMatcher([{3}, {3}], complete_after=2))
+    assert [last_emitted.accept(LOGITS).text for _ in range(2)] == ["d", "d"]  # the last token's own text kept
+    stuck = constrained_row(ScriptedMatcher([{1}, None]))
+    first, last = stuck.accept(LOGITS), stuck.accept(LOGITS)
+    assert (first.text, last.index, last.text, last.finish_reason, stuck.done) == ("", 0, "b", "constraint", True)
+
+
+def test_unseeded_requests_draw_seeds_of_their_own():
+    assert len({seed_base(SamplingParams()) for _ in range(64)}) == 64  # a small range would repeat one
+    assert seed_base(SamplingParams(seed=5)) == 5
+
+
+def test_prompt_scores_list_the_asked_alternatives_even_past_the_prompts_length():
+    """OpenAI's logprobs go up to 5 alternatives whatever the prompt's length; 0 asks for the scores alone."""
+    logits = torch.randn(2, 10)  # after each of the prompt's 2 tokens
+    scores = prompt_logprobs([4, 7], logits, 5)
+    assert [s.token for s in scores] == [7] and len(scores[0].top) == 5
+    assert scores[0].logprob == pytest.approx(logits[0].log_softmax(-1)[7].item())
+    assert [s.top for s in prompt_logprobs([4, 7], logits, 0)] == [[]]
 
 
 def test_logprobs_are_the_models_before_penalties_with_the_top_alternatives():

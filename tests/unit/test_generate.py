@@ -10,6 +10,7 @@ from aigc.generate.stream import TextStream
 from aigc.generate.text import TextGenerator
 from aigc.models import GPT
 from aigc.tokenizer import train_bpe
+from tests.conftest import lively
 
 CORPUS = ["def add(a, b):\n    return a + b\n", "床前明月光，疑是地上霜。举头望明月，低头思故乡。", "hello world 😀 again"] * 30
 
@@ -26,24 +27,25 @@ def generator() -> TextGenerator:
 @pytest.mark.parametrize("position", ["learned", "rope"])
 def test_cached_and_uncached_greedy_are_identical(position):
     torch.manual_seed(0)
-    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50, position=position))
+    model = lively(GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50, position=position)))
     engine = Engine(model)
     params = SamplingParams(max_new_tokens=30, temperature=0)
-    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9]]
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9]]  # the first is padded in the batch
     cached = [[s.token for s in step] for step in engine.steps(prompts, params)]
     uncached = [[s.token for s in step] for step in engine.steps(prompts, params, use_cache=False)]
     assert cached == uncached and len(cached) == 30
+    assert all(len(set(row)) > 5 for row in zip(*cached))  # not one token repeated, which any decoder would match
 
 
 def test_batched_equals_one_by_one():
     torch.manual_seed(1)
-    engine = Engine(GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50)))
+    engine = Engine(lively(GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50))))
     params = SamplingParams(max_new_tokens=20, temperature=0)
     prompts = [[1], [2, 3, 4, 5, 6, 7, 8], [9, 10, 11]]
     batched = list(zip(*[[s.token for s in step] for step in engine.steps(prompts, params)]))
     for row, prompt in enumerate(prompts):
         alone = [step[0].token for step in engine.steps([prompt], params)]
-        assert list(batched[row]) == alone
+        assert list(batched[row]) == alone and len(set(alone)) > 5
 
 
 @pytest.mark.parametrize("position", ["learned", "rope"])
