@@ -281,8 +281,7 @@ class GuidedBatch:
     Every prefix has the same length (the model's caption prefix), so no row is padded.
     """
 
-    def __init__(self, model, prefixes: list[list[int]], blank: list[int], steps: int, first_id: int,
-                 guidance: float = 1.0):
+    def __init__(self, model, prefixes: list[list[int]], blank: list[int], steps: int, first_id: int, guidance: float):
         self.first_id, self.guidance, self.rows = first_id, guidance, len(prefixes)
         self.guided = guidance != 1.0
         self.inner = PaddedBatch(model, prefixes + ([blank] * len(prefixes) if self.guided else []), steps)
