@@ -4,13 +4,16 @@ the page shows (numbers aside; see tests/docs_commands.py for the rules a page f
 A page runs in a working directory of its own that looks like a fresh clone (tests/, src/, docs/ and the
 project files linked in), with HOME inside it, so ``~/models/...`` and ``runs/`` are the page's own. Training is
 held to seconds (a minute on the page is a second here; see ``budgeted``). ``aigc serve`` starts in the
-background on a free port (the page's ``:8000`` is rewritten to it) and stops when the page ends. A command must
+background on a free port (the page's ``:8000`` is rewritten to it) and stops when the page ends. ``aigc``
+commands (also ``echo PROMPT | aigc ...``) and the stand-ins run in this process; any other command in bash. A command must
 exit 0 unless the page shows its ``error:`` line; each file or folder a command says it writes (``--out``,
 ``aigc export``'s OUT) must exist.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shlex
 import signal
@@ -22,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests import docs_standins
 from tests.docs_commands import NOT_RUN_REASONS, ROOT, Block, Command, blocks, budgeted, expected_lines_found, \
     outputs_named, pages, words
 from tests.e2e.helpers import aigc, free_port
@@ -79,8 +83,20 @@ class Page:
             return self.serve(split)
         if split and _in_process(split):
             return aigc(*split[1:], cwd=self.cwd, env={"HOME": self.env["HOME"]})
+        if split[:1] == ["echo"] and split[2:3] == ["|"] and _in_process(split[3:]):  # a prompt on stdin
+            return aigc(*split[4:], input_text=split[1] + "\n", cwd=self.cwd, env={"HOME": self.env["HOME"]})
+        if split[:3] == ["python", "-m", "tests.docs_standins"]:
+            return self.standin(split[3:])
         return subprocess.run(["bash", "-c", line], cwd=self.cwd, env=self.env, capture_output=True, text=True,
                               timeout=600, stdin=subprocess.DEVNULL)
+
+    def standin(self, args: list[str]) -> subprocess.CompletedProcess:
+        """``python -m tests.docs_standins ARGS`` in this process, ``~`` being the page's home."""
+        args = [str(self.cwd / "home" / a[2:]) if a.startswith("~/") else a for a in args]
+        out = io.StringIO()
+        with contextlib.chdir(self.cwd), contextlib.redirect_stdout(out):
+            docs_standins.main(args)
+        return subprocess.CompletedProcess(args, 0, out.getvalue(), "")
 
     def serve(self, split: list[str]) -> subprocess.CompletedProcess:
         """``aigc serve`` in the background on a free port (its comment dropped), once ``/ready`` answers."""
