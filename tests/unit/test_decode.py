@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from aigc.config import ModelConfig
+from aigc.errors import GenerationError
 from aigc.generate.decode import Event, Row, prompt_logprobs, seed_base
 from aigc.generate.grammar import Grammar
 from aigc.generate.sampling import SamplingParams
@@ -226,6 +227,12 @@ def test_a_constrained_row_samples_only_allowed_tokens_and_ends_when_the_grammar
     stuck = constrained_row(ScriptedMatcher([{1}, None]))
     first, last = stuck.accept(LOGITS), stuck.accept(LOGITS)
     assert (first.text, last.index, last.text, last.finish_reason, stuck.done) == ("", 0, "b", "constraint", True)
+
+
+def test_a_grammar_for_a_model_without_constraints_is_refused():
+    params = SamplingParams(grammar=Grammar("regex", "[bd]+"))
+    with pytest.raises(GenerationError, match="^this model cannot constrain its output to a grammar$"):
+        Row(0, torch.tensor([0]), params, vocab_size=4, limit=5, seed=0, decode=letters)
 
 
 def test_unseeded_requests_draw_seeds_of_their_own():

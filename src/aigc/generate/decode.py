@@ -247,7 +247,7 @@ class EncodedBatch:
     ``sources``: token ids, each ending with the end token; ``steps``: target tokens to make room for.
     """
 
-    def __init__(self, model, sources: list[list[int]], steps: int, start: int, repeat: int = 1):
+    def __init__(self, model, sources: list[list[int]], steps: int, start: int, repeat: int):
         device = model.wte.weight.device
         width = max(map(len, sources))
         ids = torch.tensor([s + [0] * (width - len(s)) for s in sources], device=device)  # (B, S)
