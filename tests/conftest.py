@@ -36,15 +36,16 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads = lambda threads: set_num_threads(min(threads, share))
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)  # around xdist's own hook, which turns the groups into node ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]):
     """A test that uses a module- or class-scoped fixture joins its module's xdist group (``--dist loadgroup``)."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        definitions = getattr(item, "_fixtureinfo", None)
-        scopes = {d.scope for defs in (definitions.name2fixturedefs.values() if definitions else ()) for d in defs}
-        if scopes & {"module", "class"}:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    if config.pluginmanager.hasplugin("xdist"):
+        for item in items:
+            definitions = getattr(item, "_fixtureinfo", None)
+            scopes = {d.scope for defs in (definitions.name2fixturedefs.values() if definitions else ()) for d in defs}
+            if scopes & {"module", "class"}:
+                item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    return (yield)
 
 
 def fixture(name: str) -> Path:
