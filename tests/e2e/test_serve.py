@@ -21,7 +21,7 @@ import schemathesis
 from schemathesis.generation import GenerationMode
 
 from tests.conftest import FIXED_STEPS, fixture
-from tests.e2e.helpers import Server, aigc
+from tests.e2e.helpers import Server, aigc, free_port
 
 KEY = "test-key-123"
 ORIGIN = "http://allowed.example"
@@ -352,7 +352,7 @@ def test_requests_unfinished_when_the_drain_time_ends_get_503(tiny_run):
 
 
 def test_serve_bad_input_is_a_clear_error(tmp_path):
-    done = aigc("serve", tmp_path)
+    done = aigc("serve", tmp_path, "--port", free_port())  # not 8000: docs/troubleshooting.md's test holds it
     assert done.returncode == 2 and "is not a checkpoint" in done.stderr and "Traceback" not in done.stderr
 
 
