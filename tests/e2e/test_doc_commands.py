@@ -5,9 +5,9 @@ A page runs in a working directory of its own that looks like a fresh clone (tes
 project files linked in), with HOME inside it, so ``~/models/...`` and ``runs/`` are the page's own. Training is
 held to seconds (a minute on the page is a second here; see ``budgeted``). ``aigc serve`` starts in the
 background on a free port (the page's ``:8000`` is rewritten to it) and stops when the page ends. ``aigc``
-commands (also ``echo PROMPT | aigc ...``) and the stand-ins run in this process; any other command in bash. A command must
-exit 0 unless the page shows its ``error:`` line; each file or folder a command says it writes (``--out``,
-``aigc export``'s OUT) must exist.
+commands (also ``echo PROMPT | aigc ...``) and the stand-ins run in this process; any other command in bash. A
+command must exit 0 unless the page shows its ``error:`` line; each file or folder a command says it writes
+(``--out``, ``aigc export``'s OUT) must exist.
 """
 
 from __future__ import annotations

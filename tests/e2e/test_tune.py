@@ -135,8 +135,9 @@ def test_two_workers_share_one_sqlite_study(corpus, tmp_path):
     assert done.returncode == 0, done.stderr
     # a process that draws a trial after the other claimed the fourth records it as a surplus, never run (on a
     # loaded machine, seen under pytest-xdist)
-    surplus = [t for t in _study(run).trials if t.user_attrs.get("surplus")]
-    trials = [t for t in _study(run).trials if not t.user_attrs.get("surplus")]
+    drawn = _study(run).trials
+    surplus = [t for t in drawn if t.user_attrs.get("surplus")]
+    trials = [t for t in drawn if not t.user_attrs.get("surplus")]
     assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)  # not one more
     assert all(t.state == optuna.trial.TrialState.PRUNED and "not run" in t.user_attrs["reason"] for t in surplus)
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # both processes ran trials
